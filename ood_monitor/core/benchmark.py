@@ -1,0 +1,89 @@
+"""Shared benchmark plumbing: machine description, timing loops, the table and the JSON report
+(`{"machine": {...}, "rows": [{"variant": ..., "ms_per_frame": ...}, ...]}`) every bench writes."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(**extra) -> dict:
+    import cv2
+
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    info.update(extra)
+    return info
+
+
+def time_ms(fn: Callable[[int], object], n: int, warmup: int = 3) -> np.ndarray:
+    """Wall time of fn(i) for i in range(n), after `warmup` untimed calls, in milliseconds."""
+    for i in range(warmup):
+        fn(i)
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out[i] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def summarize_ms(samples: np.ndarray) -> dict[str, float]:
+    return {
+        "ms_per_frame": float(np.mean(samples)),
+        "ms_p50": float(np.percentile(samples, 50)),
+        "ms_p95": float(np.percentile(samples, 95)),
+        "frames": int(samples.size),
+    }
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    table = [columns] + [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], machine: dict, json_path: str | None, **meta) -> dict:
+    report = {"machine": machine, **meta, "rows": rows}
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    return report

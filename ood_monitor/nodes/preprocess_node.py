@@ -1,0 +1,151 @@
+"""preprocess_node: camera -> ood/image (rgb8, model size) + ood/flow (32FC2) + ood/camera_info.
+
+Subscribes the camera with sensor-data QoS (keep last 1: a busy node drops stale frames, it never
+queues), prepares frames with the ROS-free `Preprocessor`, and keeps every output's header equal to
+the input's. Bad input is refused with a log line and a /diagnostics WARN/ERROR; nothing false is
+published and the node keeps running.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ood_monitor.core.flow import FlowConfig
+from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
+from ood_monitor.core.stage_stats import StageStats
+from ood_monitor.ros.diagnostics import DiagnosticsPublisher
+from ood_monitor.ros.image import ImageConversionError, array_to_image, compressed_to_array, image_to_array, to_rgb8
+from ood_monitor.ros.params import declare_parameters
+from ood_monitor.ros.qos import output_qos, sensor_qos
+
+PARAMETERS = {
+    "image_topic": ("camera/image_raw", "camera image topic (relative names follow the namespace)"),
+    "transport": ("raw", "raw: sensor_msgs/Image on image_topic; compressed: CompressedImage on <image_topic>/compressed"),
+    "camera_info_topic": ("camera/camera_info", "CameraInfo topic; empty disables ood/camera_info"),
+    "width": (128, "model input width in pixels"),
+    "height": (128, "model input height in pixels"),
+    "crop": ("center", "center: crop to the model aspect ratio then resize; stretch: resize only"),
+    "flow_enabled": (True, "compute dense optical flow and publish ood/flow"),
+    "flow_preset": ("ultrafast", "OpenCV DIS preset: ultrafast | fast | medium"),
+    "max_gap_s": (1.0, "a larger gap between stamps restarts the flow sequence"),
+    "output_qos": ("reliable", "reliability of the outputs: reliable | best_effort"),
+    "output_depth": (5, "history depth of the outputs"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
+    "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
+}
+
+
+def stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class PreprocessNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("preprocess_node", **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        if p["transport"] not in ("raw", "compressed"):
+            raise ValueError(f"transport must be raw or compressed, got {p['transport']!r}")
+        self.cfg = PreprocessConfig(
+            frame=FrameConfig(width=p["width"], height=p["height"], crop=p["crop"]),
+            flow=FlowConfig(preset=p["flow_preset"], max_gap_s=p["max_gap_s"]),
+            flow_enabled=p["flow_enabled"],
+        )
+        self.pre = Preprocessor(self.cfg)
+        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        self.resets: dict[str, int] = {}
+        qos = output_qos(p["output_qos"], p["output_depth"])
+        self.pub_image = self.create_publisher(Image, "ood/image", qos)
+        self.pub_flow = self.create_publisher(Image, "ood/flow", qos) if p["flow_enabled"] else None
+        self.pub_info = self.create_publisher(CameraInfo, "ood/camera_info", qos)
+        if p["transport"] == "compressed":
+            topic = p["image_topic"].rstrip("/") + "/compressed"
+            self.create_subscription(CompressedImage, topic, self.on_compressed, sensor_qos())
+        else:
+            topic = p["image_topic"]
+            self.create_subscription(Image, topic, self.on_image, sensor_qos())
+        if p["camera_info_topic"]:
+            self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
+        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
+        self.get_logger().info(
+            f"preprocessing {topic} ({p['transport']}) to {p['width']}x{p['height']}, "
+            f"flow {'DIS ' + p['flow_preset'] if p['flow_enabled'] else 'off'}")
+
+    def diagnostic_values(self) -> dict[str, str]:
+        f = self.cfg.frame
+        return {"input_size": f"{f.width}x{f.height}", "flow_preset": self.cfg.flow.preset,
+                **{f"flow_resets_{k}": str(v) for k, v in self.resets.items()}}
+
+    def on_image(self, msg: Image) -> None:
+        self._handle(msg.header, lambda: to_rgb8(image_to_array(msg), msg.encoding))
+
+    def on_compressed(self, msg: CompressedImage) -> None:
+        self._handle(msg.header, lambda: compressed_to_array(msg, desired="rgb8"))
+
+    def _handle(self, header, decode) -> None:
+        """Decode, prepare and publish one frame; refuse anything malformed without raising."""
+        start = time.perf_counter()
+        stamp = stamp_ns(header)
+        self.stats.on_input(stamp)
+        try:
+            rgb = decode()
+            result = self.pre.process(rgb, stamp)
+        except (ImageConversionError, ValueError) as exc:
+            self._reject(str(exc))
+            return
+        except Exception as exc:  # a callback must never take the node down
+            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+            return
+        if result.duplicate:
+            self._reject(f"duplicate stamp {stamp} ns: frame ignored")
+            return
+        if result.reset and result.reset != "first":
+            self.resets[result.reset] = self.resets.get(result.reset, 0) + 1
+            self.get_logger().info(f"flow sequence restarted: {result.reset}")
+        self.pub_image.publish(array_to_image(result.image, "rgb8", header=header))
+        if self.pub_flow is not None and result.flow is not None:
+            self.pub_flow.publish(array_to_image(result.flow, "32FC2", header=header))
+        self.stats.on_output((time.perf_counter() - start) * 1e3)
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        """Republish the intrinsics of the prepared frames (crop + resize applied to K and P)."""
+        try:
+            if msg.width <= 0 or msg.height <= 0:
+                raise ValueError(f"camera_info has size {msg.width}x{msg.height}")
+            f = self.cfg.frame
+            t = image_transform(msg.width, msg.height, f)
+            out = CameraInfo(header=msg.header, width=f.width, height=f.height,
+                             distortion_model=msg.distortion_model, d=list(msg.d), r=list(msg.r))
+            out.k = [float(v) for v in (t @ np.asarray(msg.k, dtype=float).reshape(3, 3)).ravel()]
+            out.p = [float(v) for v in (t @ np.asarray(msg.p, dtype=float).reshape(3, 4)).ravel()]
+            self.pub_info.publish(out)
+        except (ValueError, TypeError) as exc:
+            self._reject(f"camera_info: {exc}")
+
+    def _reject(self, reason: str) -> None:
+        self.stats.on_reject(reason)
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PreprocessNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()
