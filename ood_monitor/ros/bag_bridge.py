@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ class PlaybackConfig:
     remap: dict[str, str] = field(default_factory=dict)
     start_delay_s: float = 0.5
     clock: bool = False  # publish /clock with the bag's time, for nodes running with use_sim_time
+    on_publish: Callable[[str, object], None] | None = None  # (topic, msg) after each publication
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
@@ -73,6 +74,7 @@ class BagPlayer:
             if missing:
                 raise ValueError(f"topics not in {self.bag}: {sorted(missing)}")
             self._connections = [c for c in reader.connections if not wanted or c.topic in wanted]
+            self.total = sum(c.msgcount for c in self._connections)
         finally:
             reader.close()
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -105,8 +107,11 @@ class BagPlayer:
                     return
                 if self._clock_pub is not None:
                     self._clock_pub.publish(Clock(clock=Time(sec=stamp // 10**9, nanosec=stamp % 10**9)))
-                self._pubs[conn.topic].publish(deserialize_message(bytes(raw), self._types[conn.topic]))
+                msg = deserialize_message(bytes(raw), self._types[conn.topic])
+                self._pubs[conn.topic].publish(msg)
                 self.published += 1
+                if self.cfg.on_publish is not None:
+                    self.cfg.on_publish(conn.topic, msg)
         finally:
             reader.close()
 
