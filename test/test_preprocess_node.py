@@ -57,7 +57,7 @@ def start_node(ros: RosHarness, **params) -> PreprocessNode:
     return ros.add(PreprocessNode(context=ros.context, parameter_overrides=overrides))
 
 
-def publish_paced(pub, msgs, period_s: float = 0.03) -> None:
+def publish_paced(pub, msgs, period_s: float = 0.05) -> None:
     for m in msgs:
         pub.publish(m)
         time.sleep(period_s)
