@@ -2,6 +2,7 @@
 thread, and small helpers to collect messages and wait for conditions."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +24,8 @@ class RosHarness:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the executor shut down while spinning
             self.executor.spin()
-        except Exception:  # executor shut down while spinning
-            pass
 
     def add(self, node: Node) -> Node:
         self.nodes.append(node)

@@ -15,6 +15,7 @@ from std_msgs.msg import Header
 from ood_monitor.nodes.preprocess_node import PreprocessNode
 from ood_monitor.ros.image import array_to_compressed, array_to_image, image_to_array
 from ood_monitor.ros.qos import sensor_qos
+
 from ros_harness import RosHarness, wait_until
 
 pytestmark = pytest.mark.ros

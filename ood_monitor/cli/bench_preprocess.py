@@ -26,14 +26,25 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def camera_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[np.ndarray]:
-    """A forward drive from the demo world renderer at camera resolution."""
-    from ood_monitor.data.scene import render_drive
+    """The first n frames of the demo world's nominal calibration drive, rendered at camera size."""
+    from itertools import islice
+    from pathlib import Path
 
-    return render_drive(n, width=width, height=height, seed=seed)
+    from ood_monitor.data.demo import DemoConfig, plan_splits, render_drive
+
+    cfg = DemoConfig(out=Path("."), seed=seed, width=width, height=height)
+    spec = plan_splits(cfg)["calibration"][0]
+    return [f.image for f in islice(render_drive(spec, cfg.camera, cfg.fps), n)]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ood_monitor.ros.image import array_to_compressed, array_to_image, compressed_to_array, image_to_array, to_rgb8
+    from ood_monitor.ros.image import (
+        array_to_compressed,
+        array_to_image,
+        compressed_to_array,
+        image_to_array,
+        to_rgb8,
+    )
 
     cv2.setNumThreads(args.threads)
     n = 40 if args.quick else args.frames

@@ -75,7 +75,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
     table = [columns] + [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

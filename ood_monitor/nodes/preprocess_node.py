@@ -20,7 +20,13 @@ from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
-from ood_monitor.ros.image import ImageConversionError, array_to_image, compressed_to_array, image_to_array, to_rgb8
+from ood_monitor.ros.image import (
+    ImageConversionError,
+    array_to_image,
+    compressed_to_array,
+    image_to_array,
+    to_rgb8,
+)
 from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.qos import output_qos, sensor_qos
 

@@ -13,8 +13,8 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from rosgraph_msgs.msg import Clock
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosgraph_msgs.msg import Clock
 
 
 def message_class(msgtype: str):
