@@ -123,11 +123,14 @@ class PreprocessNode(Node):
         try:
             if msg.width <= 0 or msg.height <= 0:
                 raise ValueError(f"camera_info has size {msg.width}x{msg.height}")
+            k = np.asarray(msg.k, dtype=float).reshape(3, 3)
+            if not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], [0, 0, 1]):
+                raise ValueError(f"camera_info K is not a valid camera matrix: {k.ravel().tolist()}")
             f = self.cfg.frame
             t = image_transform(msg.width, msg.height, f)
             out = CameraInfo(header=msg.header, width=f.width, height=f.height,
                              distortion_model=msg.distortion_model, d=list(msg.d), r=list(msg.r))
-            out.k = [float(v) for v in (t @ np.asarray(msg.k, dtype=float).reshape(3, 3)).ravel()]
+            out.k = [float(v) for v in (t @ k).ravel()]
             out.p = [float(v) for v in (t @ np.asarray(msg.p, dtype=float).reshape(3, 4)).ravel()]
             self.pub_info.publish(out)
         except (ValueError, TypeError) as exc:
