@@ -1,0 +1,206 @@
+"""Labelled camera frames read back from a rosbag2 bag or an image folder, for training and evaluation.
+
+Both sources give the same `LabeledFrame`s, so evaluation code never cares where the data came from.
+Bag topics are paired by exact header stamp; frames without ground truth count as nominal.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ood_monitor.data import bags
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BAG_SUFFIXES = (".mcap", ".db3")
+DEFAULT_FPS = 15.0
+PAIRING_WINDOW = 64  # frames kept waiting for their other topics before being emitted incomplete
+
+
+@dataclass
+class LabeledFrame:
+    """One camera frame with its ground truth (mask/semantic None when the source has none)."""
+
+    index: int
+    stamp_ns: int
+    image: np.ndarray  # HxWx3 uint8 RGB
+    mask: np.ndarray | None  # HxW uint8, 255 = anomalous
+    semantic: np.ndarray | None  # HxW uint8 class ids (see classes.json)
+    kind: str = "nominal"
+    category: str = "in_distribution"
+    episode: int = 0
+    onset_frame: int = 0
+    is_ood: bool = False
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One semantic class of the label images."""
+
+    id: int
+    name: str
+    colour: tuple[int, int, int]
+    anomaly: bool
+
+
+def load_classes(path: Path | str) -> dict[int, ClassInfo]:
+    """Classes from a classes.json file, or from the classes.json of a dataset containing `path`."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [p / "classes.json" for p in (path, *path.parents[:3])]
+    for candidate in candidates:
+        if candidate.is_file():
+            table = json.loads(candidate.read_text(encoding="utf-8"))
+            return {
+                int(key): ClassInfo(int(key), str(v["name"]), tuple(int(c) for c in v["colour"]), bool(v["anomaly"]))
+                for key, v in table.items()
+            }
+    raise FileNotFoundError(f"no classes.json at or above {path}")
+
+
+def is_bag(path: Path | str) -> bool:
+    """True for a rosbag2 directory (metadata.yaml) or one of its .mcap/.db3 files."""
+    path = Path(path)
+    return (path.is_file() and path.suffix in BAG_SUFFIXES) or (path / "metadata.yaml").is_file()
+
+
+def iter_frames(
+    path: Path | str,
+    image_topic: str = "/camera/image_raw",
+    mask_topic: str = "/ood/gt/mask",
+    semantic_topic: str = "/ood/gt/semantic",
+    label_topic: str = "/ood/gt/label",
+) -> Iterator[LabeledFrame]:
+    """Frames in order from a rosbag2 bag (dir or file) or an image folder (with or without labels)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such bag or image folder: {path}")
+    if is_bag(path):
+        yield from _bag_frames(path, image_topic, mask_topic, semantic_topic, label_topic)
+    elif path.is_dir():
+        yield from _folder_frames(path)
+    else:
+        raise ValueError(f"not a rosbag2 bag or an image folder: {path}")
+
+
+# --- bags ------------------------------------------------------------------------------------
+
+
+def rgb_from_image_msg(msg: Any) -> np.ndarray:
+    """HxWx3 RGB uint8 from an rgb8, bgr8 or mono8 sensor_msgs/Image."""
+    if msg.encoding not in ("rgb8", "bgr8", "mono8"):
+        raise ValueError(f"camera image encoding {msg.encoding!r} not supported (use rgb8, bgr8 or mono8)")
+    array = bags.image_array(msg)
+    if msg.encoding == "bgr8":
+        return np.ascontiguousarray(array[..., ::-1])
+    if msg.encoding == "mono8":
+        return np.repeat(array[..., None], 3, axis=2)
+    return array
+
+
+def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: str, label_topic: str) -> Iterator[LabeledFrame]:
+    present = bags.bag_topics(path)
+    if image_topic not in present:
+        raise ValueError(f"bag {path} has no image topic {image_topic} (topics: {sorted(present)})")
+    roles = {image_topic: "image", mask_topic: "mask", semantic_topic: "semantic", label_topic: "label"}
+    roles = {topic: role for topic, role in roles.items() if topic in present}
+    expected = set(roles.values())
+    pending: dict[int, dict[str, Any]] = {}
+    position = 0
+    for topic, _msgtype, _bag_stamp, msg in bags.read_messages(path, roles):
+        pending.setdefault(bags.stamp_ns_of(msg), {})[roles[topic]] = msg
+        while pending:
+            oldest = min(pending)
+            parts = pending[oldest]
+            if set(parts) != expected and len(pending) <= PAIRING_WINDOW:
+                break
+            del pending[oldest]
+            if "image" in parts:
+                yield _frame_from_messages(oldest, parts, position)
+                position += 1
+    for stamp in sorted(pending):
+        if "image" in pending[stamp]:
+            yield _frame_from_messages(stamp, pending[stamp], position)
+            position += 1
+
+
+def _frame_from_messages(stamp_ns: int, parts: dict[str, Any], position: int) -> LabeledFrame:
+    label = parts.get("label")
+    frame = LabeledFrame(
+        index=int(label.frame) if label is not None else position,
+        stamp_ns=stamp_ns,
+        image=rgb_from_image_msg(parts["image"]),
+        mask=_mono(parts.get("mask")),
+        semantic=_mono(parts.get("semantic")),
+    )
+    if label is not None:
+        frame.kind, frame.category = str(label.kind), str(label.category)
+        frame.episode, frame.onset_frame, frame.is_ood = int(label.episode), int(label.onset_frame), bool(label.is_ood)
+    return frame
+
+
+def _mono(msg: Any) -> np.ndarray | None:
+    if msg is None:
+        return None
+    if msg.encoding != "mono8":
+        raise ValueError(f"label image encoding must be mono8, got {msg.encoding!r}")
+    return bags.image_array(msg)
+
+
+# --- folders ---------------------------------------------------------------------------------
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_labels(path: Path) -> dict[int, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {int(row["frame"]): row for row in csv.DictReader(handle)}
+
+
+def _folder_frames(folder: Path) -> Iterator[LabeledFrame]:
+    frames_dir = folder / "frames"
+    image_dir = frames_dir if frames_dir.is_dir() else folder
+    images = _images_in(image_dir)
+    if not images:
+        raise ValueError(f"no images (.png/.jpg) in {image_dir}")
+    labels = _read_labels(folder / "labels.csv")
+    for position, image_path in enumerate(images):
+        index = int(image_path.stem) if image_path.stem.isdigit() else position
+        row = labels.get(index)
+        frame = LabeledFrame(
+            index=index,
+            stamp_ns=int(row["stamp_ns"]) if row else int(round(position * 1e9 / DEFAULT_FPS)),
+            image=_read_rgb(image_path),
+            mask=_read_mono(folder / "masks" / image_path.name),
+            semantic=_read_mono(folder / "semantic" / image_path.name),
+        )
+        if row:
+            frame.kind, frame.category = row["kind"], row["category"]
+            frame.episode, frame.onset_frame = int(row["episode"]), int(row["onset_frame"])
+            frame.is_ood = row["is_ood"].strip().lower() in ("1", "true")
+        yield frame
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_mono(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"cannot decode label image {path}")
+    return image
