@@ -38,6 +38,7 @@ setup(
         "console_scripts": [
             "ood-monitor = ood_monitor.cli.main:main",
             "preprocess_node = ood_monitor.nodes.preprocess_node:main",
+            "vae_detector_node = ood_monitor.nodes.vae_detector_node:main",
         ],
     },
 )

@@ -12,7 +12,10 @@ import sys
 
 COMMANDS = {
     "data": "ood_monitor.cli.data_cmd",
+    "train": "ood_monitor.cli.train_cmd",
+    "calibrate": "ood_monitor.cli.calibrate_cmd",
     "replay": "ood_monitor.cli.replay_cmd",
+    "run": "ood_monitor.cli.run_cmd",
     "bench": "ood_monitor.cli.bench_cmd",
     "demo": "ood_monitor.cli.demo_cmd",
 }

@@ -7,11 +7,10 @@ published and the node keeps running.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -27,6 +26,7 @@ from ood_monitor.ros.image import (
     image_to_array,
     to_rgb8,
 )
+from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.qos import output_qos, sensor_qos
 
@@ -52,8 +52,8 @@ def stamp_ns(header) -> int:
 
 
 class PreprocessNode(Node):
-    def __init__(self, **kwargs) -> None:
-        super().__init__("preprocess_node", **kwargs)
+    def __init__(self, node_name: str = "preprocess_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
         p = declare_parameters(self, PARAMETERS)
         if p["transport"] not in ("raw", "compressed"):
             raise ValueError(f"transport must be raw or compressed, got {p['transport']!r}")
@@ -142,18 +142,7 @@ class PreprocessNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PreprocessNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    sys.exit(run_node(PreprocessNode, "preprocess_node", args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""`ood-monitor train vae`: train a β-VAE (or, with --hvae-ratio, a two-level HVAE) on the frames or
+optical flow of a bag or image folder, and write models/NAME/{model.safetensors, config.json}."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
+
+
+def default_widths(size: int) -> tuple[int, ...]:
+    """Enough stride-2 layers to bring the input down to 4x4 (at least one)."""
+    n = max(1, int(math.log2(max(size, 8) / 4)))
+    return DEFAULT_WIDTHS[:n]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train models (vae)")
+    models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    v = models.add_parser("vae", help="train an image or optical-flow VAE detector",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("--kind", choices=("image", "flow"), required=True, help="what the VAE encodes")
+    v.add_argument("--data", required=True, help="rosbag2 bag or image folder of in-distribution frames")
+    v.add_argument("--out", required=True, help="model directory to write, e.g. models/vae_image")
+    v.add_argument("--image-topic", default="/camera/image_raw", help="image topic when --data is a bag")
+    v.add_argument("--size", type=int, default=128, help="square model input size in pixels")
+    v.add_argument("--latent", type=int, default=30, help="latent dimensions (HVAE: total budget)")
+    v.add_argument("--beta", type=float, default=1.4, help="KL weight β")
+    v.add_argument("--widths", default=None, help="conv channels per stride-2 layer, comma separated "
+                   "(default: enough layers to reach 4x4)")
+    v.add_argument("--hidden", type=int, default=256, help="dense layer width")
+    v.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder tail (MC dropout)")
+    v.add_argument("--recon-sigma", type=float, default=0.1,
+                   help="std of the Gaussian reconstruction likelihood: larger = stronger KL pressure")
+    v.add_argument("--epochs", type=int, default=30)
+    v.add_argument("--batch", type=int, default=64)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (contiguous blocks)")
+    v.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="mild brightness/contrast jitter, shifts, horizontal flips")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--select-k", type=int, default=8, help="latent dims summed by the KL score")
+    v.add_argument("--hvae-ratio", type=float, default=None,
+                   help="train a two-level HVAE giving this share of the latent budget to the lower level")
+    v.add_argument("--flow-scale", type=float, default=0.0,
+                   help="flow normaliser in px/frame (0: 99th percentile of |flow| on the training data)")
+    v.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    v.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    v.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    v.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
+    from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames
+    from ood_monitor.core.vae.io import ModelCard, save_model
+    from ood_monitor.core.vae.train import AugmentConfig, TrainConfig, choose_dims, train_vae
+
+    torch.set_num_threads(max(1, args.threads))
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else default_widths(args.size)
+    arch = "hvae" if args.hvae_ratio is not None else "beta_vae"
+    common = dict(kind=args.kind, height=args.size, width=args.size, latent=args.latent, beta=args.beta,
+                  widths=widths, hidden=args.hidden, dropout=args.dropout,
+                  recon_sigma=args.recon_sigma)
+    cfg = HvaeConfig(**common, ratio=args.hvae_ratio) if arch == "hvae" else VaeConfig(**common)
+    if not 1 <= args.select_k <= cfg.latent:
+        raise ValueError(f"--select-k must be in [1, {cfg.latent}], got {args.select_k}")
+    tcfg = TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, val_split=args.val_split,
+                       patience=args.patience, seed=args.seed, time_limit_s=args.time_limit,
+                       augment=AugmentConfig(enabled=args.augment))
+
+    print(f"reading {args.kind} frames from {args.data} ({args.size}x{args.size}) ...", flush=True)
+    frames = load_frames(args.data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
+                         limit=args.max_frames, progress=lambda m: print(m, flush=True))
+    if frames.is_ood.any():
+        print(f"dropping {int(frames.is_ood.sum())} frames labelled OOD: a detector trains on "
+              f"in-distribution data only", flush=True)
+        frames = frames.subset(~frames.is_ood)
+    if len(frames) < 8:
+        raise ValueError(f"only {len(frames)} usable frames in {args.data}: need at least 8")
+    flow_scale = 1.0
+    if args.kind == "flow":
+        flow_scale = args.flow_scale or auto_flow_scale(frames.raw)
+        print(f"flow scale {flow_scale} px/frame", flush=True)
+
+    torch.manual_seed(args.seed)
+    model = build_model(arch, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    enc_params = sum(p.numel() for p in model.encoder.parameters())
+    print(f"{arch}: {n_params / 1e6:.2f} M parameters ({enc_params / 1e6:.2f} M in the encoder)", flush=True)
+    result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
+    dims, usage = choose_dims(model.encoder, frames, flow_scale, args.select_k)
+    print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
+          f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
+    card = ModelCard(architecture=arch, config=cfg, flow_scale=float(flow_scale),
+                     data={"source": str(args.data), "image_topic": args.image_topic, "hash": frames.data_hash,
+                           "frames": len(frames)},
+                     training={**result.to_dict(), "settings": {
+                         "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
+                         "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment,
+                         "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
+                     selected_dims=dims, latent_kl=[float(u) for u in usage])
+    save_model(args.out, model, card)
+    size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
+    print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "
+          f"ood-monitor calibrate --model {args.out} --data DIR/bags/calibration")
+    return 0

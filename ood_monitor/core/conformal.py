@@ -1,0 +1,161 @@
+"""Inductive conformal anomaly detection over a frame stream (seed 000 and its lineage).
+
+A frame's nonconformity score becomes a p-value against the scores of a separate calibration split:
+p = (#{cal >= s} + 1) / (n + 1), floored at `p_floor` (0.005 in the reference) so the martingale stays
+finite. Single p-values are noisy; a camera stream is a sequence, so alarms come from sequential tests:
+
+* martingales over a sliding window of the last `window` p-values, in log space:
+  power      log M = sum_i [log eps + (eps - 1) log p_i]
+  mixture    log M = log of integral_0^1 prod_i eps p_i^(eps - 1) d eps
+                   = log of integral_0^1 eps^n exp((eps - 1) S) d eps,  S = sum_i log p_i,
+  so the mixture depends on the window only through (n, S) and is one fixed Gauss-Legendre sum.
+  On exchangeable data p is uniform and E[M] = 1, so log M > threshold has probability <= e^-threshold
+  per frame (Markov); a run of small p-values grows log M by about -log p per frame.
+* CUSUM on the p-values: S_t = max(0, S_{t-1} + (-log p_t) - delta). Under exchangeability -log p is
+  Exp(1) (mean 1), so any delta > 1 gives a negative drift; with p floored at 0.005, -log p <= 5.3, so
+  delta must stay well below 5.3 or the statistic can never grow. Defaults delta = 2, threshold = 20
+  alarm after about 6 frames at the floor. (The reference's delta = 5 / threshold = 20 setting
+  accumulates a different statistic; these are parameters.)
+* `pvalue`: alarm on a single frame with p <= pvalue_threshold (no memory; for comparison).
+
+Everything is numpy, O(window) per update.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+TESTS = ("martingale", "cusum", "pvalue")
+MARTINGALES = ("mixture", "power")
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(96)
+_EPS = 0.5 * (_GL_NODES + 1.0)            # nodes mapped to (0, 1)
+_LOG_EPS = np.log(_EPS)
+_LOG_W = np.log(0.5 * _GL_WEIGHTS)
+
+
+@dataclass(frozen=True)
+class AlarmConfig:
+    """Which sequential test raises `is_ood`, and every threshold. log_martingale thresholds are natural
+    logs (10 = a likelihood ratio of about 22000 against exchangeability)."""
+
+    test: str = "martingale"
+    martingale: str = "mixture"
+    epsilon: float = 0.5
+    window: int = 20
+    martingale_threshold: float = 10.0
+    cusum_delta: float = 2.0
+    cusum_threshold: float = 20.0
+    pvalue_threshold: float = 0.01
+    p_floor: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.test not in TESTS:
+            raise ValueError(f"alarm test must be one of {TESTS}, got {self.test!r}")
+        if self.martingale not in MARTINGALES:
+            raise ValueError(f"martingale must be one of {MARTINGALES}, got {self.martingale!r}")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"power martingale epsilon must be in (0, 1), got {self.epsilon}")
+        if self.window < 1:
+            raise ValueError(f"martingale window must be >= 1, got {self.window}")
+        if not 0.0 < self.p_floor < 1.0 or not 0.0 < self.pvalue_threshold < 1.0:
+            raise ValueError("p_floor and pvalue_threshold must be in (0, 1)")
+        if self.cusum_delta <= 0 or self.cusum_threshold <= 0:
+            raise ValueError("cusum_delta and cusum_threshold must be positive")
+
+
+class Decision(NamedTuple):
+    p_value: float
+    log_martingale: float
+    cusum: float
+    is_ood: bool
+
+
+def p_values(cal_sorted: np.ndarray, scores: np.ndarray | float, floor: float = 0.005) -> np.ndarray:
+    """Conformal p-values of `scores` against ascending calibration scores, floored at `floor`."""
+    cal = np.asarray(cal_sorted, dtype=np.float64)
+    s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+    at_least = cal.size - np.searchsorted(cal, s, side="left")
+    return np.maximum((at_least + 1.0) / (cal.size + 1.0), floor)
+
+
+def log_power_martingale(sum_log_p: float, n: int, epsilon: float) -> float:
+    return n * float(np.log(epsilon)) + (epsilon - 1.0) * sum_log_p
+
+
+def log_mixture_martingale(sum_log_p: float, n: int) -> float:
+    """log of integral_0^1 eps^n exp((eps - 1) S) d eps by 96-point Gauss-Legendre in log space."""
+    terms = _LOG_W + n * _LOG_EPS + (_EPS - 1.0) * sum_log_p
+    top = terms.max()
+    return float(top + np.log(np.exp(terms - top).sum()))
+
+
+def score_threshold(cal_sorted: np.ndarray, alpha: float) -> float:
+    """The calibration score above which a frame's p-value is <= alpha (inf if no score can be)."""
+    cal = np.asarray(cal_sorted, dtype=np.float64)
+    allowed = int(np.floor(alpha * (cal.size + 1) - 1.0 + 1e-9))  # max #{cal >= s} with p <= alpha
+    if allowed < 0:
+        return float("inf")
+    return float(cal[cal.size - allowed - 1]) if allowed < cal.size else float("-inf")
+
+
+class ConformalMonitor:
+    """Stateful p-value -> martingale / CUSUM -> alarm, one `update` per frame."""
+
+    def __init__(self, calibration_scores: np.ndarray, cfg: AlarmConfig | None = None) -> None:
+        cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+        if cal.ndim != 1 or cal.size == 0 or not np.all(np.isfinite(cal)):
+            raise ValueError("calibration scores must be a non-empty 1-D array of finite numbers")
+        self.cal = cal
+        self.cfg = cfg or AlarmConfig()
+        self.score_threshold = score_threshold(cal, self.cfg.pvalue_threshold)
+        self._log_p: deque[float] = deque(maxlen=self.cfg.window)
+        self._cusum = 0.0
+
+    def reset(self) -> None:
+        """Start a new sequence (e.g. after a gap in the stream)."""
+        self._log_p.clear()
+        self._cusum = 0.0
+
+    def p_value(self, score: float) -> float:
+        return float(p_values(self.cal, score, self.cfg.p_floor)[0])
+
+    def update(self, score: float) -> Decision:
+        if not np.isfinite(score):
+            raise ValueError(f"nonconformity score must be finite, got {score}")
+        cfg = self.cfg
+        p = self.p_value(score)
+        log_p = float(np.log(p))
+        self._log_p.append(log_p)
+        total, n = float(sum(self._log_p)), len(self._log_p)
+        if cfg.martingale == "mixture":
+            log_m = log_mixture_martingale(total, n)
+        else:
+            log_m = log_power_martingale(total, n, cfg.epsilon)
+        self._cusum = max(0.0, self._cusum - log_p - cfg.cusum_delta)
+        if cfg.test == "martingale":
+            alarm = log_m > cfg.martingale_threshold
+        elif cfg.test == "cusum":
+            alarm = self._cusum > cfg.cusum_threshold
+        else:
+            alarm = p <= cfg.pvalue_threshold
+        return Decision(p, log_m, self._cusum, bool(alarm))
+
+
+def monitor_sequence(calibration_scores: np.ndarray, scores: np.ndarray, cfg: AlarmConfig | None = None,
+                     sequence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Run a monitor over a score array (offline evaluation), resetting where `sequence` changes."""
+    mon = ConformalMonitor(calibration_scores, cfg)
+    out = {k: np.empty(len(scores)) for k in ("p_value", "log_martingale", "cusum")}
+    out["is_ood"] = np.zeros(len(scores), dtype=bool)
+    prev = None
+    for i, s in enumerate(scores):
+        if sequence is not None:
+            if prev is not None and sequence[i] != prev:
+                mon.reset()
+            prev = sequence[i]
+        d = mon.update(float(s))
+        out["p_value"][i], out["log_martingale"][i], out["cusum"][i], out["is_ood"][i] = d
+    return out

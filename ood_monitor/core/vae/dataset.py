@@ -1,0 +1,110 @@
+"""Frames from a bag or an image folder -> arrays the VAEs train and score on.
+
+Frames go through the same `Preprocessor` as the live preprocess node, so a model sees exactly the
+images and flow fields it will see on the robot. Arrays stay compact (uint8 images, px/frame flow) and
+become model input batch by batch through `model_input`, which the detector calls too.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_monitor.core.frames import FrameConfig, image_tensor
+from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
+
+DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+
+
+@dataclass
+class FrameSet:
+    """N frames of one kind with their labels. `raw` is (N, H, W, 3) uint8 RGB for images and
+    (N, H, W, 2) float32 pixels/frame for flow (flow frame i is the motion into source frame i)."""
+
+    kind: str
+    raw: np.ndarray
+    is_ood: np.ndarray
+    category: np.ndarray
+    ood_kind: np.ndarray
+    episode: np.ndarray
+    index: np.ndarray
+    data_hash: str
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def subset(self, keep: np.ndarray) -> FrameSet:
+        """Rows selected by a boolean mask or index array (the hash still names the source data)."""
+        return replace(self, raw=self.raw[keep], is_ood=self.is_ood[keep], category=self.category[keep],
+                       ood_kind=self.ood_kind[keep], episode=self.episode[keep], index=self.index[keep])
+
+    def inputs(self, rows: np.ndarray | slice, flow_scale: float) -> np.ndarray:
+        return model_input(self.raw[rows], self.kind, flow_scale)
+
+
+def model_input(raw: np.ndarray, kind: str, flow_scale: float) -> np.ndarray:
+    """(N, H, W, C) raw frames -> (N, C, H, W) float32: images in [0, 1], flow divided by `flow_scale`."""
+    if kind == "image":
+        return image_tensor(raw)
+    return np.ascontiguousarray(np.moveaxis(np.asarray(raw, dtype=np.float32) / np.float32(flow_scale), -1, -3))
+
+
+def auto_flow_scale(flow: np.ndarray, quantile: float = 99.0) -> float:
+    """A fixed normaliser for flow: the given percentile of |u|, |v| on training data, rounded up to
+    0.25 px so it reads well in config.json (never below 0.25)."""
+    if flow.size == 0:
+        return 1.0
+    q = float(np.percentile(np.abs(flow), quantile))
+    return max(0.25, float(np.ceil(q * 4.0) / 4.0))
+
+
+def collect(frames: Iterable[Any], kind: str, frame_cfg: FrameConfig, source: str = "",
+            limit: int | None = None, progress: Callable[[str], None] | None = None) -> FrameSet:
+    """Run labelled frames (objects with image, stamp_ns, episode, is_ood, category, kind, index)
+    through the preprocessor. As on the robot, flow restarts only where the stamps say the stream
+    broke (a gap, a jump back): labelled episodes inside one continuous drive keep their flow, so a
+    motion anomaly is scored from its first frame. The data hash covers the prepared uint8 frames and
+    the geometry."""
+    if kind not in ("image", "flow"):
+        raise ValueError(f"kind must be 'image' or 'flow', got {kind!r}")
+    pre = Preprocessor(PreprocessConfig(frame=frame_cfg, flow_enabled=kind == "flow"))
+    digest = hashlib.sha256(f"{kind}:{frame_cfg.width}x{frame_cfg.height}:{frame_cfg.crop}".encode())
+    rows: list[np.ndarray] = []
+    labels: list[tuple[bool, str, str, int, int]] = []
+    for n, fr in enumerate(frames):
+        if limit is not None and len(rows) >= limit:
+            break
+        out = pre.process(fr.image, fr.stamp_ns)
+        if out.image is None:
+            continue
+        digest.update(out.image.tobytes())
+        item = out.image if kind == "image" else out.flow
+        if item is not None:
+            rows.append(item)
+            labels.append((bool(fr.is_ood), str(fr.category), str(fr.kind), int(fr.episode), int(fr.index)))
+        if progress is not None and (n + 1) % 500 == 0:
+            progress(f"  read {n + 1} frames")
+    if not rows:
+        raise ValueError(f"no {kind} frames in {source or 'the input'}"
+                         + (" (flow needs at least two consecutive frames)" if kind == "flow" else ""))
+    cols = list(zip(*labels, strict=True))
+    return FrameSet(kind=kind, raw=np.stack(rows), is_ood=np.array(cols[0], bool),
+                    category=np.array(cols[1], dtype=object), ood_kind=np.array(cols[2], dtype=object),
+                    episode=np.array(cols[3], np.int64), index=np.array(cols[4], np.int64),
+                    data_hash=digest.hexdigest(), source=source)
+
+
+def load_frames(path: str | Path, kind: str, frame_cfg: FrameConfig, image_topic: str = DEFAULT_IMAGE_TOPIC,
+                limit: int | None = None, progress: Callable[[str], None] | None = None) -> FrameSet:
+    """`collect` over `ood_monitor.data.frames.iter_frames` (a rosbag2 bag or a folder of images)."""
+    from ood_monitor.data.frames import iter_frames
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"data not found: {path}")
+    return collect(iter_frames(path, image_topic=image_topic), kind, frame_cfg, source=str(path),
+                   limit=limit, progress=progress)

@@ -1,0 +1,198 @@
+"""Training loop for the VAE detectors: Adam, seeded, a held-out validation split of contiguous
+blocks (neighbouring frames are near-duplicates, so a random split would validate on training frames),
+early stopping on validation loss keeping the best weights, optional augmentation, progress lines and a
+training curve for config.json.
+
+Augmentation (seed 003: it is what keeps OOD detection robust under quantization) is deliberately mild:
+brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
+global illumination shifts are normal, which is exactly what it must detect.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ood_monitor.core.nonconformity import encode, latent_kl, select_dims
+
+from .dataset import FrameSet
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Brightness: additive jitter (fraction of full scale); contrast: multiplicative around the frame
+    mean; shift: max integer translation in pixels (edge padding); hflip: mirror (negates u for flow).
+    Brightness/contrast apply to images only: flow carries no appearance."""
+
+    enabled: bool = True
+    brightness: float = 0.05
+    contrast: float = 0.05
+    shift: int = 4
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch: int = 64
+    lr: float = 1e-3
+    val_split: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    max_steps: int | None = None
+    time_limit_s: float | None = None
+    val_block: int = 32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1 or self.lr <= 0 or self.patience < 1:
+            raise ValueError("epochs, batch and patience must be >= 1 and lr > 0")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {self.val_split}")
+
+
+@dataclass
+class TrainResult:
+    curve: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = math.inf
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: str = "all epochs done"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_blocks(n: int, frac: float, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation row indices; validation takes whole blocks of `block` consecutive rows."""
+    if frac <= 0 or n < 2:
+        return np.arange(n), np.arange(0)
+    starts = np.arange(0, n, block)
+    n_val = min(len(starts) - 1, max(1, round(frac * len(starts))))
+    if n_val < 1:  # fewer than two blocks: fall back to single rows
+        val = rng.choice(n, size=max(1, round(frac * n)), replace=False)
+    else:
+        chosen = rng.choice(starts, size=n_val, replace=False)
+        val = np.concatenate([np.arange(s, min(n, s + block)) for s in chosen])
+    mask = np.zeros(n, bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def augment_batch(x: torch.Tensor, kind: str, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random per-frame jitter, shift and flip of a model-input batch (N, C, H, W)."""
+    n = x.shape[0]
+    if kind == "image" and (cfg.brightness > 0 or cfg.contrast > 0):
+        b = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness
+        c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.contrast
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * c + mean + b).clamp(0.0, 1.0)
+    if cfg.shift > 0:
+        s = cfg.shift
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        dy, dx = (torch.randint(0, 2 * s + 1, (n,), generator=gen) for _ in range(2))
+        h, w = x.shape[-2:]
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if cfg.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        if flip.any():
+            x = x.clone()
+            flipped = x[flip].flip(-1)
+            if kind == "flow":
+                flipped[:, 0] = -flipped[:, 0]  # mirrored motion: u changes sign, v does not
+            x[flip] = flipped
+    return x
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, data: FrameSet, rows: np.ndarray, flow_scale: float, batch: int
+                  ) -> dict[str, float]:
+    """Mean loss parts over `rows` with z at the posterior mean (eval mode: deterministic)."""
+    model.eval()
+    sums = np.zeros(3)
+    for start in range(0, len(rows), batch):
+        idx = rows[start:start + batch]
+        parts = model.objective(torch.from_numpy(data.inputs(idx, flow_scale)))
+        sums += len(idx) * np.array([float(p) for p in parts])
+    total, recon, kl = sums / max(1, len(rows))
+    return {"loss": total, "recon": recon, "kl": kl}
+
+
+def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainConfig,
+              log: Callable[[str], None] = print) -> TrainResult:
+    """Fit `model` (BetaVAE or HierarchicalVAE) on `data`; leaves the best-validation weights loaded."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_rows, val_rows = split_blocks(len(data), cfg.val_split, cfg.val_block, rng)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    res, best_state, stale, t0 = TrainResult(), None, 0, time.monotonic()
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch)
+    log(f"training {type(model).__name__} on {len(train_rows)} frames, validating on {len(val_rows)}; "
+        f"{steps_per_epoch} steps/epoch")
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        sums, seen = np.zeros(3), 0
+        for idx in np.array_split(rng.permutation(train_rows), steps_per_epoch):
+            x = torch.from_numpy(data.inputs(np.sort(idx), flow_scale))
+            if cfg.augment.enabled:
+                x = augment_batch(x, data.kind, cfg.augment, gen)
+            parts = model.objective(x)
+            opt.zero_grad(set_to_none=True)
+            parts.total.backward()
+            opt.step()
+            sums += len(idx) * np.array([float(p.detach()) for p in parts])
+            seen += len(idx)
+            res.steps += 1
+            if _out_of_budget(cfg, res.steps, t0):
+                break
+        tr = sums / max(1, seen)
+        val = evaluate_loss(model, data, val_rows, flow_scale, cfg.batch) if len(val_rows) else None
+        monitored = val["loss"] if val else float(tr[0])
+        res.curve.append({"epoch": epoch, "steps": res.steps, "train_loss": float(tr[0]),
+                          "train_recon": float(tr[1]), "train_kl": float(tr[2]),
+                          "val_loss": val["loss"] if val else None, "seconds": round(time.monotonic() - t0, 2)})
+        improved = monitored < res.best_val
+        if improved:
+            res.best_val, res.best_epoch, stale = monitored, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        log(f"epoch {epoch:3d}/{cfg.epochs}  train {tr[0]:10.2f} (recon {tr[1]:9.2f}, kl {tr[2]:7.2f})  "
+            f"val {monitored:10.2f}{' *' if improved else '  '}  {time.monotonic() - t0:6.1f}s")
+        if stale >= cfg.patience:
+            res.stopped = f"early stop: no validation improvement for {cfg.patience} epochs"
+            break
+        if _out_of_budget(cfg, res.steps, t0):
+            res.stopped = "step or time budget reached"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    res.seconds = round(time.monotonic() - t0, 2)
+    log(f"{res.stopped}; best epoch {res.best_epoch} (val {res.best_val:.2f}) after {res.seconds:.0f}s")
+    model.eval()
+    return res
+
+
+def _out_of_budget(cfg: TrainConfig, steps: int, t0: float) -> bool:
+    return ((cfg.max_steps is not None and steps >= cfg.max_steps)
+            or (cfg.time_limit_s is not None and time.monotonic() - t0 >= cfg.time_limit_s))
+
+
+def latent_usage(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256) -> np.ndarray:
+    """Mean KL per latent dimension over `data` (the training set): what dimension selection ranks."""
+    mu, logvar = encode(encoder, lambda s: data.inputs(s, flow_scale), len(data), batch)
+    return latent_kl(mu, logvar).mean(axis=0)
+
+
+def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int) -> tuple[list[int], np.ndarray]:
+    usage = latent_usage(encoder, data, flow_scale)
+    return select_dims(usage, k), usage

@@ -1,0 +1,168 @@
+"""vae_detector_node: ood/image or ood/flow -> ood/score/<detector> (ood_msgs/OODScore).
+
+One node class, launched once per detector: `detector: image` runs the β-VAE encoder on ood/image
+(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets seed 000's KL
+nonconformity score, an inductive conformal p-value against the model's stored calibration scores and
+the martingale / CUSUM alarm; optional cached MC dropout (seed 001) adds the score's uncertainty.
+The model must exist, match the input and carry calibration scores, or the node refuses to start
+with a message saying which file and what to run.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ood_monitor.core.conformal import AlarmConfig
+from ood_monitor.core.detector import VaeDetector
+from ood_monitor.core.model_dirs import resolve_model_dir
+from ood_monitor.core.stage_stats import StageStats
+from ood_monitor.ros.diagnostics import DiagnosticsPublisher
+from ood_monitor.ros.image import ImageConversionError, image_to_array
+from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.params import declare_parameters
+from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_msgs.msg import OODScore
+
+DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
+BACKENDS = ("torch",)
+
+PARAMETERS = {
+    "detector": ("image", "image (β-VAE on ood/image) or flow (VAE on ood/flow)"),
+    "input_topic": ("", "input topic; empty: ood/image or ood/flow by detector"),
+    "model_dir": ("", "model folder (model.safetensors + config.json); empty: models/vae_<detector>"),
+    "backend": ("torch", "inference backend: torch"),
+    "device": ("cpu", "torch device: cpu or cuda"),
+    "input_height": (128, "frame size the preprocess node produces; the model must match"),
+    "input_width": (128, "frame size the preprocess node produces; the model must match"),
+    "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
+    "mc_z": (1.96, "z of the MC-dropout confidence interval of the score"),
+    "ignore_uncertain": (True, "seed 001: a frame whose score interval straddles the threshold keeps the previous is_ood"),
+    "alarm_test": ("martingale", "which test sets is_ood: martingale | cusum | pvalue"),
+    "martingale": ("mixture", "mixture (simple mixture) | power"),
+    "epsilon": (0.5, "power martingale epsilon"),
+    "window": (20, "sliding window of p-values for the martingale"),
+    "martingale_threshold": (10.0, "alarm when log martingale exceeds this"),
+    "cusum_delta": (2.0, "CUSUM drift subtracted from -log p each frame"),
+    "cusum_threshold": (20.0, "alarm when the CUSUM statistic exceeds this"),
+    "pvalue_threshold": (0.01, "alarm test pvalue: a frame with p below this is OOD"),
+    "p_floor": (0.005, "p-values are clipped at this floor (keeps the martingale finite)"),
+    "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
+    "output_qos": ("reliable", "reliability of ood/score/<detector>: reliable | best_effort"),
+    "output_depth": (10, "history depth of the output"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
+    "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
+}
+
+
+def stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class VaeDetectorNode(Node):
+    def __init__(self, node_name: str = "vae_detector_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        self.detector_name = p["detector"]
+        if self.detector_name not in DETECTORS:
+            raise ValueError(f"parameter detector must be one of {sorted(DETECTORS)}, got {self.detector_name!r}")
+        if p["backend"] not in BACKENDS:
+            raise ValueError(f"backend {p['backend']!r} is not available in this node: set parameter backend to "
+                             f"one of {BACKENDS}")
+        default_topic, self.encoding = DETECTORS[self.detector_name]
+        self.model_dir = resolve_model_dir(p["model_dir"] or f"models/vae_{self.detector_name}")
+        alarm = AlarmConfig(test=p["alarm_test"], martingale=p["martingale"], epsilon=p["epsilon"],
+                            window=p["window"], martingale_threshold=p["martingale_threshold"],
+                            cusum_delta=p["cusum_delta"], cusum_threshold=p["cusum_threshold"],
+                            pvalue_threshold=p["pvalue_threshold"], p_floor=p["p_floor"])
+        self.detector = VaeDetector.from_model_dir(
+            self.model_dir, alarm, mc_samples=p["mc_samples"], device=self._device(p["device"]), z=p["mc_z"],
+            kind=self.detector_name, expect_size=(p["input_height"], p["input_width"]))
+        self.ignore_uncertain = p["ignore_uncertain"]
+        self.max_gap_ns = int(p["max_gap_s"] * 1e9)
+        self.last_stamp: int | None = None
+        self.last_is_ood = False
+        self.counts = {"ood_frames": 0, "uncertain_frames": 0, "alarm_resets": 0}
+        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        topic = p["input_topic"] or default_topic
+        self.pub = self.create_publisher(OODScore, f"ood/score/{self.detector_name}",
+                                         output_qos(p["output_qos"], p["output_depth"]))
+        self.create_subscription(Image, topic, self.on_frame, sensor_qos())
+        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
+        card = self.detector.card
+        self.get_logger().info(
+            f"{self.detector_name} detector on {topic}: {self.model_dir} ({card.config.height}x{card.config.width}, "
+            f"{len(card.selected_dims)} KL dims, {self.detector.monitor.cal.size} calibration scores), "
+            f"alarm {alarm.test}, MC dropout {p['mc_samples'] or 'off'}")
+
+    def _device(self, device: str) -> str:
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device {device!r} requested but CUDA is not available: set parameter device to cpu")
+        return device
+
+    def diagnostic_values(self) -> dict[str, str]:
+        card = self.detector.card
+        return {"detector": self.detector_name, "backend": "torch", "device": str(self.detector.device),
+                "model": str(self.model_dir), "model_sha256": card.weights_sha256[:16],
+                "calibration_scores": str(self.detector.monitor.cal.size),
+                "mc_samples": str(self.detector.mc.samples if self.detector.mc else 0),
+                **{k: str(v) for k, v in self.counts.items()}}
+
+    def on_frame(self, msg: Image) -> None:
+        start = time.perf_counter()
+        stamp = stamp_ns(msg.header)
+        self.stats.on_input(stamp)
+        try:
+            if msg.encoding != self.encoding:
+                raise ImageConversionError(f"{self.detector_name} detector expects {self.encoding}, got {msg.encoding!r}")
+            frame = image_to_array(msg)
+            self._restart_if_discontinuous(stamp)
+            result = self.detector.score_frame(frame)
+        except (ImageConversionError, ValueError) as exc:
+            self._reject(str(exc))
+            return
+        except Exception as exc:  # a callback must never take the node down
+            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+            return
+        is_ood = result.is_ood
+        if result.uncertain:
+            self.counts["uncertain_frames"] += 1
+            if self.ignore_uncertain:
+                is_ood = self.last_is_ood
+        self.last_is_ood = is_ood
+        self.counts["ood_frames"] += int(is_ood)
+        latency = (time.perf_counter() - start) * 1e3
+        self.pub.publish(OODScore(
+            header=msg.header, detector=self.detector_name, score=result.score, p_value=result.p_value,
+            log_martingale=result.log_martingale, cusum=result.cusum, is_ood=is_ood,
+            uncertainty=result.uncertainty if not math.isnan(result.uncertainty) else math.nan,
+            latency_ms=latency))
+        self.stats.on_output(latency)
+
+    def _restart_if_discontinuous(self, stamp: int) -> None:
+        """A looped bag or a long gap starts a new sequence: the old p-values say nothing about it."""
+        last, self.last_stamp = self.last_stamp, stamp
+        if last is not None and (stamp <= last or stamp - last > self.max_gap_ns):
+            if stamp == last:
+                raise ValueError(f"duplicate stamp {stamp} ns: frame ignored")
+            self.detector.reset()
+            self.last_is_ood = False
+            self.counts["alarm_resets"] += 1
+
+    def _reject(self, reason: str) -> None:
+        self.stats.on_reject(reason)
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(VaeDetectorNode, "vae_detector_node", args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""ROS-free VaeDetector (core/detector): loading, input validation, train/serve parity, alarms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ood_monitor.core.conformal import AlarmConfig
+from ood_monitor.core.detector import VaeDetector, score_frameset
+from ood_monitor.core.vae import VaeConfig, build_model
+from ood_monitor.core.vae.dataset import FrameSet
+from ood_monitor.core.vae.io import ModelCard, ModelFileError, load_encoder, read_card, save_model, write_card
+
+torch.set_num_threads(2)
+SIZE = 32
+
+
+def frameset(kind: str, n: int, seed: int = 0) -> FrameSet:
+    rng = np.random.default_rng(seed)
+    if kind == "image":
+        raw = rng.integers(60, 120, size=(n, SIZE, SIZE, 3), dtype=np.uint8)
+    else:
+        raw = rng.normal(0.0, 0.5, size=(n, SIZE, SIZE, 2)).astype(np.float32)
+    labels = np.zeros(n, bool)
+    return FrameSet(kind, raw, labels, np.array(["in_distribution"] * n, object), np.array(["none"] * n, object),
+                    np.zeros(n, np.int64), np.arange(n), "hash")
+
+
+def model_dir(tmp_path: Path, kind: str = "image", calibrate: bool = True) -> Path:
+    cfg = VaeConfig(kind=kind, height=SIZE, width=SIZE, latent=8, widths=(8, 16), hidden=32, dropout=0.2)
+    torch.manual_seed(0)
+    path = tmp_path / f"vae_{kind}"
+    card = ModelCard("beta_vae", cfg, flow_scale=2.0 if kind == "flow" else 1.0, selected_dims=[1, 2, 5])
+    save_model(path, build_model("beta_vae", cfg).eval(), card)
+    if calibrate:
+        encoder, card = load_encoder(path)
+        scores = np.sort(score_frameset(encoder, card, frameset(kind, 200, seed=1)))
+        card.calibration = {"scores": scores.tolist(), "selected_dims": card.selected_dims}
+        write_card(path, card)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["image", "flow"])
+def test_scores_match_offline_scoring(tmp_path: Path, kind: str) -> None:
+    path = model_dir(tmp_path, kind)
+    det = VaeDetector.from_model_dir(path, AlarmConfig(), kind=kind, expect_size=(SIZE, SIZE))
+    test = frameset(kind, 5, seed=2)
+    offline = score_frameset(*load_encoder(path), test)
+    online = [det.score_frame(f) for f in test.raw]
+    np.testing.assert_allclose([r.score for r in online], offline, rtol=1e-5)
+    r = online[-1]
+    assert 0.005 <= r.p_value <= 1 and np.isnan(r.uncertainty) and not r.uncertain and not r.is_ood
+
+
+def test_refuses_wrong_frames(tmp_path: Path) -> None:
+    image = VaeDetector.from_model_dir(model_dir(tmp_path, "image"))
+    flow = VaeDetector.from_model_dir(model_dir(tmp_path, "flow"))
+    bad = [np.zeros((SIZE, SIZE + 8, 3), np.uint8), np.zeros((SIZE, SIZE, 3), np.float32),
+           np.zeros((SIZE, SIZE), np.uint8), np.zeros((SIZE, SIZE, 4), np.uint8)]
+    for frame in bad:
+        with pytest.raises(ValueError, match=f"expects {SIZE}x{SIZE}x3 uint8 RGB"):
+            image.score_frame(frame)
+    with pytest.raises(ValueError, match="float32 flow"):
+        flow.score_frame(np.zeros((SIZE, SIZE, 2), np.float64))
+    nan_flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    nan_flow[3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        flow.score_frame(nan_flow)
+    assert len(image.monitor._log_p) == 0  # nothing was scored
+
+
+def test_refuses_unusable_models(tmp_path: Path) -> None:
+    path = model_dir(tmp_path, "image", calibrate=False)
+    with pytest.raises(ModelFileError, match=r"has no calibration scores: run `ood-monitor calibrate --model"):
+        VaeDetector.from_model_dir(path)
+    path = model_dir(tmp_path, "image")
+    with pytest.raises(ModelFileError, match=r"is for 32x32 input but frames are prepared at 128x128"):
+        VaeDetector.from_model_dir(path, expect_size=(128, 128))
+    with pytest.raises(ModelFileError, match="is a image model but a flow detector"):
+        VaeDetector.from_model_dir(path, kind="flow")
+    with pytest.raises(ModelFileError, match="not found"):
+        VaeDetector.from_model_dir(tmp_path / "missing")
+
+
+def test_alarm_on_strange_frames_and_reset(tmp_path: Path) -> None:
+    path = model_dir(tmp_path, "image")
+    card = read_card(path)
+    card.calibration["scores"] = [-1.0] * 50  # every real score is stranger than all of calibration
+    write_card(path, card)
+    det = VaeDetector.from_model_dir(path, AlarmConfig(test="cusum", cusum_delta=2.0, cusum_threshold=10.0))
+    frame = frameset("image", 1).raw[0]
+    results = [det.score_frame(frame) for _ in range(7)]
+    # each frame adds -log(1/51) - 2 = 1.93 to the CUSUM: above 10 from the 6th frame on
+    assert [r.is_ood for r in results] == [False] * 5 + [True, True]
+    assert results[0].p_value == pytest.approx(1 / 51)
+    det.reset()
+    assert det.score_frame(frame).cusum == pytest.approx(-np.log(1 / 51) - 2.0)
+
+
+def test_mc_dropout_reports_uncertainty(tmp_path: Path) -> None:
+    path = model_dir(tmp_path, "image")
+    det = VaeDetector.from_model_dir(path, mc_samples=20)
+    plain = VaeDetector.from_model_dir(path)
+    frame = frameset("image", 1, seed=3).raw[0]
+    torch.manual_seed(0)
+    r = det.score_frame(frame)
+    assert r.uncertainty > 0 and np.isfinite(r.uncertainty)
+    assert r.score == pytest.approx(plain.score_frame(frame).score)  # MC never changes the decision score
+    assert not det.encoder.training
+
+
+def cli(*argv: str) -> int:
+    import argparse
+
+    from ood_monitor.cli import calibrate_cmd, train_cmd
+
+    parser = argparse.ArgumentParser(prog="ood-monitor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_cmd.register(sub)
+    calibrate_cmd.register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def png_folder(path: Path, n: int, seed: int) -> Path:
+    import cv2
+
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :64]
+    for i in range(n):  # a drifting sinusoid texture: consecutive frames have real optical flow
+        phase = i * 0.3 + rng.uniform(0, 0.05)
+        grey = 128 + 80 * np.sin(xx / 5.0 + phase) * np.cos(yy / 7.0)
+        cv2.imwrite(str(path / f"{i:05d}.png"), np.repeat(grey[..., None], 3, -1).astype(np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("kind,extra", [("image", []), ("flow", ["--hvae-ratio", "0.5"])])
+def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ood_monitor.data.frames")
+    train, cal = png_folder(tmp_path / "train", 40, 0), png_folder(tmp_path / "cal", 30, 1)
+    out = tmp_path / "models" / f"vae_{kind}"
+    assert cli("train", "vae", "--kind", kind, "--data", str(train), "--out", str(out), "--size", "32",
+               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "2", "--batch", "16",
+               "--select-k", "3", "--threads", "2", *extra) == 0
+    card = read_card(out)
+    assert card.architecture == ("hvae" if extra else "beta_vae") and card.kind == kind
+    assert len(card.selected_dims) == 3 and len(card.training["curve"]) == 2 and len(card.data["hash"]) == 64
+    if kind == "flow":  # auto scale: a percentile of |flow| rounded up to 0.25 px
+        assert card.flow_scale >= 0.25 and card.flow_scale % 0.25 == 0
+    else:
+        assert card.flow_scale == 1.0
+    with pytest.raises(ValueError, match="training data"):
+        cli("calibrate", "--model", str(out), "--data", str(train))
+    assert cli("calibrate", "--model", str(out), "--data", str(cal)) == 0
+    scores = read_card(out).calibration["scores"]
+    assert len(scores) == (30 if kind == "image" else 29) and scores == sorted(scores)
+    assert "epoch   2/2" in capsys.readouterr().out
+    det = VaeDetector.from_model_dir(out, kind=kind, expect_size=(32, 32))
+    frame = np.zeros((32, 32, 3), np.uint8) if kind == "image" else np.zeros((32, 32, 2), np.float32)
+    assert np.isfinite(det.score_frame(frame).score)
