@@ -26,7 +26,7 @@ if done_step pip "$key"; then
   say "python packages up to date"
 else
   say "installing pinned python packages (torch from constraints.txt, ROS 2 wheels, the rest)"
-  python -m pip install -q -c constraints.txt 'pip' 'setuptools<80' wheel
+  python -m pip install -q --upgrade -c constraints.txt pip 'setuptools<80' wheel
   python -m pip install -q -c constraints.txt torch torchvision
   python -m pip install -q -c constraints.txt -r requirements.txt
   mark_step pip "$key"
