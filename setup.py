@@ -39,6 +39,8 @@ setup(
             "ood-monitor = ood_monitor.cli.main:main",
             "preprocess_node = ood_monitor.nodes.preprocess_node:main",
             "vae_detector_node = ood_monitor.nodes.vae_detector_node:main",
+            "analysis_node = ood_monitor.nodes.analysis_node:main",
+            "nav_bridge_node = ood_monitor.nodes.nav_bridge_node:main",
         ],
     },
 )

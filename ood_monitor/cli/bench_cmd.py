@@ -7,6 +7,7 @@ import importlib
 STAGES = {
     "preprocess": "ood_monitor.cli.bench_preprocess",
     "vae": "ood_monitor.cli.bench_vae",
+    "analysis": "ood_monitor.cli.bench_analysis",
 }
 
 

@@ -1,0 +1,176 @@
+"""`ood-monitor bench analysis`: ms per frame of discrepancy + segment pooling + mask, with pixel AUC-PR
+and F* on the demo test split's object-anomaly frames, for every segmenter available.
+
+Until the diffusion synthesizer ships, the "synthesized" frame is an ORACLE STAND-IN: the input with its
+ground-truth anomaly region inpainted (cv2.inpaint) plus mild blur and noise everywhere. Figures measured
+with it show what the analysis step does with a good synthesis; they are not the synthesizer's.
+"""
+from __future__ import annotations
+
+import argparse
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ood_monitor.core.analysis import AnalysisConfig, Analyzer
+from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.segmenters import (
+    AutoMaskConfig,
+    FelzenszwalbSegmenter,
+    SamArchitecture,
+    SamOnnxSegmenter,
+    SamSegmenter,
+    SlicSegmenter,
+    build_sam,
+    make_segmenter,
+)
+from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr
+from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, write_report
+
+DEFAULT_DATA = "demo_data/images/test"
+SYNTHESIS = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
+TINY_SAM = SamArchitecture(64, 2, 2, (1,), image_size=256, prompt_embed_dim=64, window_size=8,
+                           decoder_mlp_dim=128, decoder_heads=2, iou_head_hidden_dim=64)
+
+
+def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = stages.add_parser("analysis", help="ms per frame + AUC-PR/F*: discrepancy, segment pooling, mask")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"demo test split, image folder or bag (default {DEFAULT_DATA})")
+    p.add_argument("--frames", type=int, default=80, help="object-anomaly frames used (default 80: all)")
+    p.add_argument("--features", default="random", help="feature extractor of every row: random | vae | dcae | none")
+    p.add_argument("--models", default="models", help="folder holding vae_image / dcae")
+    p.add_argument("--sam-checkpoint", default="", help="also time SAM (torch) with this checkpoint")
+    p.add_argument("--sam-model-type", default="vit_b", help="vit_b | vit_l | vit_h")
+    p.add_argument("--sam-onnx-dir", default="", help="also time SAM on ONNX Runtime from this export")
+    p.add_argument("--sam-tiny", action="store_true",
+                   help="time a tiny RANDOM SAM (torch + ONNX) only to prove the path (its masks are meaningless)")
+    p.add_argument("--compare", action="store_true", help="add rows for feature-term alternatives and no pooling")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch/OpenCV threads (default 1, as the node runs: spinning threads on a shared CPU cost more than they give)")
+    p.set_defaults(func=run)
+    return p
+
+
+def oracle_synthesis(image: np.ndarray, mask: np.ndarray | None, seed: int = 0) -> np.ndarray:
+    """The oracle stand-in for a synthesizer: anomaly removed by inpainting the ground-truth region
+    (dilated 2 px), then mild blur and Gaussian noise over the whole frame, as a real re-synthesis would
+    never reproduce the input exactly."""
+    out = image
+    if mask is not None and mask.any():
+        region = cv2.dilate((mask > 0).astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
+        out = cv2.inpaint(image, region, 5, cv2.INPAINT_TELEA)
+    out = cv2.GaussianBlur(out, (0, 0), 0.7).astype(np.float32)
+    out += np.random.default_rng(seed).normal(0.0, 2.0, out.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def object_frames(path: str, limit: int) -> list:
+    """Frames of the 'object' category that carry a ground-truth mask and a semantic image."""
+    from ood_monitor.data.frames import iter_frames
+
+    frames = (f for f in iter_frames(path) if f.category == "object" and f.mask is not None
+              and f.semantic is not None and f.mask.any())
+    return list(islice(frames, limit))
+
+
+def anomaly_class_ids(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(anomalous class ids, ignored ids: the 'unknown' class) from the dataset's classes.json."""
+    from ood_monitor.data.frames import load_classes
+
+    classes = load_classes(path)
+    return (tuple(c.id for c in classes.values() if c.anomaly),
+            tuple(c.id for c in classes.values() if c.name in ("unknown", "void")))
+
+
+def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_ids) -> dict:
+    """Time analyze() per frame and score its pooled confidence."""
+    auc, fstar, times = PixelAucPr(), FStar(anomaly_ids, ignore_ids), []
+    analyzer.analyze(frames[0].image, synth[0])  # warm-up (lazy imports, allocator)
+    for f, s in zip(frames, synth, strict=True):
+        result = analyzer.analyze(f.image, s)
+        times.append(sum(result.timings_ms.values()))
+        auc.add(result.confidence, f.mask)
+        fstar.add(result.confidence, f.semantic)
+    best, tau = fstar.value()
+    return {**summarize_ms(np.asarray(times)), "auc_pr": auc.value(), "f_star": best, "f_star_tau": tau}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    frames = object_frames(args.data, 16 if args.quick else args.frames)
+    if not frames:
+        print(f"no object-anomaly frames with masks in {args.data} (generate: ood-monitor data demo)")
+        return 1
+    synth = [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)]
+    ids = anomaly_class_ids(args.data)
+    extractor, feat_desc = make_feature_extractor(args.features, args.models)
+    cfg = AnalysisConfig()
+    fallback = make_segmenter("auto")
+    variants = {"fallback": fallback.segmenter, "slic": SlicSegmenter(), "felzenszwalb": FelzenszwalbSegmenter()}
+    if args.sam_checkpoint:
+        variants["sam"] = SamSegmenter(args.sam_checkpoint, args.sam_model_type)
+    if args.sam_onnx_dir:
+        variants["sam_onnx"] = SamOnnxSegmenter(args.sam_onnx_dir)
+    rows = []
+    for name, seg in variants.items():
+        rows.append({"variant": name, "segmenter": seg.name, "features": feat_desc,
+                     **evaluate(Analyzer(cfg, seg, extractor), frames, synth, *ids)})
+    if args.sam_tiny:
+        rows += tiny_sam_rows(frames[:4], synth[:4], ids, extractor, cfg)
+    if args.compare:
+        rows += comparison_rows(frames, synth, ids, args.models, fallback.segmenter)
+    cols = ["variant", "segmenter", "features", "ms_per_frame", "ms_p95", "auc_pr", "f_star", "f_star_tau", "frames"]
+    print(format_table(rows, cols))
+    print(f"synthesis: {SYNTHESIS}")
+    write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=SYNTHESIS,
+                 data=str(args.data), fallback_reason=fallback.reason)
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def comparison_rows(frames, synth, ids, models_dir: str, segmenter) -> list[dict]:
+    """The alternatives behind the default: each feature term, colour/structure only, no pooling."""
+    rows = []
+    kinds = ["none", "random"] + (["vae"] if (Path(models_dir) / "vae_image" / "config.json").is_file() else [])
+    for kind in kinds:
+        extractor, desc = make_feature_extractor(kind, models_dir)
+        rows.append({"variant": f"features-{kind}", "segmenter": segmenter.name, "features": desc,
+                     **evaluate(Analyzer(AnalysisConfig(), segmenter, extractor), frames, synth, *ids)})
+    only = {"feature-only": DiscrepancyConfig(weight_colour=0.0, weight_structure=0.0),
+            "colour-only": DiscrepancyConfig(weight_feature=0.0, weight_structure=0.0),
+            "structure-only": DiscrepancyConfig(weight_feature=0.0, weight_colour=0.0)}
+    extractor, desc = make_feature_extractor("random")
+    for name, dcfg in only.items():
+        rows.append({"variant": name, "segmenter": segmenter.name, "features": desc,
+                     **evaluate(Analyzer(AnalysisConfig(dcfg), segmenter, extractor), frames, synth, *ids)})
+    rows.append({"variant": "no-pooling", "segmenter": "none", "features": desc,
+                 **evaluate(Analyzer(AnalysisConfig(), None, extractor), frames, synth, *ids)})
+    return rows
+
+
+def tiny_sam_rows(frames, synth, ids, extractor, cfg) -> list[dict]:
+    """A tiny randomly initialised SAM through the torch and ONNX paths: timings prove the path only."""
+    import tempfile
+
+    import torch
+
+    from ood_monitor.core.analysis.sam_export import export_sam
+
+    torch.manual_seed(0)
+    sam = build_sam(TINY_SAM).eval()
+    auto = AutoMaskConfig(points_per_side=8)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export_sam(sam, tmp, "tiny-random")
+        for name, seg in (("sam-tiny-random", SamSegmenter("", TINY_SAM, sam=sam, auto=auto)),
+                          ("sam_onnx-tiny-random", SamOnnxSegmenter(tmp, auto))):
+            result = evaluate(Analyzer(cfg, seg, extractor), frames, synth, *ids)
+            rows.append({"variant": name, "segmenter": seg.name, "features": "tiny RANDOM SAM, 8x8 points",
+                         **result, "auc_pr": float("nan"), "f_star": float("nan"), "f_star_tau": float("nan")})
+    return rows

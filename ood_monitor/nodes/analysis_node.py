@@ -1,0 +1,175 @@
+"""analysis_node: ood/synthesis (input + re-synthesis) -> ood/anomaly (AnomalyMask) and, at the camera's
+resolution, mono8 ood/anomaly/mask and ood/anomaly/confidence (what Nav2 semantic-segmentation layers read).
+
+The ROS-free `Analyzer` does the work: discrepancy, pooling over SAM or superpixel segments, threshold and
+regions. Which segmenter runs, and why (e.g. "fallback slic: no sam_checkpoint configured"), is on every
+message and on /diagnostics. Camera-resolution outputs undo the preprocess crop + resize, so a pixel of
+the mask lies on the camera pixel it describes. Every output carries the input's header.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import cv2
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+
+from ood_monitor.core.analysis import AnalysisConfig, Analyzer
+from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.masks import Region
+from ood_monitor.core.analysis.segmenters import AutoMaskConfig, make_segmenter
+from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.stage_stats import StageStats
+from ood_monitor.ros.diagnostics import DiagnosticsPublisher
+from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
+from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.params import declare_parameters
+from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
+
+PARAMETERS = {
+    "synthesis_topic": ("ood/synthesis", "SynthesisResult input (input frame + its re-synthesis)"),
+    "segmenter": ("auto", "auto | sam | sam_onnx | slic | felzenszwalb (auto: SAM when configured, else fallback)"),
+    "fallback_segmenter": ("slic", "superpixels used without SAM: slic | felzenszwalb"),
+    "slic_segments": (150, "number of SLIC superpixels"),
+    "sam_checkpoint": ("", "SAM weights (.pth state_dict or .safetensors), user-supplied"),
+    "sam_model_type": ("vit_b", "vit_b | vit_l | vit_h | custom (<checkpoint>.json)"),
+    "sam_onnx_dir": ("", "folder written by ood_monitor.core.analysis.sam_export"),
+    "sam_points_per_side": (32, "automatic mask generator point grid"),
+    "sam_pred_iou_thresh": (0.88, "automatic mask generator predicted-IoU filter"),
+    "sam_stability_score_thresh": (0.95, "automatic mask generator stability filter"),
+    "feature_extractor": ("auto", "learned feature term: auto | none | random | vae | dcae"),
+    "models_dir": ("models", "folder holding dcae/ and vae_image/"),
+    "weight_feature": (0.5, "weight of the feature cosine-distance term"),
+    "weight_colour": (1.0, "weight of the Lab colour term"),
+    "weight_structure": (0.5, "weight of the local-SSIM structure term"),
+    "threshold": (0.3, "pooled confidence at or above this is anomalous"),
+    "min_region_px": (20, "smaller regions are dropped (model-resolution pixels)"),
+    "device": ("cpu", "torch device for SAM and the feature extractor"),
+    "torch_threads": (1, "torch intra-op threads (0: torch default)"),
+    "camera_info_topic": ("camera/camera_info", "camera intrinsics; gives the camera resolution (empty: off)"),
+    "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
+    "camera_height": (0, "see camera_width"),
+    "crop": ("center", "how preprocess_node made the model input: center | stretch"),
+    "output_qos": ("reliable", "reliability of the outputs: reliable | best_effort"),
+    "output_depth": (5, "history depth of the outputs"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
+    "stale_timeout_s": (5.0, "no input for this long reports STALE on /diagnostics"),
+}
+
+
+def camera_warp(model_wh: tuple[int, int], camera_wh: tuple[int, int], crop: str) -> np.ndarray:
+    """2x3 camera -> model pixel map (for cv2.warpAffine with WARP_INVERSE_MAP)."""
+    t = image_transform(camera_wh[0], camera_wh[1], FrameConfig(model_wh[0], model_wh[1], crop))
+    return t[:2].astype(np.float64)
+
+
+def to_camera(image: np.ndarray, camera_wh: tuple[int, int], crop: str, nearest: bool) -> np.ndarray:
+    """A model-resolution map drawn at camera resolution; camera pixels outside the crop get 0."""
+    h, w = image.shape[:2]
+    if (w, h) == tuple(camera_wh):
+        return image
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, camera_warp((w, h), camera_wh, crop), tuple(camera_wh), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def region_msg(index: int, r: Region) -> AnomalyRegion:
+    return AnomalyRegion(id=index, score=float(r.score), area_px=int(r.area_px),
+                         roi=RegionOfInterest(x_offset=r.x, y_offset=r.y, width=r.width, height=r.height))
+
+
+class AnalysisNode(Node):
+    def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        self.p = p
+        if p["crop"] not in ("center", "stretch"):
+            raise ValueError(f"crop must be center or stretch, got {p['crop']!r}")
+        if p["torch_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(p["torch_threads"])
+        auto = AutoMaskConfig(p["sam_points_per_side"], p["sam_pred_iou_thresh"], p["sam_stability_score_thresh"])
+        choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
+                                p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
+        self.segmenter_reason = choice.reason
+        extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
+        dcfg = DiscrepancyConfig(weight_feature=p["weight_feature"], weight_colour=p["weight_colour"],
+                                 weight_structure=p["weight_structure"])
+        self.analyzer = Analyzer(AnalysisConfig(dcfg, p["threshold"], p["min_region_px"]), choice.segmenter, extractor)
+        self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
+            else None
+        self.camera_from_param = self.camera_wh is not None
+        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        qos = output_qos(p["output_qos"], p["output_depth"])
+        self.pub_anomaly = self.create_publisher(AnomalyMask, "ood/anomaly", qos)
+        self.pub_mask = self.create_publisher(Image, "ood/anomaly/mask", qos)
+        self.pub_conf = self.create_publisher(Image, "ood/anomaly/confidence", qos)
+        self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_synthesis, sensor_qos())
+        if p["camera_info_topic"] and not self.camera_from_param:
+            self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
+        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
+        log = self.get_logger().warning if choice.reason.startswith("fallback") else self.get_logger().info
+        log(f"segmenter {choice.segmenter.name} ({choice.reason}); features {self.features}")
+
+    def diagnostic_values(self) -> dict[str, str]:
+        cam = f"{self.camera_wh[0]}x{self.camera_wh[1]}" if self.camera_wh else "input size"
+        return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
+                "features": self.features, "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        if msg.width <= 0 or msg.height <= 0:
+            self._reject(f"camera_info has size {msg.width}x{msg.height}")
+            return
+        self.camera_wh = (int(msg.width), int(msg.height))
+
+    def on_synthesis(self, msg: SynthesisResult) -> None:
+        """Analyse one frame pair and publish; anything malformed is refused without raising."""
+        start = time.perf_counter()
+        self.stats.on_input(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        try:
+            image = to_rgb8(image_to_array(msg.input), msg.input.encoding)
+            synth = to_rgb8(image_to_array(msg.synthesized), msg.synthesized.encoding)
+            if image.shape != synth.shape:
+                raise ValueError(f"input {image.shape[1]}x{image.shape[0]} and synthesized "
+                                 f"{synth.shape[1]}x{synth.shape[0]} differ in size")
+            result = self.analyzer.analyze(image, synth)
+        except (ImageConversionError, ValueError) as exc:
+            self._reject(str(exc))
+            return
+        except Exception as exc:  # a callback must never take the node down
+            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+            return
+        self._publish(msg.header, result, start)
+
+    def _publish(self, header, result, start: float) -> None:
+        conf = np.clip(result.confidence, 0.0, 1.0).astype(np.float32)
+        mask = result.mask.mask
+        camera_wh = self.camera_wh or (mask.shape[1], mask.shape[0])
+        conf8 = np.rint(to_camera(conf, camera_wh, self.p["crop"], nearest=False) * 255).astype(np.uint8)
+        mask_cam = to_camera(mask, camera_wh, self.p["crop"], nearest=True)
+        latency = (time.perf_counter() - start) * 1e3
+        out = AnomalyMask(header=header, confidence=array_to_image(conf, "32FC1", header=header),
+                          mask=array_to_image(mask, "mono8", header=header),
+                          frame_score=float(result.mask.frame_score),
+                          regions=[region_msg(i, r) for i, r in enumerate(result.mask.regions)],
+                          segmenter=self.analyzer.segmenter.name, latency_ms=float(latency))
+        self.pub_anomaly.publish(out)
+        self.pub_mask.publish(array_to_image(mask_cam, "mono8", header=header))
+        self.pub_conf.publish(array_to_image(conf8, "mono8", header=header))
+        self.stats.on_output(latency)
+
+    def _reject(self, reason: str) -> None:
+        self.stats.on_reject(reason)
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(AnalysisNode, "analysis_node", args))
+
+
+if __name__ == "__main__":
+    main()
