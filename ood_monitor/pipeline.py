@@ -45,3 +45,22 @@ def nodes_for(stages: str | list[str]) -> list[NodeSpec]:
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}: choose from {list(STAGES)} or all")
     return [n for n in NODES if n.stage in wanted]
+
+
+def parameter_tables() -> str:
+    """Markdown tables of every node's parameters (the README's Parameters section is generated
+    from this, and a test keeps the two equal)."""
+    import importlib
+
+    out, seen = [], set()
+    for spec in NODES:
+        module = spec.node_class.partition(":")[0]
+        if module in seen:
+            continue
+        seen.add(module)
+        out += [f"`{spec.executable}`:", "", "| parameter | default | meaning |", "|---|---|---|"]
+        for name, (default, text) in importlib.import_module(module).PARAMETERS.items():
+            value = str(default).lower() if isinstance(default, bool) else (default if default != "" else '""')
+            out.append(f"| `{name}` | `{value}` | {text.replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)

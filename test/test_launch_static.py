@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ood_monitor.pipeline import NODES, STAGES, nodes_for
+from ood_monitor.pipeline import NODES, STAGES, nodes_for, parameter_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
@@ -77,3 +77,9 @@ def test_stage_selection():
     assert len(nodes_for("all")) == len(NODES) and set(STAGES) >= {"preprocess", "detect"}
     with pytest.raises(ValueError, match="unknown stage"):
         nodes_for("preprocess,teleport")
+
+
+def test_readme_documents_every_parameter():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- parameters:start -->\n", 1)[1].split("<!-- parameters:end -->", 1)[0]
+    assert block == parameter_tables(), "README parameters are stale: run python scripts/readme_params.py"
