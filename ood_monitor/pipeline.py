@@ -50,16 +50,13 @@ def nodes_for(stages: str | list[str]) -> list[NodeSpec]:
 def parameter_tables() -> str:
     """Markdown tables of every node's parameters (the README's Parameters section is generated
     from this, and a test keeps the two equal)."""
-    import importlib
-
     out, seen = [], set()
     for spec in NODES:
-        module = spec.node_class.partition(":")[0]
-        if module in seen:
+        if spec.executable in seen:
             continue
-        seen.add(module)
+        seen.add(spec.executable)
         out += [f"`{spec.executable}`:", "", "| parameter | default | meaning |", "|---|---|---|"]
-        for name, (default, text) in importlib.import_module(module).PARAMETERS.items():
+        for name, (default, text) in spec.load_class().declared_parameters().items():
             value = str(default).lower() if isinstance(default, bool) else (default if default != "" else '""')
             out.append(f"| `{name}` | `{value}` | {text.replace('|', '/')} |")
         out.append("")

@@ -4,7 +4,6 @@ declares, and `ood-monitor run` starts the same graph."""
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 from pathlib import Path
 
@@ -25,8 +24,7 @@ def console_scripts() -> dict[str, str]:
 
 
 def declared(spec) -> set[str]:
-    module = importlib.import_module(spec.node_class.partition(":")[0])
-    return set(module.PARAMETERS) | COMMON
+    return set(spec.load_class().declared_parameters()) | COMMON
 
 
 def test_every_node_has_a_console_script_pointing_at_its_module():

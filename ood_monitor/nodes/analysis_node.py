@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
-from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer
@@ -25,8 +25,8 @@ from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_monitor.ros.stage_node import StageNode
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
 PARAMETERS = {
@@ -81,11 +81,24 @@ def region_msg(index: int, r: Region) -> AnomalyRegion:
                          roi=RegionOfInterest(x_offset=r.x, y_offset=r.y, width=r.width, height=r.height))
 
 
-class AnalysisNode(Node):
+class AnalysisNode(StageNode):
+    PARAMETERS = PARAMETERS
+    TUNABLE = {
+        "threshold": lambda v: 0.0 <= v <= 1.0, "min_region_px": lambda v: v >= 0,
+        "weight_feature": lambda v: v >= 0, "weight_colour": lambda v: v >= 0, "weight_structure": lambda v: v >= 0,
+    }
+
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, PARAMETERS)
-        self.p = p
+
+    def retune(self, name: str, value) -> None:
+        p = self.p
+        dcfg = replace(self.analyzer.cfg.discrepancy, weight_feature=p["weight_feature"],
+                       weight_colour=p["weight_colour"], weight_structure=p["weight_structure"])
+        self.analyzer.cfg = AnalysisConfig(dcfg, p["threshold"], p["min_region_px"])
+        self.analyzer.discrepancy.cfg = dcfg
+
+    def setup(self, p: dict) -> None:
         if p["crop"] not in ("center", "stretch"):
             raise ValueError(f"crop must be center or stretch, got {p['crop']!r}")
         if p["torch_threads"] > 0:

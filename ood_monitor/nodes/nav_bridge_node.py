@@ -18,7 +18,6 @@ import time
 import numpy as np
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import MapMetaData, OccupancyGrid
-from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, PointCloud2
 from std_msgs.msg import Float32, Header
@@ -35,9 +34,9 @@ from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.pointcloud import xyz_cloud
 from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_monitor.ros.stage_node import StageNode
 from ood_msgs.msg import AnomalyMask
 
 try:
@@ -77,7 +76,7 @@ PARAMETERS = {
 }
 
 
-def make_tf_buffer(node: Node):
+def make_tf_buffer(node: StageNode):
     """(tf2 buffer, reason): None with the reason when tf2_ros is missing."""
     try:
         from tf2_ros import Buffer, TransformListener
@@ -102,11 +101,26 @@ def scaled_k(k: np.ndarray, info_wh: tuple[int, int], mask_wh: tuple[int, int]) 
     return s @ k
 
 
-class NavBridgeNode(Node):
+class NavBridgeNode(StageNode):
+    PARAMETERS = PARAMETERS
+    TUNABLE = {
+        "min_confidence": lambda v: 0.0 <= v <= 1.0, "obstacle_height": lambda v: v >= 0, "max_range": lambda v: v > 0,
+        "pixel_stride": lambda v: v >= 1, "speed_slow_score": lambda v: 0.0 <= v <= 1.0,
+        "speed_stop_score": lambda v: 0.0 <= v <= 1.0, "speed_min_percent": lambda v: 0.0 <= v <= 100.0,
+        "speed_hold_s": lambda v: v >= 0,
+    }
+
     def __init__(self, node_name: str = "nav_bridge_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, PARAMETERS)
-        self.p = p
+
+    def retune(self, name: str, value) -> None:
+        """Projection settings are read per frame from self.p; the speed policy is rebuilt."""
+        if name.startswith("speed_"):
+            p = self.p
+            self.speed.policy = SpeedPolicy(p["speed_slow_score"], p["speed_stop_score"], p["speed_min_percent"],
+                                            p["speed_hold_s"])
+
+    def setup(self, p: dict) -> None:
         if p["camera_frame_convention"] not in ("optical", "body"):
             raise ValueError(f"camera_frame_convention must be optical or body, got {p['camera_frame_convention']!r}")
         if p["pixel_stride"] < 1:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
-from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ood_monitor.core.flow import FlowConfig
+from ood_monitor.core.flow import DIS_PRESETS, FlowConfig
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.core.stage_stats import StageStats
@@ -27,8 +27,8 @@ from ood_monitor.ros.image import (
     to_rgb8,
 )
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_monitor.ros.stage_node import StageNode
 
 PARAMETERS = {
     "image_topic": ("camera/image_raw", "camera image topic (relative names follow the namespace)"),
@@ -51,10 +51,20 @@ def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-class PreprocessNode(Node):
+class PreprocessNode(StageNode):
+    PARAMETERS = PARAMETERS
+    TUNABLE = {"flow_preset": lambda v: v in DIS_PRESETS, "max_gap_s": lambda v: v > 0}
+
     def __init__(self, node_name: str = "preprocess_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+
+    def retune(self, name: str, value) -> None:
+        """A new DIS preset or gap restarts the flow sequence with the new settings."""
+        field = "preset" if name == "flow_preset" else name
+        self.cfg = replace(self.cfg, flow=replace(self.cfg.flow, **{field: value}))
+        self.pre = Preprocessor(self.cfg)
+
+    def setup(self, p: dict) -> None:
         if p["transport"] not in ("raw", "compressed"):
             raise ValueError(f"transport must be raw or compressed, got {p['transport']!r}")
         self.cfg = PreprocessConfig(

@@ -13,18 +13,17 @@ import math
 import sys
 import time
 
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from ood_monitor.core.conformal import AlarmConfig
+from ood_monitor.core.conformal import MARTINGALES, TESTS, AlarmConfig, ConformalMonitor
 from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.params import declare_parameters
 from ood_monitor.ros.qos import output_qos, sensor_qos
+from ood_monitor.ros.stage_node import StageNode
 from ood_msgs.msg import OODScore
 
 DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
@@ -58,14 +57,42 @@ PARAMETERS = {
 }
 
 
+def alarm_config(p: dict) -> AlarmConfig:
+    return AlarmConfig(test=p["alarm_test"], martingale=p["martingale"], epsilon=p["epsilon"], window=p["window"],
+                       martingale_threshold=p["martingale_threshold"], cusum_delta=p["cusum_delta"],
+                       cusum_threshold=p["cusum_threshold"], pvalue_threshold=p["pvalue_threshold"],
+                       p_floor=p["p_floor"])
+
+
 def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-class VaeDetectorNode(Node):
+class VaeDetectorNode(StageNode):
+    PARAMETERS = PARAMETERS
+    TUNABLE = {
+        "alarm_test": lambda v: v in TESTS, "martingale": lambda v: v in MARTINGALES,
+        "epsilon": lambda v: 0 < v < 1, "window": lambda v: v >= 1, "martingale_threshold": lambda v: v > 0,
+        "cusum_delta": lambda v: v > 0, "cusum_threshold": lambda v: v > 0,
+        "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 < v < 1,
+        "mc_z": lambda v: v > 0, "ignore_uncertain": lambda v: isinstance(v, bool),
+    }
+
     def __init__(self, node_name: str = "vae_detector_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+
+    def retune(self, name: str, value) -> None:
+        """New alarm settings restart the alarm state (the window of p-values) with them."""
+        if name == "mc_z":
+            if self.detector.mc is not None:
+                self.detector.mc.z = value
+        elif name == "ignore_uncertain":
+            self.ignore_uncertain = value
+        else:
+            self.detector.monitor = ConformalMonitor(self.detector.monitor.cal, alarm_config(self.p))
+            self.last_is_ood = False
+
+    def setup(self, p: dict) -> None:
         self.detector_name = p["detector"]
         if self.detector_name not in DETECTORS:
             raise ValueError(f"parameter detector must be one of {sorted(DETECTORS)}, got {self.detector_name!r}")
@@ -74,10 +101,7 @@ class VaeDetectorNode(Node):
                              f"one of {BACKENDS}")
         default_topic, self.encoding = DETECTORS[self.detector_name]
         self.model_dir = resolve_model_dir(p["model_dir"] or f"models/vae_{self.detector_name}")
-        alarm = AlarmConfig(test=p["alarm_test"], martingale=p["martingale"], epsilon=p["epsilon"],
-                            window=p["window"], martingale_threshold=p["martingale_threshold"],
-                            cusum_delta=p["cusum_delta"], cusum_threshold=p["cusum_threshold"],
-                            pvalue_threshold=p["pvalue_threshold"], p_floor=p["p_floor"])
+        alarm = alarm_config(p)
         self.detector = VaeDetector.from_model_dir(
             self.model_dir, alarm, mc_samples=p["mc_samples"], device=self._device(p["device"]), z=p["mc_z"],
             kind=self.detector_name, expect_size=(p["input_height"], p["input_width"]))

@@ -1,0 +1,132 @@
+"""Base of every ood_monitor node: a lifecycle node that also runs on its own.
+
+With `autostart: true` (the default) the node configures and activates itself at start, so `ros2 run`,
+launch files and `ood-monitor run` need nothing else. With `autostart: false` it waits for
+nav2_lifecycle_manager (or `ros2 lifecycle set`): configure loads models and builds engines (the
+subclass's `setup`), activate starts processing, deactivate pauses it, cleanup frees it all.
+
+Parameters listed in a node's TUNABLE map (name -> validator) can be changed at run time with
+`ros2 param set`; the value is validated, applied through `retune`, and a bad one is refused with a
+reason. Other parameters are read at configure: changing them on a configured node is refused with a
+message saying how to reconfigure.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from ood_monitor.ros.node_main import START_ERRORS
+from ood_monitor.ros.params import declare_parameters
+
+LIFECYCLE_PARAMETERS = {
+    "autostart": (True, "configure and activate at start; false: wait for a lifecycle manager"),
+}
+
+
+class StageNode(LifecycleNode):
+    PARAMETERS: ClassVar[dict[str, tuple[Any, str]]] = {}
+    TUNABLE: ClassVar[dict[str, Callable[[Any], bool]]] = {}
+
+    @classmethod
+    def declared_parameters(cls) -> dict[str, tuple[Any, str]]:
+        return {**cls.PARAMETERS, **LIFECYCLE_PARAMETERS}
+
+    def __init__(self, node_name: str, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.p = declare_parameters(self, self.declared_parameters())
+        self.active = False
+        self.configured = False
+        self.start_error: Exception | None = None
+        self._entities: tuple[list, list, list] = ([], [], [])
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self.p["autostart"]:
+            self.trigger_configure()
+            if self.start_error is not None:
+                raise self.start_error
+            self.trigger_activate()
+
+    def setup(self, p: dict[str, Any]) -> None:
+        """Load models, create publishers, subscriptions and timers (subclasses)."""
+
+    def retune(self, name: str, value: Any) -> None:
+        """Apply a validated run-time change of a TUNABLE parameter (subclasses)."""
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        before = (list(self.publishers), list(self.subscriptions), list(self.timers))
+        try:
+            self.setup(self.p)
+        except START_ERRORS as exc:
+            self.start_error = exc
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._destroy(self._created_since(before))
+            return TransitionCallbackReturn.FAILURE
+        self.start_error = None
+        self._entities = self._created_since(before)
+        self.configured = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._destroy(self._entities)
+        self._entities, self.configured = ([], [], []), False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def create_subscription(self, msg_type, topic, callback, qos_profile, **kwargs):
+        """Subscriptions deliver only while the node is active."""
+        def gated(msg) -> None:
+            if self.active:
+                callback(msg)
+
+        return super().create_subscription(msg_type, topic, gated, qos_profile, **kwargs)
+
+    # ---------------------------------------------------------------------------- parameters
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name not in self.PARAMETERS:
+                continue  # rclpy's own (use_sim_time) and autostart
+            if self.configured and param.name not in self.TUNABLE:
+                return SetParametersResult(successful=False, reason=(
+                    f"{param.name} is read at configure: deactivate and clean up the node, set it, configure again "
+                    f"(run-time tunable here: {', '.join(sorted(self.TUNABLE)) or 'none'})"))
+            valid = self.TUNABLE.get(param.name)
+            if valid is not None and not valid(param.value):
+                return SetParametersResult(successful=False, reason=f"invalid value for {param.name}: {param.value!r}")
+        for param in params:
+            if param.name in self.PARAMETERS:
+                self.p[param.name] = param.value
+                if self.configured:
+                    self.retune(param.name, param.value)
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _created_since(self, before: tuple[list, list, list]) -> tuple[list, list, list]:
+        now = (self.publishers, self.subscriptions, self.timers)
+        return tuple([e for e in current if e not in old] for current, old in zip(now, before, strict=True))
+
+    def _destroy(self, entities: tuple[list, list, list]) -> None:
+        pubs, subs, timers = entities
+        for timer in timers:
+            self.destroy_timer(timer)
+        for sub in subs:
+            self.destroy_subscription(sub)
+        for pub in pubs:
+            self.destroy_publisher(pub)
