@@ -7,7 +7,9 @@ import importlib
 STAGES = {
     "preprocess": "ood_monitor.cli.bench_preprocess",
     "vae": "ood_monitor.cli.bench_vae",
+    "hvae": "ood_monitor.cli.bench_hvae",
     "analysis": "ood_monitor.cli.bench_analysis",
+    "compress": "ood_monitor.cli.bench_compress",
 }
 
 

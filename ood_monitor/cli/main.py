@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "ood_monitor.cli.train_cmd",
     "calibrate": "ood_monitor.cli.calibrate_cmd",
     "evaluate": "ood_monitor.cli.evaluate_cmd",
+    "compress": "ood_monitor.cli.compress_cmd",
     "replay": "ood_monitor.cli.replay_cmd",
     "run": "ood_monitor.cli.run_cmd",
     "bench": "ood_monitor.cli.bench_cmd",

@@ -18,38 +18,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    from rclpy.parameter import Parameter
+    from rclpy.executors import ExternalShutdownException
 
     from ood_monitor.pipeline import nodes_for
+    from ood_monitor.ros.graph import NodeGraph
     from ood_monitor.ros.node_main import START_ERRORS
 
-    if not args.params.is_file():
-        raise FileNotFoundError(f"parameter file not found: {args.params}")
-    specs = nodes_for(args.stages)
-    rclpy.init(args=["--ros-args", "--params-file", str(args.params)])
-    executor = MultiThreadedExecutor(num_threads=args.threads)
-    nodes = []
     try:
-        for spec in specs:
-            fixed = {**spec.parameters, "use_sim_time": args.use_sim_time}
-            overrides = [Parameter(k, value=v) for k, v in fixed.items()]
-            try:
-                node = spec.load_class()(spec.name, namespace=args.namespace, parameter_overrides=overrides)
-            except START_ERRORS as exc:
-                print(f"[{spec.name}] cannot start: {exc}", file=sys.stderr, flush=True)
-                return 1
-            nodes.append(node)
-            executor.add_node(node)
-        print(f"running {', '.join(n.get_name() for n in nodes)} (Ctrl-C stops)", flush=True)
-        executor.spin()
+        graph = NodeGraph(nodes_for(args.stages), args.params, args.namespace, args.use_sim_time, args.threads)
+    except START_ERRORS as exc:
+        print(f"ood-monitor run: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        print(f"running {', '.join(graph.nodes)} (Ctrl-C stops)", flush=True)
+        graph.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        for node in nodes:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        graph.close()
     return 0

@@ -1,0 +1,149 @@
+"""Compression: int8 keeps the score ranking, pruning shrinks the model by the ratio, the kd student has
+one conv fewer and approaches its teacher, the guard flags a broken variant and the loader refuses it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ood_monitor.core.compress import (
+    DistillConfig,
+    float_variant,
+    frame_scores,
+    int8_variant,
+    save_variant,
+    variant_card,
+)
+from ood_monitor.core.compress.distill import conv_layers, distill, mean_posterior_kl, student_from
+from ood_monitor.core.compress.guard import evaluate_variant, read_verdict
+from ood_monitor.core.compress.prune import conv_param_count, param_count, prune_channels
+from ood_monitor.core.runtime import BackendUnavailable, FlaggedVariant, load_detector_backend
+from ood_monitor.core.vae.beta_vae import BetaVAE, Encoder, VaeConfig
+from ood_monitor.core.vae.dataset import FrameSet
+from ood_monitor.core.vae.io import ModelCard, save_model
+
+pytest.importorskip("torch_pruning")
+CFG = VaeConfig(height=32, width=32, widths=(8, 16, 16), hidden=32, latent=6)
+
+
+def ranks(a: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(a)).astype(float)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def frames() -> FrameSet:
+    """Smooth images of varying brightness and texture, so posteriors (and scores) spread out."""
+    rng = np.random.default_rng(0)
+    n = 96
+    base = rng.random((n, 1, 1, 3)) * 200 + rng.random((n, 32, 32, 3)) * rng.random((n, 1, 1, 1)) * 55
+    raw = base.astype(np.uint8)
+    return FrameSet("image", raw, np.zeros(n, bool), np.array(["in"] * n, object), np.array(["none"] * n, object),
+                    np.zeros(n, np.int64), np.arange(n), "hash", "synthetic")
+
+
+@pytest.fixture(scope="module")
+def parent() -> Encoder:
+    torch.manual_seed(0)
+    enc = Encoder(CFG).eval()
+    with torch.no_grad():
+        enc.tail.net[-1].weight.mul_(4.0)
+    return enc
+
+
+@pytest.fixture(scope="module")
+def card() -> ModelCard:
+    return ModelCard(architecture="beta_vae", config=CFG, selected_dims=[0, 1, 2, 3])
+
+
+def labelled(frames: FrameSet, scores: np.ndarray) -> FrameSet:
+    """The same frames labelled so that the parent separates them perfectly (top half = OOD)."""
+    from dataclasses import replace
+
+    return replace(frames, is_ood=scores > np.median(scores))
+
+
+def test_int8_scores_keep_the_fp32_ranking(parent, frames, card):
+    base = float_variant("fp32", "fp32", parent)
+    q = int8_variant(base, frames.inputs(slice(0, 64), 1.0))
+    ref = frame_scores(base.encoder_fn(1), frames, card)
+    got = frame_scores(q.encoder_fn(1), frames, card)
+    assert q.size_mb < base.size_mb
+    assert spearman(ref, got) > 0.9
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_pruning_removes_about_the_ratio(parent, ratio):
+    pruned = prune_channels(parent, ratio, global_ranking=False)
+    for got, was in zip(pruned.cfg.widths, CFG.widths, strict=True):
+        assert abs(got - was * (1 - ratio)) <= 1
+    kept = conv_param_count(pruned) / conv_param_count(parent)
+    assert kept == pytest.approx((1 - ratio) ** 2, abs=0.08)
+    assert param_count(pruned) < param_count(parent)
+    x = torch.rand(2, 3, 32, 32)
+    assert pruned(x)[0].shape == (2, 6)
+
+
+def test_kd_student_has_one_layer_fewer_and_learns_the_teacher(parent, frames):
+    pruned = prune_channels(parent, 0.5, global_ranking=True)
+    student = student_from(pruned, remove=len(CFG.widths) - 1)
+    assert len(conv_layers(student)) == len(conv_layers(parent)) - 1
+    batches = lambda rows: frames.inputs(rows, 1.0)  # noqa: E731
+    before = mean_posterior_kl(student, parent, batches, len(frames))
+    run = distill(student, parent, batches, len(frames), DistillConfig(steps=40, batch=16, lr=3e-3, time_limit_s=30))
+    after = mean_posterior_kl(student, parent, batches, len(frames))
+    assert run.steps == 40
+    assert after < 0.7 * before
+
+
+def test_guard_flags_a_broken_variant_and_the_loader_refuses_it(tmp_path, parent, frames, card):
+    base = float_variant("fp32", "fp32", parent)
+    parent_scores = frame_scores(base.encoder_fn(1), frames, card)
+    data = labelled(frames, parent_scores)
+    broken_enc = Encoder(CFG).eval()
+    broken_enc.load_state_dict(parent.state_dict())
+    with torch.no_grad():
+        for p in broken_enc.trunk.parameters():
+            p.zero_()
+    broken = float_variant("prune-0.5", "prune", broken_enc)
+    verdict = evaluate_variant(parent_scores, frame_scores(broken.encoder_fn(1), data, card), data.is_ood, 2.0)
+    assert verdict.flagged and verdict.delta_aupr_out < -2.0
+    ok = evaluate_variant(parent_scores, parent_scores + 1e-6, data.is_ood, 2.0)
+    assert not ok.flagged
+
+    parent_dir = tmp_path / "vae"
+    model = BetaVAE(CFG)
+    model.encoder.load_state_dict(parent.state_dict())
+    save_model(parent_dir, model, card)
+    out = save_variant(tmp_path / "vae-prune-0.5", broken, variant_card(card, broken, data, data, 1, "test"),
+                       parent_dir, card, verdict, {"auroc": verdict.auroc})
+    assert read_verdict(out).flagged
+    assert json.loads((out / "config.json").read_text())["compression"]["parent"] == str(parent_dir)
+    with pytest.raises(FlaggedVariant, match="force_compressed"):
+        load_detector_backend(out, "onnxruntime")
+    trunk, tail, vcard = load_detector_backend(out, "onnxruntime", force=True)
+    assert vcard.calibration["scored_by"] == "prune-0.5"
+    assert tail(trunk(data.inputs(slice(0, 3), 1.0)))[0].shape == (3, 6)
+
+
+def test_int8_variant_folder_loads_on_onnxruntime_only(tmp_path, parent, frames, card):
+    base = float_variant("fp32", "fp32", parent)
+    q = int8_variant(base, frames.inputs(slice(0, 32), 1.0))
+    scores = frame_scores(base.encoder_fn(1), frames, card)
+    data = labelled(frames, scores)
+    verdict = evaluate_variant(scores, frame_scores(q.encoder_fn(1), data, card), data.is_ood)
+    vcard = variant_card(card, q, data, data, 1, "test")
+    out = save_variant(tmp_path / "vae-int8", q, vcard, tmp_path / "vae", card, verdict, {})
+    assert not (out / "model.safetensors").exists() and (out / "trunk.onnx").is_file()
+    with pytest.raises(BackendUnavailable, match="set parameter backend to onnxruntime"):
+        load_detector_backend(out, "torch", force=True)
+    trunk, tail, _ = load_detector_backend(out, "onnxruntime", force=True)
+    x = data.inputs(slice(0, 2), 1.0)
+    np.testing.assert_allclose(tail(trunk(x))[0], q.encoder_fn(1)(x)[0], atol=1e-5)
+    mc = tail.sample(np.repeat(trunk(x[:1]), 8, axis=0))[0]
+    assert np.unique(mc[:, 0]).size > 1
