@@ -4,11 +4,11 @@ Starts the ood_monitor node graph (ood_monitor.pipeline.NODES) with one paramete
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
 from ood_monitor.pipeline import nodes_for
 
 SHARE = get_package_share_directory("ood_monitor")
@@ -26,8 +26,9 @@ def make_nodes(context):
                              transport=arg("transport"))
         if spec.executable in BACKEND_NODES and arg("backend"):
             overrides["backend"] = arg("backend")
+        files = [arg("params_file")] + ([arg("overlay_params_file")] if arg("overlay_params_file") else [])
         nodes.append(Node(package="ood_monitor", executable=spec.executable, name=spec.name,
-                          namespace=arg("namespace"), parameters=[arg("params_file"), overrides],
+                          namespace=arg("namespace"), parameters=[*files, overrides],
                           output="screen", emulate_tty=True))
     return nodes
 
@@ -40,6 +41,8 @@ def generate_launch_description():
         DeclareLaunchArgument("transport", default_value="raw", description="raw | compressed"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(SHARE, "config", "default.yaml"),
                               description="ROS 2 parameter file"),
+        DeclareLaunchArgument("overlay_params_file", default_value="",
+                              description="second parameter file applied over params_file (e.g. jetson.yaml)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
         DeclareLaunchArgument("stages", default_value="all", description="comma-separated stages, or all"),
         DeclareLaunchArgument("backend", default_value="", description="inference backend override (empty: from params_file)"),

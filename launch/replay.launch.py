@@ -4,11 +4,10 @@ Plays a rosbag2 bag (with /clock) and runs the node graph on sim time: evaluatio
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
-
-from launch import LaunchDescription
 
 SHARE = get_package_share_directory("ood_monitor")
 
