@@ -39,6 +39,7 @@ setup(
             "ood-monitor = ood_monitor.cli.main:main",
             "preprocess_node = ood_monitor.nodes.preprocess_node:main",
             "vae_detector_node = ood_monitor.nodes.vae_detector_node:main",
+            "synthesizer_node = ood_monitor.nodes.synthesizer_node:main",
             "analysis_node = ood_monitor.nodes.analysis_node:main",
             "nav_bridge_node = ood_monitor.nodes.nav_bridge_node:main",
         ],

@@ -29,6 +29,8 @@ NODES: tuple[NodeSpec, ...] = (
              "ood_monitor.nodes.vae_detector_node:VaeDetectorNode", {"detector": "image"}),
     NodeSpec("detect", "vae_flow_detector", "vae_detector_node",
              "ood_monitor.nodes.vae_detector_node:VaeDetectorNode", {"detector": "flow"}),
+    NodeSpec("synthesize", "synthesizer_node", "synthesizer_node",
+             "ood_monitor.nodes.synthesizer_node:SynthesizerNode", {}),
     NodeSpec("analysis", "analysis_node", "analysis_node",
              "ood_monitor.nodes.analysis_node:AnalysisNode", {}),
     NodeSpec("nav", "nav_bridge_node", "nav_bridge_node",

@@ -128,5 +128,29 @@ def test_refuses_to_start_without_a_usable_model(ros, tmp_path):
         start(ros, model, "flow")
     with pytest.raises(ModelFileError, match="is a image model but a flow detector"):
         start(ros, make_model(tmp_path, "image"), "flow")
-    with pytest.raises(ValueError, match="set parameter backend"):
+    with pytest.raises(RuntimeError, match="set parameter device to cuda or backend to onnxruntime"):
         start(ros, make_model(tmp_path, "image"), "image", backend="tensorrt")
+    with pytest.raises(ValueError, match="set parameter backend"):
+        start(ros, make_model(tmp_path, "image"), "image", backend="openvino")
+
+
+def test_onnxruntime_backend_scores_like_torch_and_keeps_mc_dropout(ros, tmp_path):
+    model = make_model(tmp_path, "image")
+    start(ros, model, "image")
+    ort = VaeDetectorNode("vae_ort", context=ros.context, parameter_overrides=[
+        Parameter("detector", value="image"), Parameter("model_dir", value=str(model)),
+        Parameter("input_height", value=SIZE), Parameter("input_width", value=SIZE),
+        Parameter("backend", value="onnxruntime"), Parameter("mc_samples", value=8),
+        Parameter("input_topic", value="ood/image_ort")])
+    ros.add(ort)
+    scores = ros.collect(OODScore, "ood/score/image")
+    raw = frames("image", 4, seed=5)
+    send(ros, "ood/image", [array_to_image(f, "rgb8", header=header(i)) for i, f in enumerate(raw)])
+    send(ros, "ood/image_ort", [array_to_image(f, "rgb8", header=header(i)) for i, f in enumerate(raw)])
+    assert wait_until(lambda: len(scores) == 8, 10), len(scores)
+    torch_scores = {s.header.stamp.sec * 10**9 + s.header.stamp.nanosec: s for s in scores if np.isnan(s.uncertainty)}
+    ort_scores = [s for s in scores if not np.isnan(s.uncertainty)]
+    assert len(torch_scores) == 4 and len(ort_scores) == 4
+    for s in ort_scores:
+        ref = torch_scores[s.header.stamp.sec * 10**9 + s.header.stamp.nanosec]
+        assert s.score == pytest.approx(ref.score, rel=1e-4) and s.uncertainty > 0

@@ -10,6 +10,7 @@ STAGES = {
     "hvae": "ood_monitor.cli.bench_hvae",
     "analysis": "ood_monitor.cli.bench_analysis",
     "compress": "ood_monitor.cli.bench_compress",
+    "synth": "ood_monitor.cli.bench_synth",
 }
 
 

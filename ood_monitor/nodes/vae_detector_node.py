@@ -19,6 +19,7 @@ from ood_monitor.core.conformal import MARTINGALES, TESTS, AlarmConfig, Conforma
 from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.core.stage_stats import StageStats
+from ood_monitor.core.vae.io import ModelFileError
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
@@ -27,14 +28,18 @@ from ood_monitor.ros.stage_node import StageNode
 from ood_msgs.msg import OODScore
 
 DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 PARAMETERS = {
     "detector": ("image", "image (β-VAE on ood/image) or flow (VAE on ood/flow)"),
     "input_topic": ("", "input topic; empty: ood/image or ood/flow by detector"),
     "model_dir": ("", "model folder (model.safetensors + config.json); empty: models/vae_<detector>"),
-    "backend": ("torch", "inference backend: torch"),
-    "device": ("cpu", "torch device: cpu or cuda"),
+    "backend": ("torch", "inference backend: torch | onnxruntime | tensorrt"),
+    "device": ("cpu", "cpu or cuda"),
+    "precision": ("", "empty: the model's own (fp32, or a compressed variant's); fp32 | fp16 | int8"),
+    "engine_cache_dir": ("", "TensorRT engine cache (empty: ~/.cache/ood_monitor/engines)"),
+    "force_compressed": (False, "run a compressed variant even though the OOD guard flagged it"),
+    "inference_threads": (0, "ONNX Runtime / torch CPU threads (0: library default)"),
     "input_height": (128, "frame size the preprocess node produces; the model must match"),
     "input_width": (128, "frame size the preprocess node produces; the model must match"),
     "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
@@ -55,6 +60,25 @@ PARAMETERS = {
     "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
     "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
 }
+
+
+def is_variant(model_dir) -> bool:
+    """A folder written by `ood-monitor compress` (its config.json has a compression section)."""
+    import json
+
+    try:
+        return "compression" in json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_card(card, model_dir, kind: str, size: tuple[int, int]) -> None:
+    """The model must be of this detector's kind and input size (the checks VaeDetector.from_model_dir makes)."""
+    if card.kind != kind:
+        raise ModelFileError(f"{model_dir}/config.json is a {card.kind} model but a {kind} detector was requested")
+    if (card.config.height, card.config.width) != tuple(size):
+        raise ModelFileError(f"{model_dir}/config.json is for {card.config.height}x{card.config.width} input but "
+                             f"frames are prepared at {size[0]}x{size[1]}")
 
 
 def alarm_config(p: dict) -> AlarmConfig:
@@ -102,9 +126,7 @@ class VaeDetectorNode(StageNode):
         default_topic, self.encoding = DETECTORS[self.detector_name]
         self.model_dir = resolve_model_dir(p["model_dir"] or f"models/vae_{self.detector_name}")
         alarm = alarm_config(p)
-        self.detector = VaeDetector.from_model_dir(
-            self.model_dir, alarm, mc_samples=p["mc_samples"], device=self._device(p["device"]), z=p["mc_z"],
-            kind=self.detector_name, expect_size=(p["input_height"], p["input_width"]))
+        self.detector = self._load_detector(p, alarm)
         self.ignore_uncertain = p["ignore_uncertain"]
         self.max_gap_ns = int(p["max_gap_s"] * 1e9)
         self.last_stamp: int | None = None
@@ -122,6 +144,24 @@ class VaeDetectorNode(StageNode):
             f"{len(card.selected_dims)} KL dims, {self.detector.monitor.cal.size} calibration scores), "
             f"alarm {alarm.test}, MC dropout {p['mc_samples'] or 'off'}")
 
+    def _load_detector(self, p: dict, alarm: AlarmConfig) -> VaeDetector:
+        """torch fp32 loads the encoder directly; other backends/precisions (and compressed variants) go
+        through core.runtime, which refuses a variant the OOD guard flagged unless force_compressed."""
+        size = (p["input_height"], p["input_width"])
+        if p["backend"] == "torch" and p["precision"] in ("", "fp32") and not is_variant(self.model_dir):
+            return VaeDetector.from_model_dir(self.model_dir, alarm, mc_samples=p["mc_samples"],
+                                              device=self._device(p["device"]), z=p["mc_z"],
+                                              kind=self.detector_name, expect_size=size)
+        from ood_monitor.core.runtime import load_detector_backend
+        from ood_monitor.core.runtime.encoder import BackendEncoder
+
+        trunk, tail, card = load_detector_backend(self.model_dir, p["backend"], p["device"], p["precision"],
+                                                  p["engine_cache_dir"] or None, p["force_compressed"],
+                                                  p["inference_threads"])
+        check_card(card, self.model_dir, self.detector_name, size)
+        return VaeDetector(BackendEncoder(trunk, tail), card, card.calibration_scores(self.model_dir), alarm,
+                           mc_samples=p["mc_samples"], z=p["mc_z"])
+
     def _device(self, device: str) -> str:
         if device.startswith("cuda"):
             import torch
@@ -132,7 +172,8 @@ class VaeDetectorNode(StageNode):
 
     def diagnostic_values(self) -> dict[str, str]:
         card = self.detector.card
-        return {"detector": self.detector_name, "backend": "torch", "device": str(self.detector.device),
+        return {"detector": self.detector_name, "backend": self.p["backend"], "precision": self.p["precision"] or "model",
+                "device": self.p["device"],
                 "model": str(self.model_dir), "model_sha256": card.weights_sha256[:16],
                 "calibration_scores": str(self.detector.monitor.cal.size),
                 "mc_samples": str(self.detector.mc.samples if self.detector.mc else 0),

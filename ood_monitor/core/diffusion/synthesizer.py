@@ -1,0 +1,211 @@
+"""Model directories and the ROS-free synthesizer the node, the bench and the evaluator share.
+
+A model directory holds `model.safetensors` (EMA weights) + `config.json` (type, architecture, noise
+schedule, default sampling, training record, weights hash). Three types: "dcae", "latent_dit" (its
+config names the DC-AE directory, relative to itself) and "pixel_ddpm". Nothing is unpickled; every way a
+directory can be unusable raises `ModelFileError` naming the file and the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from .dcae import DcaeConfig, build_dcae, decode, encode
+from .dit import Dit, DitConfig
+from .guided_ddim import GUIDANCE_KINDS, GuidanceConfig, guided_sample
+from .quantize import PRECISIONS, model_size_mb, quantize
+from .schedules import ScheduleConfig, make_scheduler
+from .unet import UNet, UNetConfig
+
+FORMAT = "ood_monitor.diffusion/1"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MODEL_TYPES = ("dcae", "latent_dit", "pixel_ddpm")
+TRAIN_COMMAND = {"dcae": "dcae", "latent_dit": "dit --dcae models/dcae", "pixel_ddpm": "ddpm"}
+
+
+class ModelFileError(RuntimeError):
+    """A model directory is missing, corrupt or inconsistent."""
+
+
+def train_hint(model_type: str, model_dir: str | Path) -> str:
+    cmd = TRAIN_COMMAND.get(model_type, "dcae|dit|ddpm")
+    return f"run `ood-monitor train {cmd} --data DIR/bags/train --out {model_dir}`"
+
+
+def build_module(model_type: str, arch: dict) -> nn.Module:
+    if model_type == "dcae":
+        return build_dcae(DcaeConfig(**arch))
+    if model_type == "latent_dit":
+        return Dit(DitConfig(**arch))
+    if model_type == "pixel_ddpm":
+        return UNet(UNetConfig(**arch))
+    raise ValueError(f"unknown model type {model_type!r} (expected one of {MODEL_TYPES})")
+
+
+def save_model(model_dir: str | Path, module: nn.Module, card: dict) -> Path:
+    """Write weights + config.json (card gets format, weights_sha256); returns the directory."""
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+    (out / WEIGHTS).write_bytes(blob)
+    card = {**card, "format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    (out / CONFIG).write_text(json.dumps(card, indent=2))
+    return out
+
+
+def read_card(model_dir: str | Path, expected: str | None = None) -> dict:
+    """config.json of a model directory, validated."""
+    path = Path(model_dir) / CONFIG
+    hint = train_hint(expected or "", model_dir)
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found: {hint}")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}): {hint}") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT or card.get("type") not in MODEL_TYPES:
+        raise ModelFileError(f"{path} is not an {FORMAT} model config: {hint}")
+    if expected and card["type"] != expected:
+        raise ModelFileError(f"{path} describes a {card['type']} model, expected {expected}: {hint}")
+    return card
+
+
+def load_model(model_dir: str | Path, expected: str | None = None) -> tuple[nn.Module, dict]:
+    """(module in eval mode, card). Checks the weights hash and that every tensor matches the config."""
+    card = read_card(model_dir, expected)
+    path = Path(model_dir) / WEIGHTS
+    hint = train_hint(card["type"], model_dir)
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found: {hint}")
+    blob = path.read_bytes()
+    if card.get("weights_sha256") and hashlib.sha256(blob).hexdigest() != card["weights_sha256"]:
+        raise ModelFileError(f"{path} does not match the hash in {CONFIG} (corrupt or replaced): {hint}")
+    try:
+        state = load_safetensors(blob)
+        module = build_module(card["type"], card["arch"])
+        module.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"{path} cannot be loaded ({type(exc).__name__}: {exc}): {hint}") from None
+    return module.eval().requires_grad_(False), card
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"parameter device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch finds no CUDA GPU here: set the parameter device to cpu")
+    return torch.device(device)
+
+
+@dataclass
+class SynthesisTiming:
+    encode_ms: float = 0.0
+    denoise_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.encode_ms + self.denoise_ms + self.decode_ms
+
+
+@dataclass
+class Synthesizer:
+    """Re-synthesizes a frame as in-distribution content: rgb uint8 in, rgb uint8 out, same size."""
+
+    denoiser: nn.Module
+    schedule: ScheduleConfig
+    guidance: GuidanceConfig
+    image_size: int
+    sampler: str = "ddim"
+    autoencoder: nn.Module | None = None
+    scaling_factor: float = 1.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    name: str = ""
+    model_hash: str = ""
+    seed: int = 0
+    last_timing: SynthesisTiming = field(default_factory=SynthesisTiming)
+
+    def __post_init__(self) -> None:
+        self.scheduler = make_scheduler(self.schedule, self.sampler)
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, steps: int | None = None, guidance: float | None = None,
+                       strength: float | None = None, guidance_kind: str | None = None,
+                       device: str = "cpu", precision: str = "fp32", sampler: str = "ddim",
+                       seed: int = 0) -> Synthesizer:
+        """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"parameter precision must be one of {PRECISIONS}, got {precision!r}")
+        if guidance_kind is not None and guidance_kind not in GUIDANCE_KINDS:
+            raise ValueError(f"parameter guidance_kind must be one of {GUIDANCE_KINDS}, got {guidance_kind!r}")
+        dev = resolve_device(device)
+        card = read_card(path)
+        if card["type"] == "dcae":
+            raise ModelFileError(f"{Path(path) / CONFIG} is an autoencoder; point model_dir at a latent_dit "
+                                 f"or pixel_ddpm directory ({train_hint('latent_dit', 'models/latent_dit')})")
+        denoiser, card = load_model(path, card["type"])
+        defaults = card.get("sampling", {})
+        gcfg = GuidanceConfig(
+            steps=int(steps if steps is not None else defaults.get("steps", 10)),
+            scale=float(guidance if guidance is not None else defaults.get("scale", 1.0)),
+            strength=float(strength if strength is not None else defaults.get("strength", 0.6)),
+            kind=guidance_kind or defaults.get("kind", "gradient"))
+        autoencoder, scaling = None, 1.0
+        if card["type"] == "latent_dit":
+            ae_dir = (Path(path) / card["dcae"]).resolve()
+            autoencoder, ae_card = load_model(ae_dir, "dcae")
+            scaling = float(ae_card["arch"]["scaling_factor"])
+            autoencoder = autoencoder.to(dev)
+        denoiser = quantize(denoiser, precision).to(dev)
+        return cls(denoiser=denoiser, schedule=ScheduleConfig(**card["schedule"]), guidance=gcfg,
+                   image_size=int(card["image_size"]), sampler=sampler, autoencoder=autoencoder,
+                   scaling_factor=scaling, device=dev, precision=precision, name=Path(path).name,
+                   model_hash=card.get("weights_sha256", "")[:12], seed=seed)
+
+    @property
+    def backend(self) -> str:
+        return f"torch-{self.device.type}-{self.precision}"
+
+    def model_size_mb(self) -> float:
+        """Denoiser (+ autoencoder) parameter and buffer bytes as loaded, in MB."""
+        size = model_size_mb(self.denoiser)
+        return size + (model_size_mb(self.autoencoder) if self.autoencoder is not None else 0.0)
+
+    def validate(self, rgb: np.ndarray) -> None:
+        s = self.image_size
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.shape != (s, s, 3):
+            got = f"{getattr(rgb, 'shape', None)} {getattr(rgb, 'dtype', type(rgb).__name__)}"
+            raise ValueError(f"synthesizer expects a {s}x{s}x3 uint8 RGB frame (the preprocess node's "
+                             f"ood/image), got {got}")
+
+    def synthesize(self, rgb: np.ndarray) -> np.ndarray:
+        """One frame; timing of the parts in `last_timing`."""
+        self.validate(rgb)
+        gen = torch.Generator(self.device).manual_seed(self.seed)
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        timing = SynthesisTiming()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            y = encode(self.autoencoder, x, self.scaling_factor) if self.autoencoder is not None else x
+            t1 = time.perf_counter()
+            out = guided_sample(self.denoiser, y, self.scheduler, self.guidance, gen)
+            t2 = time.perf_counter()
+            if self.autoencoder is not None:
+                out = decode(self.autoencoder, out, self.scaling_factor)
+            img = ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+            t3 = time.perf_counter()
+        timing.encode_ms, timing.denoise_ms, timing.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+        self.last_timing = timing
+        return np.ascontiguousarray(img)
