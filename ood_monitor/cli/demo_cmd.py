@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     step(3, n, "offline evaluation of the detectors on the test bag")
     evaluate_cmd.run(argparse.Namespace(data=test_bag, models=[Path("models/vae_image"), Path("models/vae_flow")],
                                         out=args.report, image_topic="/camera/image_raw", params=args.params,
-                                        tests="martingale,cusum"))
+                                        tests="martingale,cusum", synthesizer=Path("models/latent_dit"),
+                                        segmenter="auto", sam_checkpoint="", features="auto", max_mask_frames=80))
     evaluation = json.loads((args.report / "evaluation.json").read_text())
     step(4, n, "benchmarks (quick)")
     benches = run_benches(args.report)
