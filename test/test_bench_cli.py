@@ -30,3 +30,19 @@ def test_bench_vae_rows_with_the_shipped_models(tmp_path):
     assert {"pipeline", "deterministic", "mc30"} <= set(r)
     assert all(row["ms_per_frame"] > 0 and row["frames"] == 30 for row in r.values())
     assert r["deterministic"]["x_deterministic"] == pytest.approx(1.0)
+
+
+def test_bench_hvae_sweep_writes_flat_and_ratio_rows(demo_dataset, tmp_path):
+    out = tmp_path / "hvae.json"
+    args = ["bench", "hvae", "--data", str(demo_dataset / "bags"), "--size", "16", "--latent", "4",
+            "--select-k", "2", "--epochs", "1", "--ratios", "0.25,0.75", "--json", str(out)]
+    assert cli(args) == 0
+    r = rows(out)
+    assert list(r) == ["flat", "hvae-r0.25", "hvae-r0.75"]
+    assert r["flat"]["levels"] == "flat" and r["hvae-r0.25"]["levels"] == "1/3" and r["hvae-r0.75"]["levels"] == "3/1"
+    for row in r.values():
+        assert 0.0 <= row["auroc_global"] <= 1.0 and 0.0 <= row["auroc_motion"] <= 1.0
+        assert row["auroc"] == row["auroc_global"] and row["train_s"] > 0 and 0 <= row["active_dims"] <= 4
+    assert r["flat"]["delta_points"] == 0.0
+    assert r["hvae-r0.75"]["delta_points"] == pytest.approx(100 * (r["hvae-r0.75"]["auroc"] - r["flat"]["auroc"]))
+    assert json.loads(out.read_text())["sweep"]["epochs"] == 1

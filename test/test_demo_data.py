@@ -52,7 +52,9 @@ def test_every_split_and_kind_is_present(dataset: Path) -> None:
     splits = info["splits"]
     assert set(splits) == {"train", "calibration", "test"}
     assert set(splits["train"]["kinds"]) == {"nominal"} and set(splits["calibration"]["kinds"]) == {"nominal"}
-    assert len(splits["train"]["drive_first_frames"]) == 3
+    defaults = demo.DemoConfig(out=dataset)
+    assert len(splits["train"]["drive_first_frames"]) == defaults.train_drives
+    assert len(splits["calibration"]["drive_first_frames"]) == defaults.calibration_drives
     test_kinds = splits["test"]["kinds"]
     assert set(test_kinds) == {"nominal", *anomalies.OOD_KINDS} and len(anomalies.OOD_KINDS) == 14
     assert all(test_kinds[k] >= 8 for k in anomalies.OOD_KINDS)
@@ -87,7 +89,7 @@ def test_stamps_strictly_increase_and_topics_share_them(dataset: Path) -> None:
     assert all(s == reference for s in stamps.values())
     gaps = np.diff(reference)
     assert np.all(np.abs(gaps[gaps < 5e8] - 1e9 / 15) < 2)  # 15 Hz within a drive, gaps between drives
-    assert int((gaps > 5e8).sum()) == 2
+    assert int((gaps > 5e8).sum()) == demo.DemoConfig(out=dataset).train_drives - 1
 
 
 def test_images_masks_and_semantic_agree(dataset: Path, test_frames: list[LabeledFrame]) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from ood_monitor.core.conformal import AlarmConfig
 from ood_monitor.core.detector import VaeDetector, score_frameset
+from ood_monitor.core.nonconformity import Nonconformity, encode, latent_stats
 from ood_monitor.core.vae import VaeConfig, build_model
 from ood_monitor.core.vae.dataset import FrameSet
 from ood_monitor.core.vae.io import ModelCard, ModelFileError, load_encoder, read_card, save_model, write_card
@@ -28,16 +29,20 @@ def frameset(kind: str, n: int, seed: int = 0) -> FrameSet:
                     np.zeros(n, np.int64), np.arange(n), "hash")
 
 
-def model_dir(tmp_path: Path, kind: str = "image", calibrate: bool = True) -> Path:
+def model_dir(tmp_path: Path, kind: str = "image", calibrate: bool = True, score: str = "kl") -> Path:
     cfg = VaeConfig(kind=kind, height=SIZE, width=SIZE, latent=8, widths=(8, 16), hidden=32, dropout=0.2)
     torch.manual_seed(0)
-    path = tmp_path / f"vae_{kind}"
-    card = ModelCard("beta_vae", cfg, flow_scale=2.0 if kind == "flow" else 1.0, selected_dims=[1, 2, 5])
-    save_model(path, build_model("beta_vae", cfg).eval(), card)
+    path = tmp_path / f"vae_{kind}_{score}"
+    model = build_model("beta_vae", cfg).eval()
+    scale = 2.0 if kind == "flow" else 1.0
+    train = frameset(kind, 64, seed=4)
+    stats = latent_stats(*encode(model.encoder, lambda s: train.inputs(s, scale), 64)) if score != "kl" else {}
+    card = ModelCard("beta_vae", cfg, flow_scale=scale, selected_dims=[1, 2, 5], score=score, latent_stats=stats)
+    save_model(path, model, card)
     if calibrate:
         encoder, card = load_encoder(path)
         scores = np.sort(score_frameset(encoder, card, frameset(kind, 200, seed=1)))
-        card.calibration = {"scores": scores.tolist(), "selected_dims": card.selected_dims}
+        card.calibration = {"scores": scores.tolist(), "selected_dims": card.selected_dims, "score": score}
         write_card(path, card)
     return path
 
@@ -52,6 +57,24 @@ def test_scores_match_offline_scoring(tmp_path: Path, kind: str) -> None:
     np.testing.assert_allclose([r.score for r in online], offline, rtol=1e-5)
     r = online[-1]
     assert 0.005 <= r.p_value <= 1 and np.isnan(r.uncertainty) and not r.uncertain and not r.is_ood
+
+
+@pytest.mark.parametrize("score", ["kl_deviation", "posterior_deviation"])
+def test_detector_runs_the_score_of_its_model_card(tmp_path: Path, score: str) -> None:
+    path = model_dir(tmp_path, "flow", score=score)
+    det = VaeDetector.from_model_dir(path, kind="flow", mc_samples=10)
+    assert det.score.method == score and det.mc.score == det.score
+    test = frameset("flow", 4, seed=2)
+    online = [det.score_frame(f).score for f in test.raw]
+    np.testing.assert_allclose(online, score_frameset(*load_encoder(path), test), rtol=1e-5)
+    mu, logvar = encode(det.encoder, lambda s: test.inputs(s, 2.0), 4)
+    kl = Nonconformity("kl", (1, 2, 5))(mu, logvar)
+    assert not np.allclose(online, kl)  # not the one-sided KL
+    card = read_card(path)
+    card.score = "kl"  # calibrated for the two-sided score: refused, with the command that fixes it
+    write_card(path, card)
+    with pytest.raises(ModelFileError, match="calibrated with another score"):
+        VaeDetector.from_model_dir(path)
 
 
 def test_refuses_wrong_frames(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ood_monitor.core.frames import FrameConfig, prepare_frame
-from ood_monitor.core.nonconformity import kl_score, latent_kl, select_dims
+from ood_monitor.core.nonconformity import Nonconformity, kl_score, latent_kl, latent_stats, select_dims
 from ood_monitor.core.vae import BetaVAE, HierarchicalVAE, HvaeConfig, VaeConfig, build_model
 from ood_monitor.core.vae.beta_vae import gaussian_kl
 from ood_monitor.core.vae.dataset import FrameSet, auto_flow_scale, collect, model_input
@@ -28,7 +28,9 @@ from ood_monitor.core.vae.train import (
     AugmentConfig,
     TrainConfig,
     augment_batch,
+    choose_dims,
     evaluate_loss,
+    kl_weight,
     split_blocks,
     train_vae,
 )
@@ -130,6 +132,63 @@ def test_kl_score_numbers() -> None:
         select_dims(np.ones(4), 5)
 
 
+def training_posteriors(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors like a trained encoder's on its training data: informative means, narrow variances."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.0, 2.0, (n, 4)), rng.normal(-3.0, 0.2, (n, 4))
+
+
+def test_two_sided_scores_flag_posteriors_that_are_too_close_to_the_prior() -> None:
+    mu, logvar = training_posteriors()
+    stats = latent_stats(mu, logvar)
+    kl = Nonconformity.from_stats("kl", [0, 1, 2], None)
+    post = Nonconformity.from_stats("posterior_deviation", [0, 1, 2], stats)
+    kl_dev = Nonconformity.from_stats("kl_deviation", [0, 1, 2], stats)
+    prior_like = (np.zeros((1, 4)), np.zeros((1, 4)))  # frozen camera / noise: uninformative posterior
+    far = (np.full((1, 4), 9.0), np.full((1, 4), -3.0))  # a posterior far out in latent space
+    # one-sided KL: the prior-like frame is the most "normal" of all
+    assert kl(*prior_like)[0] < kl(mu, logvar).min() and kl(*far)[0] > kl(mu, logvar).max()
+    # posterior deviation: both are stranger than every training posterior
+    assert post(*prior_like)[0] > post(mu, logvar).max() and post(*far)[0] > post(mu, logvar).max()
+    # KL deviation only lifts the prior-like frame above the typical one (the KL spread is wide)
+    assert np.median(kl_dev(mu, logvar)) < kl_dev(*prior_like)[0] < kl_dev(mu, logvar).max()
+    # a training frame scores its number of standardised features on average (chi-square mean)
+    assert np.mean(post(mu, logvar)) == pytest.approx(6, rel=1e-6)
+    assert np.mean(kl_dev(mu, logvar)) == pytest.approx(3, rel=1e-6)
+
+
+def test_two_sided_score_numbers_and_validation() -> None:
+    stats = {"mu_mean": [1.0, 0.0], "mu_std": [2.0, 1.0], "logvar_mean": [-1.0, 0.0], "logvar_std": [0.5, 0.0],
+             "kl_mean": [3.0, 1.0], "kl_std": [1.0, 1.0]}
+    post = Nonconformity.from_stats("posterior_deviation", [0], stats)
+    assert post.center == (1.0, -1.0) and post.scale == (2.0, 0.5)
+    # ((3 - 1) / 2)^2 + ((0 + 1) / 0.5)^2 = 1 + 4
+    assert post(np.array([[3.0, 7.0]]), np.array([[0.0, 7.0]]))[0] == pytest.approx(5.0)
+    assert Nonconformity.from_stats("posterior_deviation", [1], stats).scale == (1.0, 1e-3)  # std floor
+    kl_dev = Nonconformity.from_stats("kl_deviation", [0], stats)
+    assert kl_dev(np.array([[0.0, 0.0]]), np.zeros((1, 2)))[0] == pytest.approx(9.0)  # KL 0 vs mean 3, std 1
+    with pytest.raises(ValueError, match="training"):
+        Nonconformity.from_stats("posterior_deviation", [0], None)
+    with pytest.raises(ValueError, match="score must be one of"):
+        Nonconformity("mahalanobis", (0,))
+
+
+def test_kl_warmup_ramps_the_weight() -> None:
+    assert kl_weight(0, 0) == 1.0 and kl_weight(5, 0) == 1.0
+    assert [kl_weight(s, 4) for s in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError):
+        TrainConfig(kl_warmup=-1)
+
+
+def test_training_stats_match_the_selected_dims() -> None:
+    data = image_frameset(24)
+    torch.manual_seed(0)
+    model = BetaVAE(VaeConfig(**TINY)).eval()
+    dims, usage, stats = choose_dims(model.encoder, data, 1.0, 3)
+    assert dims == select_dims(usage, 3) and len(stats["mu_std"]) == TINY["latent"]
+    np.testing.assert_allclose(stats["kl_mean"], usage)
+
+
 @pytest.mark.parametrize("arch", ["beta_vae", "hvae"])
 def test_save_load_round_trip_is_bit_exact(tmp_path: Path, arch: str) -> None:
     model, path = saved_model(tmp_path, arch)
@@ -191,6 +250,24 @@ def test_missing_calibration_says_what_to_run(tmp_path: Path) -> None:
     card.calibration["selected_dims"] = [1]
     with pytest.raises(ModelFileError, match="other latent dims"):
         card.calibration_scores(path)
+
+
+def test_card_keeps_the_score_and_refuses_mismatched_calibration(tmp_path: Path) -> None:
+    _, path = saved_model(tmp_path)
+    card = read_card(path)
+    assert card.score == "kl" and card.nonconformity.method == "kl"  # seed 000's default
+    mu, logvar = training_posteriors()
+    card.score, card.latent_stats = "posterior_deviation", latent_stats(np.tile(mu, 2)[:, :6], np.tile(logvar, 2)[:, :6])
+    card.calibration = {"scores": [1.0, 2.0], "selected_dims": [0, 2, 4], "score": "posterior_deviation"}
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again.score == "posterior_deviation" and again.nonconformity == card.nonconformity
+    np.testing.assert_array_equal(again.calibration_scores(path), [1.0, 2.0])
+    again.calibration["score"] = "kl"
+    with pytest.raises(ModelFileError, match="calibrated with another score"):
+        again.calibration_scores(path)
+    broken = {**card.to_dict(), "latent_stats": {}}
+    with pytest.raises(ModelFileError, match="not a valid model config"):
+        ModelCard.from_dict(broken)
 
 
 def test_collect_images_and_flow_restarts_at_stamp_gaps() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from ood_monitor.cli.train_cmd import SCORES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory, e.g. models/vae_image")
     p.add_argument("--data", required=True, help="calibration bag or image folder (not the training data)")
     p.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
+    p.add_argument("--score", choices=SCORES, default=None,
+                   help="switch the model's nonconformity score before calibrating (default: keep it)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
     p.set_defaults(func=run)
@@ -28,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     encoder, card = load_encoder(args.model)
+    if args.score:
+        card.score = args.score
+        card.nonconformity  # noqa: B018 -- ValueError now if the card lacks the training statistics
     topic = args.image_topic or card.data.get("image_topic", DEFAULT_IMAGE_TOPIC)
     cfg = card.config
     print(f"reading {card.kind} frames from {args.data} ({cfg.height}x{cfg.width}) ...", flush=True)
@@ -43,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if len(scores) < 20:
         raise ValueError(f"only {len(scores)} calibration frames: p-values need at least 20 (better 200+)")
     card.calibration = {"scores": [float(s) for s in scores], "source": str(args.data),
-                        "hash": frames.data_hash, "frames": len(scores), "selected_dims": card.selected_dims}
+                        "hash": frames.data_hash, "frames": len(scores), "selected_dims": card.selected_dims,
+                        "score": card.score, "command": " ".join(["ood-monitor", *sys.argv[1:]])}
     write_card(args.model, card)
     q = np.percentile(scores, [50, 95, 99])
-    print(f"stored {len(scores)} calibration scores in {args.model}/config.json "
+    print(f"stored {len(scores)} {card.score} calibration scores in {args.model}/config.json "
           f"(median {q[0]:.2f}, p95 {q[1]:.2f}, p99 {q[2]:.2f}; smallest p-value {1 / (len(scores) + 1):.4f})")
     return 0

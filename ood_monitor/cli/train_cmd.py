@@ -8,6 +8,7 @@ import os
 import sys
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
+SCORES = ("kl", "kl_deviation", "posterior_deviation")  # core/nonconformity.SCORES (kept import-free here)
 
 
 def default_widths(size: int) -> tuple[int, ...]:
@@ -17,8 +18,11 @@ def default_widths(size: int) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train models (vae)")
+    from ood_monitor.cli.train_diffusion import add_commands
+
+    p = sub.add_parser("train", help="train models (vae, dcae, dit, ddpm)")
     models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    add_commands(models)
     v = models.add_parser("vae", help="train an image or optical-flow VAE detector",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     v.add_argument("--kind", choices=("image", "flow"), required=True, help="what the VAE encodes")
@@ -39,10 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (contiguous blocks)")
     v.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    v.add_argument("--kl-warmup", type=float, default=0.0,
+                   help="epochs over which the KL weight ramps from 0 to 1 (avoids posterior collapse)")
     v.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="mild brightness/contrast jitter, shifts, horizontal flips")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--select-k", type=int, default=8, help="latent dims summed by the KL score")
+    v.add_argument("--select-k", type=int, default=8, help="latent dims the score uses")
+    v.add_argument("--score", choices=SCORES, default="kl",
+                   help="nonconformity: kl (seed 000, one-sided) or a two-sided deviation from the "
+                        "training posteriors (kl_deviation, posterior_deviation)")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
     v.add_argument("--flow-scale", type=float, default=0.0,
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.select_k <= cfg.latent:
         raise ValueError(f"--select-k must be in [1, {cfg.latent}], got {args.select_k}")
     tcfg = TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, val_split=args.val_split,
-                       patience=args.patience, seed=args.seed, time_limit_s=args.time_limit,
+                       patience=args.patience, seed=args.seed, time_limit_s=args.time_limit, kl_warmup=args.kl_warmup,
                        augment=AugmentConfig(enabled=args.augment))
 
     print(f"reading {args.kind} frames from {args.data} ({args.size}x{args.size}) ...", flush=True)
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     enc_params = sum(p.numel() for p in model.encoder.parameters())
     print(f"{arch}: {n_params / 1e6:.2f} M parameters ({enc_params / 1e6:.2f} M in the encoder)", flush=True)
     result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
-    dims, usage = choose_dims(model.encoder, frames, flow_scale, args.select_k)
+    dims, usage, stats = choose_dims(model.encoder, frames, flow_scale, args.select_k)
     print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
           f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
     card = ModelCard(architecture=arch, config=cfg, flow_scale=float(flow_scale),
@@ -104,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
                            "frames": len(frames)},
                      training={**result.to_dict(), "settings": {
                          "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
-                         "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment,
+                         "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment, "kl_warmup": tcfg.kl_warmup,
                          "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
-                     selected_dims=dims, latent_kl=[float(u) for u in usage])
+                     selected_dims=dims, latent_kl=[float(u) for u in usage], score=args.score,
+                     latent_stats=stats)
     save_model(args.out, model, card)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
     print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "

@@ -1,6 +1,6 @@
 """ROS-free VAE detector: one prepared frame in, score + conformal decision out. The node wraps it.
 
-Only the encoder is loaded (the KL score needs no decoder). One instance serves one model: kind
+Only the encoder is loaded (no score needs the decoder). One instance serves one model: kind
 `image` takes the preprocessor's HxWx3 uint8 RGB frame, kind `flow` its HxWx2 float32 flow field in
 pixels/frame at the model size. Anything else is refused with a ValueError before it reaches the model,
 so a wrong-size or wrong-encoding frame is never scored.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ood_monitor.core.conformal import AlarmConfig, ConformalMonitor
-from ood_monitor.core.nonconformity import encode, kl_score
+from ood_monitor.core.nonconformity import encode
 from ood_monitor.core.uncertainty import McDropoutScorer, stochastic_tail
 from ood_monitor.core.vae.dataset import FrameSet, model_input
 from ood_monitor.core.vae.io import CONFIG, ModelCard, ModelFileError, load_encoder, train_hint
@@ -36,9 +36,9 @@ class FrameScore:
 
 
 def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch: int = 256) -> np.ndarray:
-    """Deterministic KL scores of a whole FrameSet (calibration, evaluation)."""
+    """Deterministic scores (the card's nonconformity) of a whole FrameSet (calibration, evaluation)."""
     mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames), batch)
-    return kl_score(mu, logvar, card.selected_dims)
+    return card.nonconformity(mu, logvar)
 
 
 class VaeDetector:
@@ -48,12 +48,13 @@ class VaeDetector:
         if not card.selected_dims:
             raise ValueError("model card has no selected latent dims")
         self.card = card
+        self.score = card.nonconformity
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         self.monitor = ConformalMonitor(calibration_scores, alarm)
         self.mc = None
         if mc_samples:
-            self.mc = McDropoutScorer(self._trunk, stochastic_tail(self.encoder.tail), card.selected_dims,
+            self.mc = McDropoutScorer(self._trunk, stochastic_tail(self.encoder.tail), self.score,
                                       samples=mc_samples, z=z)
 
     @classmethod
@@ -107,7 +108,7 @@ class VaeDetector:
         x = torch.from_numpy(model_input(prepared[None], self.kind, self.card.flow_scale)).to(self.device)
         features = self._trunk(x)
         mu, logvar = self.encoder.tail(features)
-        score = float(kl_score(mu.cpu().numpy(), logvar.cpu().numpy(), self.card.selected_dims)[0])
+        score = float(self.score(mu.cpu().numpy(), logvar.cpu().numpy())[0])
         decision = self.monitor.update(score)
         std, uncertain = float("nan"), False
         if self.mc is not None:

@@ -4,10 +4,21 @@ The run-time score is the KL divergence between the encoder's posterior N(mu, si
 N(0, I), summed over the k latent dimensions with the highest mean KL on training data (the dimensions
 the model actually uses; collapsed ones only add noise). It needs the encoder alone. Reconstruction
 error is kept for offline comparison; it needs the decoder.
+
+The KL is one-sided: a frame whose posterior is *closer* to the prior than usual (a frozen camera's
+all-zero flow, rain or sensor noise that the encoder answers with wide, uninformative posteriors) scores
+low and passes. Two two-sided options measure how far a frame's posterior is from the posteriors of the
+training frames instead, in both directions, from per-dimension statistics stored in config.json:
+
+* `kl_deviation`        sum over dims of ((KL_d - mean_d) / std_d)^2   (training KL per dimension)
+* `posterior_deviation` sum over dims of ((mu_d - mean_d) / std_d)^2 + ((logvar_d - mean_d) / std_d)^2
+
+Both are as cheap as the KL (a few dozen flops per frame) and need the encoder alone.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +43,78 @@ def select_dims(mean_kl: np.ndarray, k: int) -> list[int]:
 def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -> np.ndarray:
     """KL summed over the selected dims: (N, D) x2 -> (N,)."""
     return latent_kl(mu, logvar)[:, np.asarray(dims, dtype=np.int64)].sum(axis=1)
+
+
+SCORES = ("kl", "kl_deviation", "posterior_deviation")
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def score_features(mu: np.ndarray, logvar: np.ndarray, dims: Sequence[int], method: str) -> np.ndarray:
+    """What a two-sided score compares with training statistics: (N, D) x2 -> (N, F)."""
+    idx = np.asarray(dims, dtype=np.int64)
+    if method == "kl_deviation":
+        return latent_kl(mu, logvar)[:, idx]
+    if method == "posterior_deviation":
+        return np.concatenate([np.asarray(mu, np.float64)[:, idx], np.asarray(logvar, np.float64)[:, idx]], 1)
+    raise ValueError(f"no feature statistics for score {method!r}")
+
+
+def latent_stats(mu: np.ndarray, logvar: np.ndarray) -> dict[str, list[float]]:
+    """Per-dimension mean and std of mu, logvar and KL over a set of posteriors (the training data)."""
+    kl = latent_kl(mu, logvar)
+    arrays = {"mu": np.asarray(mu, np.float64), "logvar": np.asarray(logvar, np.float64), "kl": kl}
+    stats = {}
+    for name, a in arrays.items():
+        stats[f"{name}_mean"] = [float(v) for v in a.mean(axis=0)]
+        stats[f"{name}_std"] = [float(v) for v in a.std(axis=0)]
+    return stats
+
+
+@dataclass(frozen=True)
+class Nonconformity:
+    """The run-time score of a model: `method` over latent `dims`; two-sided methods standardise their
+    features with `center` / `scale` (from training data, see `from_stats`)."""
+
+    method: str
+    dims: tuple[int, ...]
+    center: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.method!r}")
+        if not self.dims:
+            raise ValueError("a score needs at least one latent dim")
+        if self.method != "kl":
+            width = len(self.dims) * (2 if self.method == "posterior_deviation" else 1)
+            if len(self.center) != width or len(self.scale) != width or min(self.scale) <= 0:
+                raise ValueError(f"{self.method} needs {width} centers and positive scales")
+
+    @classmethod
+    def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
+                   min_std: float = 1e-3) -> Nonconformity:
+        """Build from per-dimension training statistics (`latent_stats`); plain KL needs none."""
+        dims = tuple(int(d) for d in dims)
+        if method == "kl":
+            return cls(method, dims)
+        if not stats:
+            raise ValueError(f"score {method!r} needs latent statistics of the training data")
+        names = ("kl",) if method == "kl_deviation" else ("mu", "logvar")
+        center = [stats[f"{n}_mean"][d] for n in names for d in dims]
+        scale = [max(stats[f"{n}_std"][d], min_std) for n in names for d in dims]
+        return cls(method, dims, tuple(center), tuple(scale))
+
+    def __call__(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+        """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger."""
+        if self.method == "kl":
+            return kl_score(mu, logvar, self.dims)
+        z = (score_features(mu, logvar, self.dims, self.method) - np.asarray(self.center)) / np.asarray(self.scale)
+        return (z * z).sum(axis=1)
+
+
+def as_score(score: ScoreFn | Sequence[int]) -> ScoreFn:
+    """A score callable; a plain list of dims means the KL over those dims (seed 000)."""
+    return score if callable(score) else Nonconformity("kl", tuple(int(d) for d in score))
 
 
 @torch.no_grad()

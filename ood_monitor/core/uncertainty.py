@@ -1,4 +1,4 @@
-"""MC-dropout uncertainty of the KL score (seed 001) with the static computation cached.
+"""MC-dropout uncertainty of the nonconformity score (seed 001) with the static computation cached.
 
 Seed 001 runs N full stochastic passes (about 35x one pass). Dropout sits only in the encoder's last
 layers (the `tail`), so everything before it (the `trunk`: all convolutions) is deterministic and the
@@ -14,7 +14,7 @@ threshold is `uncertain` and can be ignored instead of acted on.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ood_monitor.core.nonconformity import kl_score
+from ood_monitor.core.nonconformity import ScoreFn, as_score
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 Trunk = Callable[[Any], Any]
@@ -81,22 +81,24 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 class McDropoutScorer:
-    """N MC-dropout samples of the KL score for one frame, trunk computed once."""
+    """N MC-dropout samples of the score for one frame, trunk computed once. `score` maps (mu, logvar)
+    to scores (a `Nonconformity`); a list of dims means the KL over them."""
 
-    def __init__(self, trunk: Trunk, tail: Tail, dims: list[int], samples: int = 30, z: float = 1.96) -> None:
+    def __init__(self, trunk: Trunk, tail: Tail, score: ScoreFn | Sequence[int], samples: int = 30,
+                 z: float = 1.96) -> None:
         if samples < 2:
             raise ValueError(f"MC dropout needs at least 2 samples, got {samples}")
         if z <= 0:
             raise ValueError(f"z must be positive, got {z}")
-        self.trunk, self.tail, self.dims = trunk, tail, list(dims)
+        self.trunk, self.tail, self.score = trunk, tail, as_score(score)
         self.samples, self.z = samples, z
 
     def sample_scores(self, x: Any, features: Any = None) -> np.ndarray:
-        """KL scores of `samples` stochastic tails on one input x (1, C, H, W); pass `features` when
+        """Scores of `samples` stochastic tails on one input x (1, C, H, W); pass `features` when
         the trunk output is already at hand (the detector shares it with the deterministic pass)."""
         feats = self.trunk(x) if features is None else features
         mu, logvar = self.tail(repeat_rows(feats, self.samples))
-        return kl_score(to_numpy(mu), to_numpy(logvar), self.dims)
+        return self.score(to_numpy(mu), to_numpy(logvar))
 
     def estimate(self, x: Any, features: Any = None) -> McEstimate:
         s = self.sample_scores(x, features)
@@ -104,8 +106,9 @@ class McDropoutScorer:
         return McEstimate(mean, std, mean - self.z * std, mean + self.z * std, s)
 
 
-def full_pass_scores(encoder: nn.Module, x: torch.Tensor, dims: list[int], samples: int) -> np.ndarray:
+def full_pass_scores(encoder: nn.Module, x: torch.Tensor, score: ScoreFn | Sequence[int], samples: int
+                     ) -> np.ndarray:
     """The uncached reference: `samples` complete encoder passes with dropout on, as one batch."""
     with torch.no_grad(), dropout_active(encoder):
         mu, logvar = encoder(x.expand(samples, *x.shape[1:]))
-    return kl_score(mu.numpy(), logvar.numpy(), dims)
+    return as_score(score)(mu.numpy(), logvar.numpy())

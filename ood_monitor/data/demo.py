@@ -37,7 +37,7 @@ from ood_monitor.data.scene import (
     make_trail,
 )
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 SPLITS = ("train", "calibration", "test")
 FRAME_ID = "camera"
 IMAGE_TOPIC = "/camera/image_raw"
@@ -67,8 +67,9 @@ class DemoConfig:
     width: int = 320
     height: int = 240
     fps: float = 15.0
-    train_drives: int = 3
+    train_drives: int = 12
     train_frames: int = 900
+    calibration_drives: int = 3
     calibration_frames: int = 300
     episode_frames: int = 40
     gap_frames: int = 40
@@ -80,6 +81,8 @@ class DemoConfig:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if self.width < 32 or self.height < 32:
             raise ValueError(f"image size must be at least 32x32, got {self.width}x{self.height}")
+        if self.train_drives < 1 or self.calibration_drives < 1:
+            raise ValueError("train_drives and calibration_drives must be >= 1")
 
     def frames(self, count: int, minimum: int) -> int:
         return max(minimum, int(round(count * self.scale)))
@@ -125,9 +128,10 @@ def plan_splits(config: DemoConfig) -> dict[str, list[DriveSpec]]:
         test += [Segment(anomalies.NOMINAL, gap), Segment(kind, episode, index)]
     test.append(Segment(anomalies.NOMINAL, gap))
     per_train = config.frames(config.train_frames / config.train_drives, 8)
+    per_calibration = config.frames(config.calibration_frames / config.calibration_drives, 8)
     drives = {
         "train": [(Segment(anomalies.NOMINAL, per_train),) for _ in range(config.train_drives)],
-        "calibration": [(Segment(anomalies.NOMINAL, config.frames(config.calibration_frames, 8)),)],
+        "calibration": [(Segment(anomalies.NOMINAL, per_calibration),) for _ in range(config.calibration_drives)],
         "test": [tuple(test)],
     }
     plans: dict[str, list[DriveSpec]] = {}

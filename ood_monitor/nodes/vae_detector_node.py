@@ -141,7 +141,7 @@ class VaeDetectorNode(StageNode):
         card = self.detector.card
         self.get_logger().info(
             f"{self.detector_name} detector on {topic}: {self.model_dir} ({card.config.height}x{card.config.width}, "
-            f"{len(card.selected_dims)} KL dims, {self.detector.monitor.cal.size} calibration scores), "
+            f"{len(card.selected_dims)} latent dims, score {card.score}, {self.detector.monitor.cal.size} calibration scores), "
             f"alarm {alarm.test}, MC dropout {p['mc_samples'] or 'off'}")
 
     def _load_detector(self, p: dict, alarm: AlarmConfig) -> VaeDetector:

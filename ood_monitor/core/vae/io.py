@@ -18,6 +18,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ood_monitor.core.nonconformity import Nonconformity
+
 from . import ARCHITECTURES, build_encoder, build_model
 from .beta_vae import VaeConfig
 
@@ -41,7 +43,9 @@ def calibrate_hint(model_dir: str | Path) -> str:
 @dataclass
 class ModelCard:
     """The content of config.json. `calibration` holds the sorted calibration scores once
-    `ood-monitor calibrate` has run; `selected_dims` are the latent dims the KL score sums over."""
+    `ood-monitor calibrate` has run; `selected_dims` are the latent dims the score uses, `score` the
+    nonconformity method (core/nonconformity.SCORES) and `latent_stats` the per-dimension training
+    statistics the two-sided methods standardise with."""
 
     architecture: str
     config: VaeConfig
@@ -53,10 +57,17 @@ class ModelCard:
     calibration: dict | None = None
     weights_sha256: str = ""
     format: str = FORMAT
+    score: str = "kl"
+    latent_stats: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
         return self.config.kind
+
+    @property
+    def nonconformity(self) -> Nonconformity:
+        """The score this model runs (ValueError if the card lacks what the method needs)."""
+        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -69,8 +80,8 @@ class ModelCard:
                           "channels": self.config.channels},
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
                 "training": self.training, "selected_dims": list(self.selected_dims),
-                "latent_kl": list(self.latent_kl), "calibration": self.calibration,
-                "weights_sha256": self.weights_sha256}
+                "latent_kl": list(self.latent_kl), "score": self.score, "latent_stats": self.latent_stats,
+                "calibration": self.calibration, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = CONFIG) -> ModelCard:
@@ -80,12 +91,16 @@ class ModelCard:
                 raise ModelFileError(f"{source} names unknown architecture {arch!r} "
                                      f"(known: {sorted(ARCHITECTURES)})")
             cfg = ARCHITECTURES[arch][1].from_dict(d["model"])
-            return cls(architecture=arch, config=cfg, flow_scale=float(d.get("flow_scale", 1.0)),
+            card = cls(architecture=arch, config=cfg, flow_scale=float(d.get("flow_scale", 1.0)),
                        data=d.get("data", {}), training=d.get("training", {}),
                        selected_dims=[int(i) for i in d.get("selected_dims", [])],
                        latent_kl=[float(v) for v in d.get("latent_kl", [])], calibration=d.get("calibration"),
-                       weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT))
-        except (KeyError, TypeError, ValueError) as exc:
+                       weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
+                       score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {})
+            if card.selected_dims:
+                card.nonconformity  # noqa: B018 -- validates score method and statistics
+            return card
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelFileError(f"{source} is not a valid model config ({type(exc).__name__}: {exc})") from exc
 
     def calibration_scores(self, model_dir: str | Path) -> np.ndarray:
@@ -99,6 +114,9 @@ class ModelCard:
             raise ModelFileError(f"{path} has invalid calibration scores: {calibrate_hint(model_dir)}")
         if (self.calibration or {}).get("selected_dims", self.selected_dims) != self.selected_dims:
             raise ModelFileError(f"{path} was calibrated with other latent dims: {calibrate_hint(model_dir)}")
+        if (self.calibration or {}).get("score", "kl") != self.score:
+            raise ModelFileError(f"{path} was calibrated with another score than {self.score!r}: "
+                                 f"{calibrate_hint(model_dir)}")
         return np.sort(arr)
 
 

@@ -3,6 +3,10 @@ blocks (neighbouring frames are near-duplicates, so a random split would validat
 early stopping on validation loss keeping the best weights, optional augmentation, progress lines and a
 training curve for config.json.
 
+KL warm-up (`kl_warmup` epochs) ramps the KL weight linearly from 0 to 1 over the first steps: without it
+the image VAE can fall into posterior collapse in its first epochs (KL ~ 0, every frame encoded as the
+prior), and a collapsed encoder scores every frame alike. Validation always uses the full objective.
+
 Augmentation (seed 003: it is what keeps OOD detection robust under quantization) is deliberately mild:
 brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
 global illumination shifts are normal, which is exactly what it must detect.
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_monitor.core.nonconformity import encode, latent_kl, select_dims
+from ood_monitor.core.nonconformity import encode, latent_stats, select_dims
 
 from .dataset import FrameSet
 
@@ -49,11 +53,14 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit_s: float | None = None
     val_block: int = 32
+    kl_warmup: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1 or self.lr <= 0 or self.patience < 1:
             raise ValueError("epochs, batch and patience must be >= 1 and lr > 0")
+        if self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1), got {self.val_split}")
 
@@ -146,8 +153,10 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
             if cfg.augment.enabled:
                 x = augment_batch(x, data.kind, cfg.augment, gen)
             parts = model.objective(x)
+            weight = kl_weight(res.steps, cfg.kl_warmup * steps_per_epoch)
+            loss = parts.total if weight >= 1.0 else parts.recon + weight * (parts.total - parts.recon)
             opt.zero_grad(set_to_none=True)
-            parts.total.backward()
+            loss.backward()
             opt.step()
             sums += len(idx) * np.array([float(p.detach()) for p in parts])
             seen += len(idx)
@@ -182,17 +191,27 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
     return res
 
 
+def kl_weight(step: int, warmup_steps: float) -> float:
+    """Linear KL warm-up: 0 at the first step, 1 from `warmup_steps` on (always 1 without warm-up)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
 def _out_of_budget(cfg: TrainConfig, steps: int, t0: float) -> bool:
     return ((cfg.max_steps is not None and steps >= cfg.max_steps)
             or (cfg.time_limit_s is not None and time.monotonic() - t0 >= cfg.time_limit_s))
 
 
-def latent_usage(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256) -> np.ndarray:
-    """Mean KL per latent dimension over `data` (the training set): what dimension selection ranks."""
+def training_stats(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256
+                   ) -> dict[str, list[float]]:
+    """Per-dimension statistics of the posteriors over `data` (the training set): `kl_mean` is what
+    dimension selection ranks, the rest is what the two-sided scores standardise with."""
     mu, logvar = encode(encoder, lambda s: data.inputs(s, flow_scale), len(data), batch)
-    return latent_kl(mu, logvar).mean(axis=0)
+    return latent_stats(mu, logvar)
 
 
-def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int) -> tuple[list[int], np.ndarray]:
-    usage = latent_usage(encoder, data, flow_scale)
-    return select_dims(usage, k), usage
+def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int
+                ) -> tuple[list[int], np.ndarray, dict[str, list[float]]]:
+    """The k most used latent dims, the usage (mean KL) of every dim and the training statistics."""
+    stats = training_stats(encoder, data, flow_scale)
+    usage = np.asarray(stats["kl_mean"])
+    return select_dims(usage, k), usage, stats
