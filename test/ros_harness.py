@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -19,6 +19,8 @@ class RosHarness:
         rclpy.init(context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
         self.nodes: list[Node] = []
+        self._executors: list = []
+        self._threads: list[threading.Thread] = []
         self.probe = self.add(Node("test_probe", context=self.context))
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
@@ -31,6 +33,23 @@ class RosHarness:
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
+
+    def add_isolated(self, node: Node) -> Node:
+        """Spin `node` on an executor of its own, as a separate process would: the probe's callbacks
+        never delay its callbacks."""
+        executor = SingleThreadedExecutor(context=self.context)
+        executor.add_node(node)
+        self.nodes.append(node)
+        self._executors.append(executor)
+        thread = threading.Thread(target=self._spin_quietly, args=(executor,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return node
+
+    @staticmethod
+    def _spin_quietly(executor) -> None:
+        with contextlib.suppress(Exception):  # shut down under it at close()
+            executor.spin()
 
     def collect(self, msg_type, topic: str, qos: QoSProfile | None = None,
                 callback: Callable | None = None) -> list:
@@ -55,6 +74,10 @@ class RosHarness:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
+        for executor in self._executors:
+            executor.shutdown(timeout_sec=2.0)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
         for node in self.nodes:
             node.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -55,7 +55,7 @@ def ros():
 
 def start_node(ros: RosHarness, **params) -> PreprocessNode:
     overrides = [Parameter(k, value=v) for k, v in params.items()]
-    return ros.add(PreprocessNode(context=ros.context, parameter_overrides=overrides))
+    return ros.add_isolated(PreprocessNode(context=ros.context, parameter_overrides=overrides))
 
 
 def publish_paced(pub, msgs, period_s: float = 0.05) -> None:

@@ -60,7 +60,7 @@ def test_player_paces_by_recorded_time_and_recorder_keeps_everything(ros, demo_d
 def test_preprocess_node_on_the_demo_test_bag(ros, demo_dataset):
     bag = demo_dataset / "bags" / "test"
     labels = {f.stamp_ns: f for f in iter_frames(bag)}
-    ros.add(PreprocessNode(context=ros.context))
+    ros.add_isolated(PreprocessNode(context=ros.context))
     images = ros.collect(Image, "ood/image", RELIABLE)
     flows = ros.collect(Image, "ood/flow", RELIABLE)
     player = BagPlayer(ros.probe, bag, PlaybackConfig(topics=["/camera/image_raw", "/camera/camera_info"]))
