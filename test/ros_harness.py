@@ -14,9 +14,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 
 class RosHarness:
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self, threads: int = 4, domain_id: int | None = None) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
         self.nodes: list[Node] = []
         self._executors: list = []

@@ -24,6 +24,9 @@ from ros_harness import RosHarness
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "config" / "default.yaml"
+# A domain of their own: a SIGKILLed participant lingers in discovery (and in shared memory) until its
+# lease expires, and must not slow the tests that run after these.
+DOMAIN = int(os.environ.get("ROS_DOMAIN_ID", "0")) % 100 + 100
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -40,7 +43,8 @@ def header(i: int) -> Header:
 
 def spawn(*argv: str) -> subprocess.Popen:
     return subprocess.Popen(list(argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "ROS_DOMAIN_ID": str(DOMAIN)})
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -70,7 +74,7 @@ def test_ood_monitor_run_starts_the_graph_from_yaml():
     proc = spawn(sys.executable, "-m", "ood_monitor.cli.main", "run", "--params", str(PARAMS),
                  "--stages", "preprocess,detect")
     try:
-        with RosHarness() as ros:
+        with RosHarness(domain_id=DOMAIN) as ros:
             image_scores = ros.collect(OODScore, "/ood/score/image")
             flow_scores = ros.collect(OODScore, "/ood/score/flow")
             feed_until(ros, lambda: len(image_scores) >= 3 and len(flow_scores) >= 3)
@@ -85,7 +89,7 @@ def test_killing_one_node_process_leaves_the_others_running():
     pre = spawn("preprocess_node", "--ros-args", "--params-file", str(PARAMS))
     det = spawn("vae_detector_node", "--ros-args", "-r", "__node:=vae_image_detector", "--params-file", str(PARAMS))
     try:
-        with RosHarness() as ros:
+        with RosHarness(domain_id=DOMAIN) as ros:
             images = ros.collect(Image, "/ood/image")
             scores = ros.collect(OODScore, "/ood/score/image")
             i = feed_until(ros, lambda: len(scores) >= 3)
@@ -103,7 +107,7 @@ def test_killing_one_node_process_leaves_the_others_running():
 
 def test_a_node_without_its_model_refuses_to_start_with_a_clear_line(tmp_path):
     proc = subprocess.run(["vae_detector_node", "--ros-args", "-p", f"model_dir:={tmp_path / 'none'}"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "ROS_DOMAIN_ID": str(DOMAIN)})
     assert proc.returncode == 1
     assert "cannot start" in proc.stderr and "config.json not found: run `ood-monitor train vae" in proc.stderr
     assert "Traceback" not in proc.stderr
