@@ -175,10 +175,6 @@ class AnalysisNode(StageNode):
         self.pub_conf.publish(array_to_image(conf8, "mono8", header=header))
         self.stats.on_output(latency)
 
-    def _reject(self, reason: str) -> None:
-        self.stats.on_reject(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=2.0)
-
 
 def main(args: list[str] | None = None) -> None:
     sys.exit(run_node(AnalysisNode, "analysis_node", args))

@@ -272,10 +272,6 @@ class NavBridgeNode(StageNode):
                               speed_limit=float(percent))
         return Float32(data=float(percent))
 
-    def _reject(self, reason: str) -> None:
-        self.stats.on_reject(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=2.0)
-
 
 def main(args: list[str] | None = None) -> None:
     sys.exit(run_node(NavBridgeNode, "nav_bridge_node", args))

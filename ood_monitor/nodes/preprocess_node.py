@@ -146,10 +146,6 @@ class PreprocessNode(StageNode):
         except (ValueError, TypeError) as exc:
             self._reject(f"camera_info: {exc}")
 
-    def _reject(self, reason: str) -> None:
-        self.stats.on_reject(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=2.0)
-
 
 def main(args: list[str] | None = None) -> None:
     sys.exit(run_node(PreprocessNode, "preprocess_node", args))

@@ -235,10 +235,6 @@ class SynthesizerNode(StageNode):
             guidance=float(g.scale), backend=self.synth.backend, latency_ms=float(latency)))
         self.stats.on_output(latency)
 
-    def _reject(self, reason: str) -> None:
-        self.stats.on_reject(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=2.0)
-
     def destroy_node(self) -> None:
         self._stop_worker()
         super().destroy_node()

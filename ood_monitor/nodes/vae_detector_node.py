@@ -220,10 +220,6 @@ class VaeDetectorNode(StageNode):
             self.last_is_ood = False
             self.counts["alarm_resets"] += 1
 
-    def _reject(self, reason: str) -> None:
-        self.stats.on_reject(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=2.0)
-
 
 def main(args: list[str] | None = None) -> None:
     sys.exit(run_node(VaeDetectorNode, "vae_detector_node", args))

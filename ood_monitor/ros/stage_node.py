@@ -54,6 +54,12 @@ class StageNode(LifecycleNode):
     def retune(self, name: str, value: Any) -> None:
         """Apply a validated run-time change of a TUNABLE parameter (subclasses)."""
 
+    def _reject(self, reason: str) -> None:
+        """An input refused: counted on /diagnostics (subclasses keep their StageStats in self.stats),
+        logged at most every 2 s, never raised."""
+        self.stats.on_reject(reason)
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
     # ----------------------------------------------------------------------------- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
