@@ -91,8 +91,63 @@ class LatencyProbe:
         return out
 
 
+HEAVY_OUTPUTS = {"/ood/synthesis": "synthesizer_node", "/ood/anomaly": "analysis_node", "/ood/costmap": "nav_bridge_node"}
+HEAVY_STAGES = ("synthesize", "analysis", "nav")  # their own process, as on a robot: torch there must
+# not starve the camera-rate stages of the GIL
+
+
+def start_heavy_stages(params: Path, stages: list[str]):
+    """`ood-monitor run` for the synthesis/analysis/nav stages in a separate process (None if none)."""
+    import os
+    import subprocess
+    import sys
+
+    heavy = [s for s in stages if s in HEAVY_STAGES]
+    if not heavy:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "ood_monitor.cli.main", "run", "--params", str(params),
+                             "--stages", ",".join(heavy)], start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop_process(proc) -> None:
+    import os
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def diagnostics_stats(result_bag: Path, names: list[str]) -> dict:
+    """Per-node figures of out-of-process nodes: their last /diagnostics status in the result bag."""
+    from ood_monitor.data.bags import read_messages
+
+    last = {}
+    for _t, _ty, _s, msg in read_messages(result_bag, ["/diagnostics"]):
+        for status in msg.status:
+            name = status.name.rsplit("/", 1)[-1]
+            if name in names:
+                last[name] = {kv.key: kv.value for kv in status.values}
+    out = {}
+    for name, v in last.items():
+        num = lambda k, v=v: float(v.get(k, "nan"))  # noqa: E731
+        out[name] = {"received": int(num("received")), "processed": int(num("processed")),
+                     "dropped_upstream": int(num("dropped_upstream")), "rejected": int(num("rejected")),
+                     "input_rate_hz": num("input_rate_hz"),
+                     "latency_ms": {"p50": num("latency_p50_ms"), "p95": num("latency_p95_ms"),
+                                    "p99": num("latency_p99_ms")}}
+    return out
+
+
 def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages: str) -> dict:
-    """Replay the test bag in real time into the node graph over DDS, recording every output."""
+    """Replay the test bag in real time into the node graph over DDS, recording every output. The
+    camera-rate stages run in this process, the heavy ones in another (as separate nodes would)."""
     import sensor_msgs.msg
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -104,7 +159,11 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
     if result_bag.exists():
         shutil.rmtree(result_bag)
     probe = LatencyProbe()
-    with NodeGraph(nodes_for(stages), params) as graph:
+    specs = nodes_for(stages)
+    heavy = start_heavy_stages(params, list(dict.fromkeys(s.stage for s in specs)))
+    heavy_names = [s.name for s in specs if s.stage in HEAVY_STAGES]
+    specs = [s for s in specs if s.stage not in HEAVY_STAGES]
+    with NodeGraph(specs, params) as graph:
         io = graph.helper_node("ood_demo_io")
         recorder = BagRecorder(io, result_bag, OUTPUTS.items())
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -115,6 +174,12 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
             rate=rate, topics=["/camera/image_raw", "/camera/camera_info"], on_publish=probe.on_publish,
             start_delay_s=1.5))
         graph.spin_in_background()
+        if heavy is not None:  # wait until the other process's nodes are up (model loading)
+            outputs = [t for t, name in HEAVY_OUTPUTS.items() if name in heavy_names]
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not all(io.count_publishers(t) for t in outputs):
+                time.sleep(0.5)
+            time.sleep(2.0)
         play = threading.Thread(target=player.play, daemon=True)
         t0 = time.monotonic()
         play.start()
@@ -124,7 +189,8 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
             print(f"  {time.monotonic() - t0:5.0f} s  replayed {player.published}/{player.total}; "
                   + ", ".join(f"{t.split('/', 2)[-1]} {counts.get(t, 0)}" for t in
                               ("/ood/image", "/ood/score/image", "/ood/score/flow", "/ood/anomaly")), flush=True)
-        time.sleep(2.0)  # let the slowest stage finish its last frame
+        time.sleep(3.0)  # let the slowest stage finish its last frame
+        stop_process(heavy)
         recorder.close()
         nodes = {}
         for name, node in graph.nodes.items():
@@ -133,6 +199,7 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
                 nodes[name] = {"received": stats.received, "processed": stats.processed,
                                "dropped_upstream": stats.dropped, "rejected": stats.rejected,
                                "input_rate_hz": stats.rate_hz(), "latency_ms": stats.latency_percentiles()}
+        nodes.update(diagnostics_stats(result_bag, heavy_names))
         return {"replayed_messages": player.published, "wall_s": time.monotonic() - t0, "nodes": nodes,
                 "end_to_end_ms": probe.percentiles(), "recorded": dict(recorder.counts)}
 
@@ -224,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     evaluate_cmd.run(argparse.Namespace(data=test_bag, models=[Path("models/vae_image"), Path("models/vae_flow")],
                                         out=args.report, image_topic="/camera/image_raw", params=args.params,
                                         tests="martingale,cusum", synthesizer=Path("models/latent_dit"),
-                                        segmenter="auto", sam_checkpoint="", features="auto", max_mask_frames=80))
+                                        segmenter="auto", sam_checkpoint="", features="auto", max_mask_frames=200))
     evaluation = json.loads((args.report / "evaluation.json").read_text())
     step(4, n, "benchmarks (quick)")
     benches = run_benches(args.report)
