@@ -243,7 +243,8 @@ def write_report(report_dir: Path, dataset: dict, live: dict, alarms: dict, eval
 
     lines = ["# ood_monitor demo report", "", "## Demo dataset", "", "| split | frames |", "|---|---|"]
     lines += [f"| {s} | {info['frames']} |" for s, info in dataset["splits"].items()]
-    lines += ["", "## Live run (test bag replayed over Fast DDS in real time, every node in one process)", "",
+    lines += ["", "## Live run (test bag replayed over Fast DDS in real time; camera-rate nodes in one process, "
+              "synthesis, analysis and Nav2 bridge in another)", "",
               f"Replayed {live['replayed_messages']} messages in {live['wall_s']:.0f} s; recorded to "
               f"`result_bag/`: {live['recorded']}.", "",
               "| node | received | processed | dropped upstream | rejected | rate Hz | latency p50 / p95 / p99 ms |",
