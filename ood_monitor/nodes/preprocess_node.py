@@ -28,7 +28,7 @@ from ood_monitor.ros.image import (
 )
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode
+from ood_monitor.ros.stage_node import StageNode, stamp_ns
 
 PARAMETERS = {
     "image_topic": ("camera/image_raw", "camera image topic (relative names follow the namespace)"),
@@ -45,10 +45,6 @@ PARAMETERS = {
     "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
     "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
 }
-
-
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class PreprocessNode(StageNode):

@@ -26,7 +26,7 @@ from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode
+from ood_monitor.ros.stage_node import StageNode, stamp_ns
 from ood_msgs.msg import OODScore, SynthesisResult
 
 TRIGGERS = ("always", "on_ood", "every_n")
@@ -56,10 +56,6 @@ PARAMETERS = {
     "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
     "stale_timeout_s": (5.0, "no input for this long reports STALE on /diagnostics"),
 }
-
-
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode
+from ood_monitor.ros.stage_node import StageNode, stamp_ns
 from ood_msgs.msg import OODScore
 
 DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
@@ -86,10 +86,6 @@ def alarm_config(p: dict) -> AlarmConfig:
                        martingale_threshold=p["martingale_threshold"], cusum_delta=p["cusum_delta"],
                        cusum_threshold=p["cusum_threshold"], pvalue_threshold=p["pvalue_threshold"],
                        p_floor=p["p_floor"])
-
-
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class VaeDetectorNode(StageNode):

@@ -21,6 +21,12 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from ood_monitor.ros.node_main import START_ERRORS
 from ood_monitor.ros.params import declare_parameters
 
+
+def stamp_ns(header) -> int:
+    """A message header's stamp in integer nanoseconds: the key outputs and inputs are matched by."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 LIFECYCLE_PARAMETERS = {
     "autostart": (True, "configure and activate at start; false: wait for a lifecycle manager"),
 }

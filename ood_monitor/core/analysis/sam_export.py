@@ -32,8 +32,8 @@ def _legacy_exporter() -> dict:
 
 def export_encoder(sam, path: Path) -> None:
     size = sam.image_encoder.img_size
-    dummy = torch.randn(1, 3, size, size)
-    torch.onnx.export(sam.image_encoder, (dummy,), str(path), input_names=["image"],
+    example = torch.randn(1, 3, size, size)
+    torch.onnx.export(sam.image_encoder, (example,), str(path), input_names=["image"],
                       output_names=["image_embeddings"], opset_version=OPSET, **_legacy_exporter())
 
 

@@ -8,6 +8,7 @@ configured or it fails to load, so the node always runs and says what it runs.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +22,14 @@ SAM_STD = (58.395, 57.12, 57.375)
 SEGMENTER_KINDS = ("auto", "sam", "sam_onnx", "slic", "felzenszwalb")
 
 
-class Segmenter:
+class Segmenter(ABC):
     """Base: `segment` gives boolean masks (may overlap, may not cover the image)."""
 
     name = "segmenter"
 
+    @abstractmethod
     def segment(self, rgb: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Boolean HxW masks of the image's segments."""
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
         """Disjoint int32 label image (-1 = no segment), seed 004's area ordering."""
