@@ -21,12 +21,10 @@ from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_featur
 from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, make_segmenter
 from ood_monitor.core.frames import FrameConfig, image_transform
-from ood_monitor.core.stage_stats import StageStats
-from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode
+from ood_monitor.ros.qos import sensor_qos
+from ood_monitor.ros.stage_node import StageNode, stage_parameters
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
 PARAMETERS = {
@@ -53,10 +51,7 @@ PARAMETERS = {
     "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
     "camera_height": (0, "see camera_width"),
     "crop": ("center", "how preprocess_node made the model input: center | stretch"),
-    "output_qos": ("reliable", "reliability of the outputs: reliable | best_effort"),
-    "output_depth": (5, "history depth of the outputs"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
-    "stale_timeout_s": (5.0, "no input for this long reports STALE on /diagnostics"),
+    **stage_parameters(output_depth=5, stale_timeout_s=5.0, outputs="the outputs"),
 }
 
 
@@ -116,15 +111,13 @@ class AnalysisNode(StageNode):
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
             else None
         self.camera_from_param = self.camera_wh is not None
-        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
-        qos = output_qos(p["output_qos"], p["output_depth"])
+        qos = self.start_health()
         self.pub_anomaly = self.create_publisher(AnomalyMask, "ood/anomaly", qos)
         self.pub_mask = self.create_publisher(Image, "ood/anomaly/mask", qos)
         self.pub_conf = self.create_publisher(Image, "ood/anomaly/confidence", qos)
         self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_synthesis, sensor_qos())
         if p["camera_info_topic"] and not self.camera_from_param:
             self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
-        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
         log = self.get_logger().warning if choice.reason.startswith("fallback") else self.get_logger().info
         log(f"segmenter {choice.segmenter.name} ({choice.reason}); features {self.features}")
 

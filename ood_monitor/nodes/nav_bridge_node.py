@@ -30,13 +30,11 @@ from ood_monitor.core.analysis.geometry import (
     project_to_ground,
     quaternion_matrix,
 )
-from ood_monitor.core.stage_stats import StageStats
-from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.pointcloud import xyz_cloud
-from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode
+from ood_monitor.ros.qos import sensor_qos
+from ood_monitor.ros.stage_node import StageNode, stage_parameters
 from ood_msgs.msg import AnomalyMask
 
 try:
@@ -69,10 +67,7 @@ PARAMETERS = {
     "speed_stop_score": (0.8, "frame score at which the limit reaches speed_min_percent"),
     "speed_min_percent": (20.0, "lowest speed limit (percent of maximum)"),
     "speed_hold_s": (1.0, "keep a limit this long after the last high score"),
-    "output_qos": ("reliable", "reliability of the outputs: reliable | best_effort"),
-    "output_depth": (5, "history depth of the outputs"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
-    "stale_timeout_s": (5.0, "no input for this long reports STALE on /diagnostics"),
+    **stage_parameters(output_depth=5, stale_timeout_s=5.0, outputs="the outputs"),
 }
 
 
@@ -136,15 +131,13 @@ class NavBridgeNode(StageNode):
         self.last_points = 0
         self.costmap_frame = p["base_frame"]
         self._global_from_base = np.eye(4)
-        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
-        qos = output_qos(p["output_qos"], p["output_depth"])
+        qos = self.start_health()
         self.pub_cloud = self.create_publisher(PointCloud2, "ood/obstacles", qos)
         self.pub_costmap = self.create_publisher(OccupancyGrid, "ood/costmap", qos)
         self.speed_type = SpeedLimit if SpeedLimit is not None else Float32
         self.pub_speed = self.create_publisher(self.speed_type, "ood/speed_limit", qos)
         self.create_subscription(AnomalyMask, p["anomaly_topic"], self.on_anomaly, sensor_qos())
         self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
-        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
         self.get_logger().info(f"camera pose from {self.pose_source}; speed limit as {self.speed_type.__name__}")
 
     def diagnostic_values(self) -> dict[str, str]:

@@ -17,8 +17,6 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ood_monitor.core.flow import DIS_PRESETS, FlowConfig
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
-from ood_monitor.core.stage_stats import StageStats
-from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import (
     ImageConversionError,
     array_to_image,
@@ -27,8 +25,8 @@ from ood_monitor.ros.image import (
     to_rgb8,
 )
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stamp_ns
+from ood_monitor.ros.qos import sensor_qos
+from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 
 PARAMETERS = {
     "image_topic": ("camera/image_raw", "camera image topic (relative names follow the namespace)"),
@@ -40,10 +38,7 @@ PARAMETERS = {
     "flow_enabled": (True, "compute dense optical flow and publish ood/flow"),
     "flow_preset": ("ultrafast", "OpenCV DIS preset: ultrafast | fast | medium"),
     "max_gap_s": (1.0, "a larger gap between stamps restarts the flow sequence"),
-    "output_qos": ("reliable", "reliability of the outputs: reliable | best_effort"),
-    "output_depth": (5, "history depth of the outputs"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
-    "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
+    **stage_parameters(output_depth=5, stale_timeout_s=2.0, outputs="the outputs"),
 }
 
 
@@ -69,9 +64,8 @@ class PreprocessNode(StageNode):
             flow_enabled=p["flow_enabled"],
         )
         self.pre = Preprocessor(self.cfg)
-        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        qos = self.start_health()
         self.resets: dict[str, int] = {}
-        qos = output_qos(p["output_qos"], p["output_depth"])
         self.pub_image = self.create_publisher(Image, "ood/image", qos)
         self.pub_flow = self.create_publisher(Image, "ood/flow", qos) if p["flow_enabled"] else None
         self.pub_info = self.create_publisher(CameraInfo, "ood/camera_info", qos)
@@ -83,7 +77,6 @@ class PreprocessNode(StageNode):
             self.create_subscription(Image, topic, self.on_image, sensor_qos())
         if p["camera_info_topic"]:
             self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
-        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
         self.get_logger().info(
             f"preprocessing {topic} ({p['transport']}) to {p['width']}x{p['height']}, "
             f"flow {'DIS ' + p['flow_preset'] if p['flow_enabled'] else 'off'}")

@@ -21,12 +21,10 @@ from sensor_msgs.msg import Image
 from ood_monitor.core.diffusion.guided_ddim import GUIDANCE_KINDS
 from ood_monitor.core.diffusion.synthesizer import Synthesizer
 from ood_monitor.core.model_dirs import resolve_model_dir
-from ood_monitor.core.stage_stats import StageStats
-from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stamp_ns
+from ood_monitor.ros.qos import sensor_qos
+from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore, SynthesisResult
 
 TRIGGERS = ("always", "on_ood", "every_n")
@@ -51,10 +49,7 @@ PARAMETERS = {
     "every_n": (5, "with trigger every_n: synthesize every n-th received frame"),
     "score_topics": (["ood/score/image", "ood/score/flow"], "OODScore topics the on_ood trigger listens to"),
     "score_wait_s": (0.5, "on_ood: longest wait for a frame's scores before skipping it"),
-    "output_qos": ("reliable", "reliability of the output: reliable | best_effort"),
-    "output_depth": (2, "history depth of the output"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
-    "stale_timeout_s": (5.0, "no input for this long reports STALE on /diagnostics"),
+    **stage_parameters(output_depth=2, stale_timeout_s=5.0, outputs="the output"),
 }
 
 
@@ -82,16 +77,15 @@ class SynthesizerNode(StageNode):
     def setup(self, p: dict) -> None:
         self._check_parameters(p)
         self.synth = self._load(p)
-        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        qos = self.start_health()
         self.counts = {"triggered": 0, "skipped_trigger": 0, "skipped_not_ood": 0, "skipped_score_timeout": 0,
                        "superseded": 0, "received": 0}
         self.scores: OrderedDict[int, dict[str, bool]] = OrderedDict()
         self.pending: Pending | None = None
-        self.pub = self.create_publisher(SynthesisResult, p["output_topic"], output_qos(p["output_qos"], p["output_depth"]))
+        self.pub = self.create_publisher(SynthesisResult, p["output_topic"], qos)
         self.create_subscription(Image, p["input_topic"], self.on_image, sensor_qos())
         for topic in p["score_topics"]:  # always subscribed, so the trigger can be retuned to on_ood
             self.create_subscription(OODScore, topic, lambda m, t=topic: self.on_score(m, t), sensor_qos())
-        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
         self._start_worker()
 
     def retune(self, name: str, value) -> None:

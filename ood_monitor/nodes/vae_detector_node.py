@@ -18,13 +18,11 @@ from sensor_msgs.msg import Image
 from ood_monitor.core.conformal import MARTINGALES, TESTS, AlarmConfig, ConformalMonitor
 from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
-from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.core.vae.io import ModelFileError
-from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
-from ood_monitor.ros.qos import output_qos, sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stamp_ns
+from ood_monitor.ros.qos import sensor_qos
+from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore
 
 DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
@@ -55,10 +53,7 @@ PARAMETERS = {
     "pvalue_threshold": (0.01, "alarm test pvalue: a frame with p below this is OOD"),
     "p_floor": (0.005, "p-values are clipped at this floor (keeps the martingale finite)"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
-    "output_qos": ("reliable", "reliability of ood/score/<detector>: reliable | best_effort"),
-    "output_depth": (10, "history depth of the output"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
-    "stale_timeout_s": (2.0, "no input for this long reports STALE on /diagnostics"),
+    **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }
 
 
@@ -128,12 +123,10 @@ class VaeDetectorNode(StageNode):
         self.last_stamp: int | None = None
         self.last_is_ood = False
         self.counts = {"ood_frames": 0, "uncertain_frames": 0, "alarm_resets": 0}
-        self.stats = StageStats(stale_timeout_s=p["stale_timeout_s"])
+        qos = self.start_health()
         topic = p["input_topic"] or default_topic
-        self.pub = self.create_publisher(OODScore, f"ood/score/{self.detector_name}",
-                                         output_qos(p["output_qos"], p["output_depth"]))
+        self.pub = self.create_publisher(OODScore, f"ood/score/{self.detector_name}", qos)
         self.create_subscription(Image, topic, self.on_frame, sensor_qos())
-        self.diagnostics = DiagnosticsPublisher(self, self.stats, p["diagnostics_period_s"], self.diagnostic_values)
         card = self.detector.card
         self.get_logger().info(
             f"{self.detector_name} detector on {topic}: {self.model_dir} ({card.config.height}x{card.config.width}, "

@@ -17,14 +17,29 @@ from typing import Any, ClassVar
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile
 
+from ood_monitor.core.stage_stats import StageStats
+from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.node_main import START_ERRORS
 from ood_monitor.ros.params import declare_parameters
+from ood_monitor.ros.qos import output_qos
 
 
 def stamp_ns(header) -> int:
     """A message header's stamp in integer nanoseconds: the key outputs and inputs are matched by."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def stage_parameters(output_depth: int = 5, stale_timeout_s: float = 2.0,
+                     outputs: str = "the outputs") -> dict[str, tuple[Any, str]]:
+    """The output QoS and health parameters every node declares (defaults differ per node)."""
+    return {
+        "output_qos": ("reliable", f"reliability of {outputs}: reliable | best_effort"),
+        "output_depth": (output_depth, f"history depth of {outputs}"),
+        "diagnostics_period_s": (1.0, "period of /diagnostics publications"),
+        "stale_timeout_s": (stale_timeout_s, "no input for this long reports STALE on /diagnostics"),
+    }
 
 
 LIFECYCLE_PARAMETERS = {
@@ -56,6 +71,18 @@ class StageNode(LifecycleNode):
 
     def setup(self, p: dict[str, Any]) -> None:
         """Load models, create publishers, subscriptions and timers (subclasses)."""
+
+    def start_health(self) -> QoSProfile:
+        """In setup: the node's StageStats and its /diagnostics publisher, from the stage parameters;
+        returns the output QoS."""
+        self.stats = StageStats(stale_timeout_s=self.p["stale_timeout_s"])
+        self.diagnostics = DiagnosticsPublisher(self, self.stats, self.p["diagnostics_period_s"],
+                                                self.diagnostic_values)
+        return output_qos(self.p["output_qos"], self.p["output_depth"])
+
+    def diagnostic_values(self) -> dict[str, str]:
+        """Node-specific key/values of the /diagnostics status (subclasses)."""
+        return {}
 
     def retune(self, name: str, value: Any) -> None:
         """Apply a validated run-time change of a TUNABLE parameter (subclasses)."""
