@@ -46,3 +46,25 @@ def test_bench_hvae_sweep_writes_flat_and_ratio_rows(demo_dataset, tmp_path):
     assert r["flat"]["delta_points"] == 0.0
     assert r["hvae-r0.75"]["delta_points"] == pytest.approx(100 * (r["hvae-r0.75"]["auroc"] - r["flat"]["auroc"]))
     assert json.loads(out.read_text())["sweep"]["epochs"] == 1
+
+
+@pytest.mark.ros
+def test_bench_pipeline_samples_memory_and_latency_over_time(demo_dataset, tmp_path):
+    """The live graph (camera-rate stages) driven at 30 Hz for a few windows: every window has the
+    input rate, the detectors' latency and this process's memory, and the summary judges both trends."""
+    out = tmp_path / "pipe.json"
+    args = ["bench", "pipeline", "--data", str(demo_dataset / "bags" / "test"), "--stages", "preprocess,detect",
+            "--seconds", "9", "--interval", "3", "--json", str(out)]
+    assert cli(args) == 0
+    report = json.loads(out.read_text())
+    windows = report["rows"]
+    assert len(windows) == 3 and [w["t_s"] for w in windows] == sorted(w["t_s"] for w in windows)
+    late = windows[-1]
+    assert 20 < late["camera_hz"] < 36
+    assert late["score_image_hz"] > 5 and 0 < late["score_image_p95_ms"] < 1000
+    assert late["rss_camera_stages_mb"] > 50 and "rss_heavy_stages_mb" not in late  # no heavy stage asked for
+    summary = report["summary"]
+    assert set(summary["memory"]) == {"camera_stages"} and "score_image" in summary["latency"]
+    assert isinstance(summary["no_leak"], bool) and isinstance(summary["no_backlog"], bool)
+    assert (tmp_path / "pipe.png").stat().st_size > 0
+    assert report["nodes"]["vae_image_detector"]["processed"] > 0

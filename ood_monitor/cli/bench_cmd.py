@@ -11,6 +11,7 @@ STAGES = {
     "analysis": "ood_monitor.cli.bench_analysis",
     "compress": "ood_monitor.cli.bench_compress",
     "synth": "ood_monitor.cli.bench_synth",
+    "pipeline": "ood_monitor.cli.bench_pipeline",
 }
 
 

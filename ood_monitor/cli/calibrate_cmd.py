@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from ood_monitor.cli.label_options import add_label_options, label_spec
 from ood_monitor.cli.train_cmd import SCORES
 
 
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="switch the model's nonconformity score before calibrating (default: keep it)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    add_label_options(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = card.config
     print(f"reading {card.kind} frames from {args.data} ({cfg.height}x{cfg.width}) ...", flush=True)
     frames = load_frames(args.data, card.kind, FrameConfig(cfg.width, cfg.height), topic,
-                         limit=args.max_frames, progress=lambda m: print(m, flush=True))
+                         limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args))
     if card.data.get("hash") == frames.data_hash:
         raise ValueError(f"{args.data} is the training data of {args.model}: calibrate on a separate split "
                          f"or the p-values will be too large")

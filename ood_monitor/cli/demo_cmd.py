@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,21 @@ OUTPUTS = {  # recorded topics of the live run
 }
 LATENCY_TOPICS = {"/ood/image": "Image", "/ood/score/image": "OODScore", "/ood/score/flow": "OODScore",
                   "/ood/anomaly": "AnomalyMask"}
-BENCHES = ("preprocess", "vae")
+BENCHES = {  # bench -> the report's columns
+    "preprocess": ("variant", "ms_per_frame", "ms_p95"),
+    "vae": ("variant", "ms_per_frame", "ms_p95", "x_deterministic"),
+    "compress": ("variant", "size_mb", "ms_per_frame", "x_fp32", "auroc", "aupr_out", "d_auroc", "d_aupr_out_pts",
+                 "runtime"),
+    "synth": ("variant", "frames", "s_per_image", "speedup", "peak_mem_mb", "mem_ratio", "model_size_mb", "auc_pr",
+              "auc_pr_ratio", "f_star"),
+}
+BENCH_NOTES = {
+    "compress": "Every variant against its fp32 parent on the same frames (quick: 400 test frames, short KD).",
+    "synth": "Quick: the DDPM-1000 baseline on 1 object frame, every other row on 2 object + 1 nominal frames; "
+             "`ood-monitor bench synth` runs the full table.",
+}
+REUSABLE = {"synth": ("models/latent_dit", "models/dcae", "models/pixel_ddpm")}  # minutes on a CPU: measured
+# again only when these models (or the machine) change, so a second demo run stays short
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="replay speed factor (default 1: real time)")
     p.add_argument("--params", type=Path, default=Path("config/default.yaml"), help="node parameters")
     p.add_argument("--stages", default="all", help="pipeline stages to run live (default all)")
+    p.add_argument("--fresh-benches", action="store_true",
+                   help="measure the synthesis table again even if its models are unchanged since the last run")
     p.set_defaults(func=run)
 
 
@@ -60,148 +75,36 @@ def ensure_dataset(out: Path, scale: float, seed: int) -> dict:
     return generate(DemoConfig(out=out, scale=scale, seed=seed))
 
 
-def stamp_of(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-
-
-class LatencyProbe:
-    """Camera message published -> each output received, matched by header stamp (wall clock)."""
-
-    def __init__(self) -> None:
-        self.sent: dict[int, float] = {}
-        self.samples: dict[str, list[float]] = {t: [] for t in LATENCY_TOPICS}
-
-    def on_publish(self, topic: str, msg) -> None:
-        if topic == "/camera/image_raw":
-            self.sent[stamp_of(msg)] = time.monotonic()
-
-    def callback(self, topic: str):
-        def record(msg) -> None:
-            t = self.sent.get(stamp_of(msg))
-            if t is not None:
-                self.samples[topic].append((time.monotonic() - t) * 1e3)
-        return record
-
-    def percentiles(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for topic, values in self.samples.items():
-            if values:
-                p50, p95, p99 = np.percentile(values, [50, 95, 99])
-                out[topic] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(values)}
-        return out
-
-
-HEAVY_OUTPUTS = {"/ood/synthesis": "synthesizer_node", "/ood/anomaly": "analysis_node", "/ood/costmap": "nav_bridge_node"}
-HEAVY_STAGES = ("synthesize", "analysis", "nav")  # their own process, as on a robot: torch there must
-# not starve the camera-rate stages of the GIL
-
-
-def start_heavy_stages(params: Path, stages: list[str]):
-    """`ood-monitor run` for the synthesis/analysis/nav stages in a separate process (None if none)."""
-    import os
-    import subprocess
-    import sys
-
-    heavy = [s for s in stages if s in HEAVY_STAGES]
-    if not heavy:
-        return None
-    return subprocess.Popen([sys.executable, "-m", "ood_monitor.cli.main", "run", "--params", str(params),
-                             "--stages", ",".join(heavy)], start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop_process(proc) -> None:
-    import os
-    import signal
-    import subprocess
-
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def diagnostics_stats(result_bag: Path, names: list[str]) -> dict:
-    """Per-node figures of out-of-process nodes: their last /diagnostics status in the result bag."""
-    from ood_monitor.data.bags import read_messages
-
-    last = {}
-    for _t, _ty, _s, msg in read_messages(result_bag, ["/diagnostics"]):
-        for status in msg.status:
-            name = status.name.rsplit("/", 1)[-1]
-            if name in names:
-                last[name] = {kv.key: kv.value for kv in status.values}
-    out = {}
-    for name, v in last.items():
-        num = lambda k, v=v: float(v.get(k, "nan"))  # noqa: E731
-        out[name] = {"received": int(num("received")), "processed": int(num("processed")),
-                     "dropped_upstream": int(num("dropped_upstream")), "rejected": int(num("rejected")),
-                     "input_rate_hz": num("input_rate_hz"),
-                     "latency_ms": {"p50": num("latency_p50_ms"), "p95": num("latency_p95_ms"),
-                                    "p99": num("latency_p99_ms")}}
-    return out
-
-
 def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages: str) -> dict:
-    """Replay the test bag in real time into the node graph over DDS, recording every output. The
-    camera-rate stages run in this process, the heavy ones in another (as separate nodes would)."""
+    """Replay the test bag in real time into the node graph over DDS, recording every output. This
+    process stands in for the camera driver; the camera-rate stages and the heavy ones each run in a
+    process of their own, as on a robot (and a lone in-process graph can starve its best-effort inputs)."""
     import sensor_msgs.msg
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     import ood_msgs.msg
-    from ood_monitor.pipeline import nodes_for
-    from ood_monitor.ros.bag_bridge import BagPlayer, BagRecorder, PlaybackConfig
-    from ood_monitor.ros.graph import NodeGraph
+    from ood_monitor.ros.bag_bridge import BagRecorder, PlaybackConfig
+    from ood_monitor.ros.live import LiveGraph
 
     if result_bag.exists():
         shutil.rmtree(result_bag)
-    probe = LatencyProbe()
-    specs = nodes_for(stages)
-    heavy = start_heavy_stages(params, list(dict.fromkeys(s.stage for s in specs)))
-    heavy_names = [s.name for s in specs if s.stage in HEAVY_STAGES]
-    specs = [s for s in specs if s.stage not in HEAVY_STAGES]
-    with NodeGraph(specs, params) as graph:
-        io = graph.helper_node("ood_demo_io")
-        recorder = BagRecorder(io, result_bag, OUTPUTS.items())
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        for topic, kind in LATENCY_TOPICS.items():
-            cls = getattr(ood_msgs.msg, kind, None) or getattr(sensor_msgs.msg, kind)
-            io.create_subscription(cls, topic, probe.callback(topic), reliable)
-        player = BagPlayer(io, test_bag, PlaybackConfig(
-            rate=rate, topics=["/camera/image_raw", "/camera/camera_info"], on_publish=probe.on_publish,
-            start_delay_s=1.5))
-        graph.spin_in_background()
-        if heavy is not None:  # wait until the other process's nodes are up (model loading)
-            outputs = [t for t, name in HEAVY_OUTPUTS.items() if name in heavy_names]
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not all(io.count_publishers(t) for t in outputs):
-                time.sleep(0.5)
-            time.sleep(2.0)
-        play = threading.Thread(target=player.play, daemon=True)
+    topics = {t: getattr(ood_msgs.msg, kind, None) or getattr(sensor_msgs.msg, kind) for t, kind in LATENCY_TOPICS.items()}
+    playback = PlaybackConfig(rate=rate, topics=["/camera/image_raw", "/camera/camera_info"], start_delay_s=1.5)
+    with LiveGraph(params, stages, test_bag, playback, topics, "ood_demo_io", camera_in_process=False) as lg:
+        recorder = BagRecorder(lg.io, result_bag, OUTPUTS.items())
+        play = lg.play()
         t0 = time.monotonic()
-        play.start()
         while play.is_alive():
             play.join(timeout=10.0)
             counts = recorder.counts
-            print(f"  {time.monotonic() - t0:5.0f} s  replayed {player.published}/{player.total}; "
+            print(f"  {time.monotonic() - t0:5.0f} s  replayed {lg.player.published}/{lg.player.total}; "
                   + ", ".join(f"{t.split('/', 2)[-1]} {counts.get(t, 0)}" for t in
                               ("/ood/image", "/ood/score/image", "/ood/score/flow", "/ood/anomaly")), flush=True)
         time.sleep(3.0)  # let the slowest stage finish its last frame
-        stop_process(heavy)
+        lg.stop_processes()
         recorder.close()
-        nodes = {}
-        for name, node in graph.nodes.items():
-            stats = getattr(node, "stats", None)
-            if stats is not None:
-                nodes[name] = {"received": stats.received, "processed": stats.processed,
-                               "dropped_upstream": stats.dropped, "rejected": stats.rejected,
-                               "input_rate_hz": stats.rate_hz(), "latency_ms": stats.latency_percentiles()}
-        nodes.update(diagnostics_stats(result_bag, heavy_names))
-        return {"replayed_messages": player.published, "wall_s": time.monotonic() - t0, "nodes": nodes,
-                "end_to_end_ms": probe.percentiles(), "recorded": dict(recorder.counts)}
+        nodes = lg.node_figures()
+        return {"replayed_messages": lg.player.published, "wall_s": time.monotonic() - t0, "nodes": nodes,
+                "end_to_end_ms": lg.probe.percentiles(), "recorded": dict(recorder.counts)}
 
 
 def live_alarms(result_bag: Path, test_bag: Path) -> dict:
@@ -209,6 +112,7 @@ def live_alarms(result_bag: Path, test_bag: Path) -> dict:
     from ood_monitor.core.metrics import alarm_metrics
     from ood_monitor.data.bags import read_messages
     from ood_monitor.data.frames import iter_frames
+    from ood_monitor.ros.live import stamp_of
 
     labels = {f.stamp_ns: f for f in iter_frames(test_bag)}
     by_detector: dict[str, list] = {}
@@ -226,14 +130,41 @@ def live_alarms(result_bag: Path, test_bag: Path) -> dict:
     return out
 
 
-def run_benches(report_dir: Path) -> dict[str, dict]:
+def models_fingerprint(folders: tuple[str, ...]) -> str:
+    """Content hash of the model folders a benchmark measures, plus the CPU it measured them on."""
+    import hashlib
+
+    from ood_monitor.core.benchmark import cpu_model
+
+    digest = hashlib.sha256(cpu_model().encode())
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*")):
+            if path.is_file():
+                digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_benches(report_dir: Path, fresh: bool = False, stages: tuple[str, ...] = tuple(BENCHES)) -> dict[str, dict]:
+    """The quick benchmarks; a synthesis table measured by an earlier run on the same models and CPU is
+    kept (and says when it was measured) unless `fresh`."""
     from ood_monitor.cli.main import main as cli
 
     out = {}
-    for stage in BENCHES:
+    for stage in stages:
         path = report_dir / f"bench_{stage}.json"
+        fingerprint = models_fingerprint(REUSABLE[stage]) if stage in REUSABLE else None
+        if fingerprint and not fresh and path.exists():
+            old = json.loads(path.read_text())
+            if old.get("demo_fingerprint") == fingerprint:
+                print(f"bench {stage}: models unchanged since {old.get('measured_at', '?')}, keeping that table "
+                      "(--fresh-benches measures again)", flush=True)
+                out[stage] = old
+                continue
         if cli(["bench", stage, "--quick", "--json", str(path)]) == 0:
-            out[stage] = json.loads(path.read_text())
+            report = json.loads(path.read_text())
+            report.update(measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), demo_fingerprint=fingerprint)
+            path.write_text(json.dumps(report, indent=2))
+            out[stage] = report
     return out
 
 
@@ -243,8 +174,8 @@ def write_report(report_dir: Path, dataset: dict, live: dict, alarms: dict, eval
 
     lines = ["# ood_monitor demo report", "", "## Demo dataset", "", "| split | frames |", "|---|---|"]
     lines += [f"| {s} | {info['frames']} |" for s, info in dataset["splits"].items()]
-    lines += ["", "## Live run (test bag replayed over Fast DDS in real time; camera-rate nodes in one process, "
-              "synthesis, analysis and Nav2 bridge in another)", "",
+    lines += ["", "## Live run (test bag replayed over Fast DDS in real time by the demo process, standing in for "
+              "the camera driver; camera-rate nodes in one process, synthesis, analysis and Nav2 bridge in another)", "",
               f"Replayed {live['replayed_messages']} messages in {live['wall_s']:.0f} s; recorded to "
               f"`result_bag/`: {live['recorded']}.", "",
               "| node | received | processed | dropped upstream | rejected | rate Hz | latency p50 / p95 / p99 ms |",
@@ -265,9 +196,10 @@ def write_report(report_dir: Path, dataset: dict, live: dict, alarms: dict, eval
                      f"{a['ood_episodes']} | {a['false_alarms_per_1000']:.1f} |")
     lines += ["", eval_md.replace("# Detector evaluation", "## Detector evaluation (offline, same bag)"), ""]
     for stage, report in benches.items():
-        cols = [c for c in ("variant", "ms_per_frame", "ms_p95", "x_deterministic", "auroc", "aupr_out", "auc_pr",
-                            "f_star", "what") if any(c in r for r in report["rows"])]
-        lines += [f"## Benchmark: {stage} (quick)", "", "```", format_table(report["rows"], cols), "```", ""]
+        cols = [c for c in BENCHES[stage] if any(c in r for r in report["rows"])]
+        lines += [f"## Benchmark: {stage} (`ood-monitor bench {stage} --quick`, measured {report['measured_at']})", "",
+                  "```", format_table(report["rows"], cols), "```", ""]
+        lines += [BENCH_NOTES[stage], ""] if stage in BENCH_NOTES else []
     machine = next(iter(benches.values()))["machine"] if benches else {}
     lines += [f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}."]
     path = report_dir / "report.md"
@@ -295,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                                         segmenter="auto", sam_checkpoint="", features="auto", max_mask_frames=200))
     evaluation = json.loads((args.report / "evaluation.json").read_text())
     step(4, n, "benchmarks (quick)")
-    benches = run_benches(args.report)
+    benches = run_benches(args.report, args.fresh_benches)
     step(5, n, "report")
     path = write_report(args.report, dataset, live, alarms, evaluation, benches, (args.report / "report.md").read_text())
     print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")

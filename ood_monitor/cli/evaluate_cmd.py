@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ood_monitor.cli.label_options import add_label_options, label_spec
+
+if TYPE_CHECKING:
+    from ood_monitor.data.labels import LabelSpec
+
+MASK_TOPIC = "/ood/gt/mask"  # data.frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
                 "pvalue_threshold", "p_floor")
 
@@ -18,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model folders to evaluate (default models/vae_image models/vae_flow)")
     p.add_argument("--out", type=Path, default=Path("eval_report"), help="report folder (default eval_report)")
     p.add_argument("--image-topic", default="/camera/image_raw", help="image topic in a bag")
+    p.add_argument("--mask-topic", default=MASK_TOPIC,
+                   help="ground-truth mask topic in a bag (mono8, 255 = anomalous; without a label topic a "
+                        "frame is OOD when its mask has any pixel)")
     p.add_argument("--params", type=Path, help="take alarm settings from this ROS parameter file's detector sections")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests to run (default martingale,cusum)")
     p.add_argument("--synthesizer", type=Path, default=Path("models/latent_dit"),
@@ -26,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sam-checkpoint", default="", help="anomaly masks: SAM checkpoint for --segmenter sam")
     p.add_argument("--features", default="auto", help="anomaly masks: discrepancy feature extractor")
     p.add_argument("--max-mask-frames", type=int, default=80, help="anomaly masks: frames evaluated at most")
+    add_label_options(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +53,13 @@ def alarm_configs(params: Path | None, kind: str, tests: list[str]) -> dict:
     return {t: AlarmConfig(test=t, **settings) for t in tests}
 
 
-def evaluate_model(model: Path, data: Path, out: Path, image_topic: str, params: Path | None, tests: list[str],
+def frame_sources(args: argparse.Namespace) -> dict:
+    """Where the frames and their ground truth are: keyword arguments of `iter_frames`/`load_frames`."""
+    return {"image_topic": args.image_topic, "mask_topic": getattr(args, "mask_topic", MASK_TOPIC),
+            "labels": label_spec(args)}
+
+
+def evaluate_model(model: Path, data: Path, out: Path, sources: dict, params: Path | None, tests: list[str],
                    cache: dict) -> dict:
     import torch
 
@@ -62,7 +79,7 @@ def evaluate_model(model: Path, data: Path, out: Path, image_topic: str, params:
     key = (card.kind, card.config.height, card.config.width)
     if key not in cache:
         print(f"  reading {data} as {card.kind} frames {card.config.height}x{card.config.width} ...", flush=True)
-        cache[key] = load_frames(data, card.kind, FrameConfig(card.config.width, card.config.height), image_topic)
+        cache[key] = load_frames(data, card.kind, FrameConfig(card.config.width, card.config.height), **sources)
     frames = cache[key]
     scores = score_frameset(encoder, card, frames)
     labels = Labels(frames.is_ood, frames.category, frames.ood_kind, frames.episode)
@@ -80,6 +97,22 @@ def evaluate_model(model: Path, data: Path, out: Path, image_topic: str, params:
             "plots": [curves.name, timeline.name]}
 
 
+def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(anomaly ids, ignored ids) of the semantic labels: from the class colour file and anomaly names
+    the user gave, else from the dataset's classes.json (none: F* has no objects to score)."""
+    from ood_monitor.data.frames import load_classes
+
+    if labels is not None:
+        label_set = labels.resolve(data)
+        return label_set.anomaly_ids, label_set.ignore_ids
+    try:
+        classes = load_classes(data)
+    except (FileNotFoundError, ValueError):
+        classes = {}
+    return (tuple(c.id for c in classes.values() if c.anomaly),
+            tuple(c.id for c in classes.values() if c.name in ("unknown", "void")))
+
+
 def evaluate_masks(args: argparse.Namespace) -> dict | None:
     """Pixel AUC-PR and F* of the synthesizer + analysis pipeline on the frames with ground-truth masks,
     with overlay PNGs; None when no synthesizer is configured or the data has no masks."""
@@ -93,22 +126,18 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
     from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
-    from ood_monitor.data.frames import iter_frames, load_classes
+    from ood_monitor.data.frames import iter_frames
 
     if str(args.synthesizer) == "none":
         return None
     synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
-    try:
-        classes = load_classes(args.data)
-    except (FileNotFoundError, ValueError):
-        classes = {}
-    anomaly_ids = tuple(c.id for c in classes.values() if c.anomaly)
-    ignore_ids = tuple(c.id for c in classes.values() if c.name in ("unknown", "void"))
+    sources = frame_sources(args)
+    anomaly_ids, ignore_ids = class_ids(args.data, sources["labels"])
     choice = make_segmenter(args.segmenter, args.sam_checkpoint)
     extractor, features = make_feature_extractor(args.features, resolve_model_dir("models"))
     analyzer = Analyzer(AnalysisConfig(), choice.segmenter, extractor)
     cfg = FrameConfig(synth.image_size, synth.image_size)
-    frames = (f for f in iter_frames(args.data, image_topic=args.image_topic) if f.mask is not None and f.mask.any())
+    frames = (f for f in iter_frames(args.data, **sources) if f.mask is not None and f.mask.any())
     print(f"anomaly masks: {synth.name} ({synth.backend}) + {choice.segmenter.name} on {args.data} ...", flush=True)
     evs = evaluate_masks(islice(frames, args.max_mask_frames), synth.synthesize, analyzer, cfg,
                          {name: MaskEvaluation(anomaly_ids, ignore_ids) for name in ("object", "all")})
@@ -165,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for model in args.models:
         print(f"evaluating {model} on {args.data}", flush=True)
-        results.append(evaluate_model(model, args.data, args.out, args.image_topic, args.params, tests, cache))
+        results.append(evaluate_model(model, args.data, args.out, frame_sources(args), args.params, tests, cache))
     masks = evaluate_masks(args)
     (args.out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float))
     text = markdown(results, args.data)

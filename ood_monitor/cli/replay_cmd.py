@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", default=[], help="only these topics (default: all)")
     p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="rename topics on publication")
     p.add_argument("--clock", action="store_true", help="publish /clock with the bag's time (use_sim_time)")
+    p.add_argument("--restamp", action="store_true", help="header stamps shifted to now (with --loop: time "
+                   "keeps going forward, as from a live camera)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.ros.bag_bridge import BagPlayer, PlaybackConfig
 
     cfg = PlaybackConfig(rate=args.rate, loop=args.loop, topics=args.topics,
-                         remap=parse_remaps(args.remap), clock=args.clock)
+                         remap=parse_remaps(args.remap), clock=args.clock,
+                         restamp=args.restamp)
     rclpy.init()
     node = rclpy.create_node("ood_replay")
     stop = threading.Event()

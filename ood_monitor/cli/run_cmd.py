@@ -1,10 +1,12 @@
 """`ood-monitor run --params config/default.yaml`: the launch file's nodes in one process
-(MultiThreadedExecutor), for machines without ROS launch. Same node names, same YAML."""
+(one executor, single-threaded by default), for machines without ROS launch. Same node names, same YAML."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+EXECUTORS = ("single", "multi")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default="all", help="comma-separated stages to run (default all)")
     p.add_argument("--namespace", default="", help="namespace of every node (one per camera)")
     p.add_argument("--use-sim-time", action="store_true", help="follow /clock (e.g. from ood-monitor replay --clock)")
-    p.add_argument("--threads", type=int, default=4, help="executor threads (default 4)")
+    p.add_argument("--executor", choices=EXECUTORS, default="single",
+                   help="single (default: as launch runs each node) or multi (a thread pool; busy-waits)")
+    p.add_argument("--threads", type=int, default=4, help="threads of --executor multi (default 4)")
     p.set_defaults(func=run)
 
 
@@ -25,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.ros.node_main import START_ERRORS
 
     try:
-        graph = NodeGraph(nodes_for(args.stages), args.params, args.namespace, args.use_sim_time, args.threads)
+        graph = NodeGraph(nodes_for(args.stages), args.params, args.namespace, args.use_sim_time, args.threads,
+                          executor=args.executor)
     except START_ERRORS as exc:
         print(f"ood-monitor run: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1

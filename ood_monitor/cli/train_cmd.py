@@ -18,6 +18,7 @@ def default_widths(size: int) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ood_monitor.cli.label_options import add_label_options
     from ood_monitor.cli.train_diffusion import add_commands
 
     p = sub.add_parser("train", help="train models (vae, dcae, dit, ddpm)")
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     v.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     v.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    add_label_options(v, training=True)
     v.set_defaults(func=run)
 
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ood_monitor.cli.label_options import label_spec
     from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames
@@ -87,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"reading {args.kind} frames from {args.data} ({args.size}x{args.size}) ...", flush=True)
     frames = load_frames(args.data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
-                         limit=args.max_frames, progress=lambda m: print(m, flush=True))
-    if frames.is_ood.any():
+                         limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args))
+    if frames.is_ood.any() and not args.keep_anomalous_frames:
         print(f"dropping {int(frames.is_ood.sum())} frames labelled OOD: a detector trains on "
-              f"in-distribution data only", flush=True)
+              f"in-distribution data only (--keep-anomalous-frames keeps them)", flush=True)
         frames = frames.subset(~frames.is_ood)
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {args.data}: need at least 8")

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ood_monitor.cli.label_options import add_label_options, label_spec
+
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop: int | None) -> None:
     p.add_argument("--data", required=True, help="rosbag2 bag or image folder of in-distribution frames")
@@ -21,6 +23,7 @@ def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop:
     p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    add_label_options(p, training=True)
 
 
 def add_commands(train_sub: argparse._SubParsersAction) -> None:
@@ -68,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
                          crop=args.crop or None, time_limit_s=args.time_limit)
     try:
         log(f"reading frames from {args.data} ({args.size}x{args.size}) ...")
-        images = tr.load_images(args.data, args.size, args.max_frames, log)
-        log(f"{len(images)} nominal frames; training {args.model} -> {args.out}")
+        images = tr.load_images(args.data, args.size, args.max_frames, log, labels=label_spec(args),
+                                keep_ood=args.keep_anomalous_frames)
+        log(f"{len(images)} frames; training {args.model} -> {args.out}")
         if args.model == "dcae":
             arch = DcaeConfig(image_size=args.size, latent_channels=args.latent_channels,
                               channels=_ints(args.channels), layers=_ints(args.layers))

@@ -63,6 +63,23 @@ def timeline(path: Path, scores: np.ndarray, is_ood: np.ndarray, kinds: np.ndarr
     return path
 
 
+def over_time(path: Path, t_s: np.ndarray, panels: dict[str, dict[str, np.ndarray]], title: str) -> Path:
+    """One panel per quantity ({"memory MB": {"process": values}, ...}), each line against time."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.8 * len(panels)), sharex=True)
+    for ax, (ylabel, lines) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        for name, values in lines.items():
+            ax.plot(t_s, values, marker=".", lw=1.0, label=name)
+        ax.set(ylabel=ylabel)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="lower right")
+    np.atleast_1d(axes)[0].set_title(title)
+    np.atleast_1d(axes)[-1].set(xlabel="time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def image_grid(path: Path, rows: list[list[np.ndarray]], titles: list[str] | None = None) -> Path:
     """Rows of equally sized HxWx3 uint8 images, optional row titles."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)

@@ -6,7 +6,8 @@ Bag topics are paired by exact header stamp; frames without ground truth count a
 from __future__ import annotations
 
 import csv
-import json
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,14 @@ import cv2
 import numpy as np
 
 from ood_monitor.data import bags
+from ood_monitor.data.labels import UNLABELLED, ClassInfo, LabelSet, LabelSpec, load_colormap
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BAG_SUFFIXES = (".mcap", ".db3")
 DEFAULT_FPS = 15.0
+DEFAULT_MASK_TOPIC = "/ood/gt/mask"
 PAIRING_WINDOW = 64  # frames kept waiting for their other topics before being emitted incomplete
 
 
@@ -31,22 +36,12 @@ class LabeledFrame:
     stamp_ns: int
     image: np.ndarray  # HxWx3 uint8 RGB
     mask: np.ndarray | None  # HxW uint8, 255 = anomalous
-    semantic: np.ndarray | None  # HxW uint8 class ids (see classes.json)
+    semantic: np.ndarray | None  # HxW uint8 class ids (classes.json or a colour map; 255 = unlabelled)
     kind: str = "nominal"
     category: str = "in_distribution"
     episode: int = 0
     onset_frame: int = 0
     is_ood: bool = False
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One semantic class of the label images."""
-
-    id: int
-    name: str
-    colour: tuple[int, int, int]
-    anomaly: bool
 
 
 def load_classes(path: Path | str) -> dict[int, ClassInfo]:
@@ -55,11 +50,7 @@ def load_classes(path: Path | str) -> dict[int, ClassInfo]:
     candidates = [path] if path.is_file() else [p / "classes.json" for p in (path, *path.parents[:3])]
     for candidate in candidates:
         if candidate.is_file():
-            table = json.loads(candidate.read_text(encoding="utf-8"))
-            return {
-                int(key): ClassInfo(int(key), str(v["name"]), tuple(int(c) for c in v["colour"]), bool(v["anomaly"]))
-                for key, v in table.items()
-            }
+            return {c.id: c for c in load_colormap(candidate)}
     raise FileNotFoundError(f"no classes.json at or above {path}")
 
 
@@ -72,20 +63,48 @@ def is_bag(path: Path | str) -> bool:
 def iter_frames(
     path: Path | str,
     image_topic: str = "/camera/image_raw",
-    mask_topic: str = "/ood/gt/mask",
+    mask_topic: str = DEFAULT_MASK_TOPIC,
     semantic_topic: str = "/ood/gt/semantic",
     label_topic: str = "/ood/gt/label",
+    labels: LabelSpec | None = None,
 ) -> Iterator[LabeledFrame]:
-    """Frames in order from a rosbag2 bag (dir or file) or an image folder (with or without labels)."""
+    """Frames in order from a rosbag2 bag (dir or file) or an image folder (with or without labels).
+
+    `labels` reads ground truth the way datasets such as RUGD give it: colour label PNGs (folders only)
+    and a class colour file naming the anomaly classes; without label PNGs, the semantic class ids of
+    the data become masks. A frame without a label row/message is OOD when its mask has any pixel."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such bag or image folder: {path}")
+    label_set = labels.resolve(path) if labels is not None else None
     if is_bag(path):
-        yield from _bag_frames(path, image_topic, mask_topic, semantic_topic, label_topic)
+        if label_set is not None and label_set.labels_dir is not None:
+            raise ValueError(f"label PNGs ({label_set.labels_dir}) go with an image folder, not a bag ({path})")
+        yield from _bag_frames(path, image_topic, mask_topic, semantic_topic, label_topic, label_set)
     elif path.is_dir():
-        yield from _folder_frames(path)
+        yield from _folder_frames(path, label_set)
     else:
         raise ValueError(f"not a rosbag2 bag or an image folder: {path}")
+
+
+@dataclass
+class _MaskEpisodes:
+    """Labels for frames whose only ground truth is a mask: each run of frames with anomaly pixels is
+    one OOD episode (1, 2, ...) with its first frame as onset, numbered as the demo's labels.csv."""
+
+    count: int = 0
+    onset: int | None = None
+
+    def label(self, frame: LabeledFrame, label_set: LabelSet | None) -> None:
+        if frame.mask is None and frame.semantic is not None and label_set is not None:
+            frame.mask = label_set.mask(frame.semantic)
+        frame.is_ood = bool(frame.mask is not None and frame.mask.any())
+        if not frame.is_ood:
+            self.onset = None
+            return
+        if self.onset is None:
+            self.count, self.onset = self.count + 1, frame.index
+        frame.kind, frame.category, frame.episode, frame.onset_frame = "anomaly", "object", self.count, self.onset
 
 
 # --- bags ------------------------------------------------------------------------------------
@@ -103,7 +122,8 @@ def rgb_from_image_msg(msg: Any) -> np.ndarray:
     return array
 
 
-def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: str, label_topic: str) -> Iterator[LabeledFrame]:
+def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: str, label_topic: str,
+                label_set: LabelSet | None) -> Iterator[LabeledFrame]:
     present = bags.bag_topics(path)
     if image_topic not in present:
         raise ValueError(f"bag {path} has no image topic {image_topic} (topics: {sorted(present)})")
@@ -112,6 +132,7 @@ def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: s
     expected = set(roles.values())
     pending: dict[int, dict[str, Any]] = {}
     position = 0
+    episodes = _MaskEpisodes()
     for topic, _msgtype, _bag_stamp, msg in bags.read_messages(path, roles):
         pending.setdefault(bags.stamp_ns_of(msg), {})[roles[topic]] = msg
         while pending:
@@ -121,15 +142,16 @@ def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: s
                 break
             del pending[oldest]
             if "image" in parts:
-                yield _frame_from_messages(oldest, parts, position)
+                yield _frame_from_messages(oldest, parts, position, episodes, label_set)
                 position += 1
     for stamp in sorted(pending):
         if "image" in pending[stamp]:
-            yield _frame_from_messages(stamp, pending[stamp], position)
+            yield _frame_from_messages(stamp, pending[stamp], position, episodes, label_set)
             position += 1
 
 
-def _frame_from_messages(stamp_ns: int, parts: dict[str, Any], position: int) -> LabeledFrame:
+def _frame_from_messages(stamp_ns: int, parts: dict[str, Any], position: int, episodes: _MaskEpisodes,
+                         label_set: LabelSet | None) -> LabeledFrame:
     label = parts.get("label")
     frame = LabeledFrame(
         index=int(label.frame) if label is not None else position,
@@ -141,6 +163,8 @@ def _frame_from_messages(stamp_ns: int, parts: dict[str, Any], position: int) ->
     if label is not None:
         frame.kind, frame.category = str(label.kind), str(label.category)
         frame.episode, frame.onset_frame, frame.is_ood = int(label.episode), int(label.onset_frame), bool(label.is_ood)
+    else:
+        episodes.label(frame, label_set)
     return frame
 
 
@@ -166,13 +190,19 @@ def _read_labels(path: Path) -> dict[int, dict[str, str]]:
         return {int(row["frame"]): row for row in csv.DictReader(handle)}
 
 
-def _folder_frames(folder: Path) -> Iterator[LabeledFrame]:
+def _folder_frames(folder: Path, label_set: LabelSet | None) -> Iterator[LabeledFrame]:
     frames_dir = folder / "frames"
     image_dir = frames_dir if frames_dir.is_dir() else folder
     images = _images_in(image_dir)
     if not images:
         raise ValueError(f"no images (.png/.jpg) in {image_dir}")
+    colour = label_set if label_set is not None and label_set.labels_dir is not None else None
+    if colour is not None and not any(colour.label_path(p.stem) for p in images):
+        raise ValueError(f"no label PNG in {colour.labels_dir} is named like an image of {image_dir} "
+                         f"(e.g. {images[0].stem}.png)")
     labels = _read_labels(folder / "labels.csv")
+    episodes = _MaskEpisodes()
+    unlabelled: Counter[str] = Counter()  # pixels of colours in no class, label images with some
     for position, image_path in enumerate(images):
         index = int(image_path.stem) if image_path.stem.isdigit() else position
         row = labels.get(index)
@@ -183,11 +213,31 @@ def _folder_frames(folder: Path) -> Iterator[LabeledFrame]:
             mask=_read_mono(folder / "masks" / image_path.name),
             semantic=_read_mono(folder / "semantic" / image_path.name),
         )
+        if colour is not None:
+            _read_colour_label(frame, colour, image_path.stem, unlabelled)
         if row:
             frame.kind, frame.category = row["kind"], row["category"]
             frame.episode, frame.onset_frame = int(row["episode"]), int(row["onset_frame"])
             frame.is_ood = row["is_ood"].strip().lower() in ("1", "true")
+        else:
+            episodes.label(frame, label_set)
         yield frame
+    if unlabelled["pixels"]:
+        log.warning("%d pixels in %d label images of %s have colours of no class: ignored in evaluation",
+                    unlabelled["pixels"], unlabelled["images"], colour.labels_dir)
+
+
+def _read_colour_label(frame: LabeledFrame, label_set: LabelSet, stem: str, unlabelled: Counter[str]) -> None:
+    """Class ids and anomaly mask of the frame from its colour label PNG (none: no ground truth)."""
+    path = label_set.label_path(stem)
+    if path is None:
+        frame.semantic = frame.mask = None
+        return
+    frame.semantic = label_set.read(path, frame.image.shape[:2])
+    frame.mask = label_set.mask(frame.semantic)
+    missing = int(np.count_nonzero(frame.semantic == UNLABELLED))
+    unlabelled["pixels"] += missing
+    unlabelled["images"] += missing > 0
 
 
 def _read_rgb(path: Path) -> np.ndarray:

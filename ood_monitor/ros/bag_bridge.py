@@ -52,6 +52,7 @@ class PlaybackConfig:
     remap: dict[str, str] = field(default_factory=dict)
     start_delay_s: float = 0.5
     clock: bool = False  # publish /clock with the bag's time, for nodes running with use_sim_time
+    restamp: bool = False  # shift header stamps to "now" (each loop continues forward, like a live camera)
     on_publish: Callable[[str, object], None] | None = None  # (topic, msg) after each publication
 
     def __post_init__(self) -> None:
@@ -67,6 +68,7 @@ class BagPlayer:
         self.bag = Path(bag)
         self.cfg = cfg or PlaybackConfig()
         self.published = 0
+        self._pass_origin: tuple[int, int] | None = None
         reader = open_reader(self.bag)
         try:
             wanted = set(self.cfg.topics)
@@ -100,6 +102,7 @@ class BagPlayer:
             conns = [c for c in reader.connections if c.id in ids]
             wall0 = time.monotonic()
             bag0 = None
+            self._pass_origin = None
             for conn, stamp, raw in reader.messages(connections=conns):
                 bag0 = stamp if bag0 is None else bag0
                 delay = wall0 + (stamp - bag0) * 1e-9 / self.cfg.rate - time.monotonic()
@@ -108,12 +111,28 @@ class BagPlayer:
                 if self._clock_pub is not None:
                     self._clock_pub.publish(Clock(clock=Time(sec=stamp // 10**9, nanosec=stamp % 10**9)))
                 msg = deserialize_message(bytes(raw), self._types[conn.topic])
+                if self.cfg.restamp:
+                    self._restamp(msg)
                 self._pubs[conn.topic].publish(msg)
                 self.published += 1
                 if self.cfg.on_publish is not None:
                     self.cfg.on_publish(conn.topic, msg)
         finally:
             reader.close()
+
+    def _restamp(self, msg) -> None:
+        """Stamps from the pass's start time on, spaced by recorded time over rate: a looped bag reads as
+        one camera that keeps running at the played rate, with no jump back at each loop. Image and
+        camera_info of one frame keep equal stamps."""
+        header = getattr(msg, "header", None)
+        if header is None:
+            return
+        stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
+        if self._pass_origin is None:
+            self._pass_origin = (stamp, self.node.get_clock().now().nanoseconds)
+        bag0, now0 = self._pass_origin
+        shifted = now0 + int(round((stamp - bag0) / self.cfg.rate))
+        header.stamp = Time(sec=shifted // 10**9, nanosec=shifted % 10**9)
 
 
 class BagRecorder:

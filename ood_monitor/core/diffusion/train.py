@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from .dit import Dit, DitConfig
 from .schedules import ScheduleConfig, ddpm_scheduler
 from .synthesizer import load_model, save_model
 from .unet import UNet, UNetConfig
+
+if TYPE_CHECKING:
+    from ood_monitor.data.labels import LabelSpec
 
 Log = Callable[[str], None]
 CHECKPOINT = "checkpoint"
@@ -47,8 +51,10 @@ class TrainConfig:
         return asdict(self)
 
 
-def load_images(path: str | Path, size: int = 128, limit: int | None = None, log: Log | None = None) -> np.ndarray:
-    """(N, size, size, 3) uint8 nominal frames of a bag or image folder, prepared like ood/image."""
+def load_images(path: str | Path, size: int = 128, limit: int | None = None, log: Log | None = None,
+                labels: LabelSpec | None = None, keep_ood: bool = False) -> np.ndarray:
+    """(N, size, size, 3) uint8 frames of a bag or image folder, prepared like ood/image; frames labelled
+    OOD (`labels`: anomaly pixels in their label image) are skipped unless `keep_ood`."""
     from ood_monitor.core.frames import FrameConfig, prepare_frame
     from ood_monitor.data.frames import iter_frames
 
@@ -56,14 +62,18 @@ def load_images(path: str | Path, size: int = 128, limit: int | None = None, log
         raise FileNotFoundError(f"data not found: {path}")
     cfg = FrameConfig(size, size)
     frames = []
-    for f in iter_frames(path):
-        if f.is_ood:
+    skipped = 0
+    for f in iter_frames(path, labels=labels):
+        if f.is_ood and not keep_ood:
+            skipped += 1
             continue
         frames.append(prepare_frame(f.image, cfg))
         if log and len(frames) % 200 == 0:
             log(f"  read {len(frames)} frames")
         if limit and len(frames) >= limit:
             break
+    if log and skipped:
+        log(f"skipped {skipped} frames labelled OOD: the models train on in-distribution frames only")
     if not frames:
         raise ValueError(f"no nominal frames in {path}")
     return np.stack(frames)

@@ -10,12 +10,15 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ood_monitor.core.frames import FrameConfig, image_tensor
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
+
+if TYPE_CHECKING:
+    from ood_monitor.data.labels import LabelSpec
 
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 
@@ -100,11 +103,14 @@ def collect(frames: Iterable[Any], kind: str, frame_cfg: FrameConfig, source: st
 
 
 def load_frames(path: str | Path, kind: str, frame_cfg: FrameConfig, image_topic: str = DEFAULT_IMAGE_TOPIC,
-                limit: int | None = None, progress: Callable[[str], None] | None = None) -> FrameSet:
-    """`collect` over `ood_monitor.data.frames.iter_frames` (a rosbag2 bag or a folder of images)."""
+                limit: int | None = None, progress: Callable[[str], None] | None = None,
+                labels: LabelSpec | None = None, mask_topic: str | None = None) -> FrameSet:
+    """`collect` over `ood_monitor.data.frames.iter_frames` (a rosbag2 bag or a folder of images);
+    `labels` / `mask_topic` say where the ground truth is (see `iter_frames`)."""
     from ood_monitor.data.frames import iter_frames
 
     if not Path(path).exists():
         raise FileNotFoundError(f"data not found: {path}")
-    return collect(iter_frames(path, image_topic=image_topic), kind, frame_cfg, source=str(path),
-                   limit=limit, progress=progress)
+    topics = {"mask_topic": mask_topic} if mask_topic else {}
+    return collect(iter_frames(path, image_topic=image_topic, labels=labels, **topics), kind, frame_cfg,
+                   source=str(path), limit=limit, progress=progress)
