@@ -23,6 +23,7 @@ from ood_monitor.core.vae.io import (
     load_model,
     read_card,
     save_model,
+    write_card,
 )
 from ood_monitor.core.vae.train import (
     AugmentConfig,
@@ -268,6 +269,21 @@ def test_card_keeps_the_score_and_refuses_mismatched_calibration(tmp_path: Path)
     broken = {**card.to_dict(), "latent_stats": {}}
     with pytest.raises(ModelFileError, match="not a valid model config"):
         ModelCard.from_dict(broken)
+
+
+def test_rewriting_a_card_keeps_the_sections_other_tools_added(tmp_path: Path) -> None:
+    """`ood-monitor calibrate` on a compressed variant rewrites config.json: its compression record,
+    runtime graphs and OOD-guard verdict must survive, or the node would lose the guard."""
+    _, path = saved_model(tmp_path)
+    raw = json.loads((path / CONFIG).read_text())
+    added = {"compression": {"method": "int8"}, "runtime": {"files": {"trunk": "trunk.onnx"}},
+             "guard": {"flagged": True}}
+    (path / CONFIG).write_text(json.dumps({**raw, **added}))
+    card = read_card(path)
+    card.calibration = {"scores": [1.0], "selected_dims": card.selected_dims, "score": card.score}
+    write_card(path, card)
+    rewritten = json.loads((path / CONFIG).read_text())
+    assert {k: rewritten[k] for k in added} == added and rewritten["calibration"]["scores"] == [1.0]
 
 
 def test_collect_images_and_flow_restarts_at_stamp_gaps() -> None:

@@ -59,6 +59,7 @@ class ModelCard:
     format: str = FORMAT
     score: str = "kl"
     latent_stats: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
 
     @property
     def kind(self) -> str:
@@ -75,7 +76,7 @@ class ModelCard:
         return self.config.height, self.config.width, self.config.channels
 
     def to_dict(self) -> dict:
-        return {"format": self.format, "architecture": self.architecture, "kind": self.kind,
+        return {**self.extra, "format": self.format, "architecture": self.architecture, "kind": self.kind,
                 "input": {"height": self.config.height, "width": self.config.width,
                           "channels": self.config.channels},
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
@@ -97,6 +98,7 @@ class ModelCard:
                        latent_kl=[float(v) for v in d.get("latent_kl", [])], calibration=d.get("calibration"),
                        weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
                        score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {})
+            card.extra = {k: v for k, v in d.items() if k not in card.to_dict()}
             if card.selected_dims:
                 card.nonconformity  # noqa: B018 -- validates score method and statistics
             return card
