@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=EXECUTORS, default="single",
                    help="single (default: as launch runs each node) or multi (a thread pool; busy-waits)")
     p.add_argument("--threads", type=int, default=4, help="threads of --executor multi (default 4)")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (e.g. 10 for "
+                   "the synthesis/analysis process, so the camera-rate detectors keep their rate on a small CPU)")
     p.set_defaults(func=run)
 
 
@@ -28,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.ros.graph import NodeGraph
     from ood_monitor.ros.node_main import START_ERRORS
 
+    if args.nice:
+        import os
+
+        os.nice(args.nice)  # before any thread starts: every thread of the process inherits it
     try:
         graph = NodeGraph(nodes_for(args.stages), args.params, args.namespace, args.use_sim_time, args.threads,
                           executor=args.executor)

@@ -138,6 +138,10 @@ class VaeDetectorNode(StageNode):
         through core.runtime, which refuses a variant the OOD guard flagged unless force_compressed."""
         size = (p["input_height"], p["input_width"])
         if p["backend"] == "torch" and p["precision"] in ("", "fp32") and not is_variant(self.model_dir):
+            if p["inference_threads"] > 0:  # one thread: a second one waiting on a busy core costs a time slice
+                import torch
+
+                torch.set_num_threads(p["inference_threads"])
             return VaeDetector.from_model_dir(self.model_dir, alarm, mc_samples=p["mc_samples"],
                                               device=self._device(p["device"]), z=p["mc_z"],
                                               kind=self.detector_name, expect_size=size)

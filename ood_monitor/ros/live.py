@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 HEAVY_STAGES = ("synthesize", "analysis", "nav")
+HEAVY_NICE = int(os.environ.get("OOD_HEAVY_NICE", "10"))  # best-effort stages yield the CPU to the detectors
 STAGE_OUTPUTS = {"/ood/image": "preprocess_node", "/ood/score/image": "vae_image_detector",
                  "/ood/score/flow": "vae_flow_detector", "/ood/synthesis": "synthesizer_node",
                  "/ood/anomaly": "analysis_node", "/ood/costmap": "nav_bridge_node"}
@@ -63,10 +64,10 @@ class LatencyProbe:
         return out
 
 
-def start_stages(params: Path, stages: list[str]) -> subprocess.Popen:
+def start_stages(params: Path, stages: list[str], nice: int = 0) -> subprocess.Popen:
     """`ood-monitor run` for these stages in a process of its own (its own session, for a clean SIGINT)."""
     return subprocess.Popen([sys.executable, "-m", "ood_monitor.cli.main", "run", "--params", str(params),
-                             "--stages", ",".join(stages)], start_new_session=True,
+                             "--stages", ",".join(stages), "--nice", str(nice)], start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -163,7 +164,8 @@ class LiveGraph:
         from ood_monitor.ros.graph import NodeGraph
 
         for name, group in self.process_specs.items():
-            self.procs[name] = start_stages(self.params, list(dict.fromkeys(s.stage for s in group)))
+            nice = HEAVY_NICE if name == "heavy_stages" else 0
+            self.procs[name] = start_stages(self.params, list(dict.fromkeys(s.stage for s in group)), nice)
         self.graph = NodeGraph(self.in_process_specs, self.params).__enter__()
         self.io = self.graph.helper_node(self.io_name)
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
