@@ -13,6 +13,7 @@ from ood_monitor.pipeline import nodes_for
 
 SHARE = get_package_share_directory("ood_monitor")
 BACKEND_NODES = ("vae_detector_node",)  # nodes that take the `backend` parameter
+BEST_EFFORT_STAGES = ("synthesize", "analysis")  # run at lower CPU priority (heavy_nice) on small CPUs
 
 
 def make_nodes(context):
@@ -27,9 +28,10 @@ def make_nodes(context):
         if spec.executable in BACKEND_NODES and arg("backend"):
             overrides["backend"] = arg("backend")
         files = [arg("params_file")] + ([arg("overlay_params_file")] if arg("overlay_params_file") else [])
+        nice = int(arg("heavy_nice") or 0) if spec.stage in BEST_EFFORT_STAGES else 0
         nodes.append(Node(package="ood_monitor", executable=spec.executable, name=spec.name,
                           namespace=arg("namespace"), parameters=[*files, overrides],
-                          output="screen", emulate_tty=True))
+                          prefix=f"nice -n {nice}" if nice else None, output="screen", emulate_tty=True))
     return nodes
 
 
@@ -46,5 +48,8 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
         DeclareLaunchArgument("stages", default_value="all", description="comma-separated stages, or all"),
         DeclareLaunchArgument("backend", default_value="", description="inference backend override (empty: from params_file)"),
+        DeclareLaunchArgument("heavy_nice", default_value="10",
+                              description="nice of synthesizer and analysis (best effort) so the detectors keep "
+                                          "the camera rate on a small CPU; 0: off"),
         OpaqueFunction(function=make_nodes),
     ])

@@ -81,3 +81,18 @@ def test_readme_documents_every_parameter():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- parameters:start -->\n", 1)[1].split("<!-- parameters:end -->", 1)[0]
     assert block == parameter_tables(), "README parameters are stale: run python scripts/readme_params.py"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_launch_configuration_used_is_declared(path):
+    """A LaunchConfiguration (or the `arg` helper) naming an undeclared argument fails only on a robot."""
+    tree = ast.parse(path.read_text())
+    used, declared_args = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if func in ("LaunchConfiguration", "arg"):
+                used.add(node.args[0].value)
+            if func == "DeclareLaunchArgument":
+                declared_args.add(node.args[0].value)
+    assert used <= declared_args, f"{path.name} uses undeclared launch arguments {sorted(used - declared_args)}"
