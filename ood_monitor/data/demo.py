@@ -37,7 +37,7 @@ from ood_monitor.data.scene import (
     make_trail,
 )
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 SPLITS = ("train", "calibration", "test")
 FRAME_ID = "camera"
 IMAGE_TOPIC = "/camera/image_raw"
@@ -69,7 +69,7 @@ class DemoConfig:
     fps: float = 15.0
     train_drives: int = 12
     train_frames: int = 900
-    calibration_drives: int = 3
+    calibration_drives: int = 12  # many short drives: conformal calibration must see the drive-to-drive spread
     calibration_frames: int = 300
     episode_frames: int = 40
     gap_frames: int = 40
