@@ -155,11 +155,57 @@ def test_analyzer_finds_the_inpainted_object():
     img = scene(120, 160)
     anomalous, gt = with_patch(img, 40, 60, 30, (20, 20, 230))
     synth = oracle_synthesis(anomalous, gt)
-    result = Analyzer(AnalysisConfig(), SlicSegmenter(n_segments=100), random_conv_features()).analyze(anomalous, synth)
+    result = Analyzer(AnalysisConfig(), SlicSegmenter(), random_conv_features()).analyze(anomalous, synth)
     pred = result.mask.mask > 0
     iou = (pred & (gt > 0)).sum() / (pred | (gt > 0)).sum()
     assert iou > 0.6, iou
     assert result.mask.frame_score > 0.5 and set(result.timings_ms) == {"discrepancy", "pooling", "mask"}
+
+
+def test_confidence_gain_scales_the_pooled_discrepancy_and_the_mask_follows():
+    img = scene(120, 160)
+    anomalous, gt = with_patch(img, 40, 60, 30, (20, 20, 230))
+    synth = oracle_synthesis(anomalous, gt)
+    seg = SlicSegmenter(n_segments=100)
+    plain = Analyzer(AnalysisConfig(threshold=0.2, confidence_gain=1.0), seg).analyze(anomalous, synth)
+    scaled = Analyzer(AnalysisConfig(threshold=0.4, confidence_gain=2.0), seg).analyze(anomalous, synth)
+    assert np.array_equal(plain.discrepancy, scaled.discrepancy)
+    np.testing.assert_allclose(scaled.confidence, np.clip(2.0 * plain.confidence, 0, 1), atol=1e-6)
+    assert scaled.confidence.dtype == np.float32 and scaled.confidence.max() <= 1.0
+    assert np.array_equal(plain.mask.mask, scaled.mask.mask)  # same decision at threshold x gain
+    with pytest.raises(ValueError, match="confidence_gain"):
+        AnalysisConfig(confidence_gain=0.0)
+
+
+def test_analysis_config_from_node_parameters():
+    from ood_monitor.core.analysis import analysis_config
+
+    assert analysis_config({}) == AnalysisConfig()
+    cfg = analysis_config({"weight_feature": 0.2, "weight_colour": 0, "threshold": 0.7, "confidence_gain": 3.0,
+                           "min_region_px": 5, "slic_segments": 9, "segmenter": "slic"})  # others are not its
+    assert cfg.threshold == 0.7 and cfg.confidence_gain == 3.0 and cfg.min_region_px == 5
+    assert cfg.discrepancy == DiscrepancyConfig(weight_feature=0.2, weight_colour=0)
+
+
+def test_shipped_parameter_file_equals_the_dataclass_defaults():
+    """config/default.yaml, the node's PARAMETERS and the dataclasses cannot drift: evaluate, bench and the
+    node all run the same analysis."""
+    from pathlib import Path
+
+    import yaml
+
+    from ood_monitor.core.analysis import analysis_config
+
+    root = Path(__file__).resolve().parents[1]
+    section = yaml.safe_load((root / "config" / "default.yaml").read_text())["/**/analysis_node"]["ros__parameters"]
+    assert analysis_config(section) == AnalysisConfig()
+    assert section["slic_segments"] == SlicSegmenter.n_segments == make_segmenter("auto").segmenter.n_segments
+    pytest.importorskip("rclpy")
+    from ood_monitor.nodes.analysis_node import PARAMETERS
+
+    for name in ("weight_feature", "weight_colour", "weight_structure", "confidence_gain", "threshold",
+                 "min_region_px", "slic_segments"):
+        assert PARAMETERS[name][0] == section[name], name
 
 
 # --------------------------------------------------------------------------------------- segmenters

@@ -64,3 +64,28 @@ def test_evaluate_command_on_the_demo_bags(demo_dataset, tmp_path):
     assert "| category:global |" in text and "curves_vae_image.png" in text
     assert (out / "curves_vae_image.png").stat().st_size > 10_000 and (out / "timeline_vae_image.png").exists()
     assert cli(["evaluate", "--data", str(tmp_path / "nope"), "--models", str(model), "--out", str(out)]) == 2
+
+
+def test_evaluate_masks_run_the_analysis_node_settings_of_params(tmp_path):
+    import argparse
+
+    import yaml
+
+    from ood_monitor.cli.evaluate_cmd import mask_analysis
+    from ood_monitor.core.analysis import AnalysisConfig
+
+    def args(params=None, **kw) -> argparse.Namespace:
+        return argparse.Namespace(params=params, **{"segmenter": None, "sam_checkpoint": None, "features": "none", **kw})
+
+    analyzer, choice, features = mask_analysis(args())
+    assert analyzer.cfg == AnalysisConfig() and choice.segmenter.name == "slic" and features == "none"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/analysis_node": {"ros__parameters": {
+        "weight_feature": 0.0, "weight_colour": 2.0, "threshold": 0.7, "confidence_gain": 1.5, "slic_segments": 77,
+        "fallback_segmenter": "slic", "feature_extractor": "random"}}}))
+    analyzer, choice, features = mask_analysis(args(params, features=None))
+    assert analyzer.cfg.threshold == 0.7 and analyzer.cfg.confidence_gain == 1.5
+    assert analyzer.cfg.discrepancy.weight_colour == 2.0 and analyzer.cfg.discrepancy.weight_feature == 0.0
+    assert choice.segmenter.n_segments == 77 and features.startswith("random")
+    _, choice, _ = mask_analysis(args(params, segmenter="felzenszwalb"))  # the command line wins
+    assert choice.segmenter.name == "felzenszwalb"

@@ -26,15 +26,18 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def camera_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[np.ndarray]:
-    """The first n frames of the demo world's nominal calibration drive, rendered at camera size."""
-    from itertools import islice
+    """The first n frames of the demo world's nominal calibration drives, rendered at camera size."""
+    from itertools import chain, islice
     from pathlib import Path
 
     from ood_monitor.data.demo import DemoConfig, plan_splits, render_drive
 
     cfg = DemoConfig(out=Path("."), seed=seed, width=width, height=height)
-    spec = plan_splits(cfg)["calibration"][0]
-    return [f.image for f in islice(render_drive(spec, cfg.camera, cfg.fps), n)]
+    drives = (render_drive(spec, cfg.camera, cfg.fps) for spec in plan_splits(cfg)["calibration"])
+    frames = [f.image for f in islice(chain.from_iterable(drives), n)]
+    if len(frames) < n:
+        raise ValueError(f"the demo calibration drives have only {len(frames)} frames, {n} asked for")
+    return frames
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,29 +28,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-topic", default=MASK_TOPIC,
                    help="ground-truth mask topic in a bag (mono8, 255 = anomalous; without a label topic a "
                         "frame is OOD when its mask has any pixel)")
-    p.add_argument("--params", type=Path, help="take alarm settings from this ROS parameter file's detector sections")
+    p.add_argument("--params", type=Path,
+                   help="take alarm settings from this ROS parameter file's detector sections and the anomaly-mask "
+                        "analysis settings from its analysis_node section (without it: the shipped defaults)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests to run (default martingale,cusum)")
     p.add_argument("--synthesizer", type=Path, default=Path("models/latent_dit"),
                    help="anomaly masks: synthesizer model (default models/latent_dit); 'none' skips masks")
-    p.add_argument("--segmenter", default="auto", help="anomaly masks: auto | sam | sam_onnx | slic | felzenszwalb")
-    p.add_argument("--sam-checkpoint", default="", help="anomaly masks: SAM checkpoint for --segmenter sam")
-    p.add_argument("--features", default="auto", help="anomaly masks: discrepancy feature extractor")
+    p.add_argument("--segmenter", help="anomaly masks: auto | sam | sam_onnx | slic | felzenszwalb "
+                                       "(default: the --params analysis_node segmenter, else auto)")
+    p.add_argument("--sam-checkpoint", help="anomaly masks: SAM checkpoint for --segmenter sam "
+                                            "(default: the --params analysis_node sam_checkpoint)")
+    p.add_argument("--features", help="anomaly masks: discrepancy feature extractor "
+                                      "(default: the --params analysis_node feature_extractor, else auto)")
     p.add_argument("--max-mask-frames", type=int, default=80, help="anomaly masks: frames evaluated at most")
     add_label_options(p)
     p.set_defaults(func=run)
 
 
+def node_parameters(params: Path | None, node: str) -> dict:
+    """The ros__parameters of `/**/<node>` in a ROS parameter file ({} without a file or section)."""
+    if params is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(params.read_text()) or {}
+    return dict((data.get(f"/**/{node}") or {}).get("ros__parameters") or {})
+
+
 def alarm_configs(params: Path | None, kind: str, tests: list[str]) -> dict:
     from ood_monitor.core.conformal import AlarmConfig
 
-    settings = {}
-    if params is not None:
-        import yaml
-
-        data = yaml.safe_load(params.read_text()) or {}
-        section = data.get(f"/**/vae_{kind}_detector", {}).get("ros__parameters", {})
-        settings = {k: section[k] for k in ALARM_FIELDS if k in section}
+    section = node_parameters(params, f"vae_{kind}_detector")
+    settings = {k: section[k] for k in ALARM_FIELDS if k in section}
     return {t: AlarmConfig(test=t, **settings) for t in tests}
+
+
+def mask_analysis(args: argparse.Namespace):
+    """(Analyzer, SegmenterChoice, features description) as analysis_node runs them with the --params file's
+    analysis_node section (the node's defaults, which are the dataclasses', without one); --segmenter,
+    --sam-checkpoint and --features override the file."""
+    from ood_monitor.core.analysis import Analyzer, analysis_config
+    from ood_monitor.core.analysis.discrepancy import make_feature_extractor
+    from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
+    from ood_monitor.core.model_dirs import resolve_model_dir
+
+    p = node_parameters(args.params, "analysis_node")  # absent names: the node's defaults (the dataclasses')
+    for key, value in (("segmenter", args.segmenter), ("sam_checkpoint", args.sam_checkpoint),
+                       ("feature_extractor", args.features)):
+        if value is not None:
+            p[key] = value
+    dflt = AutoMaskConfig()
+    auto = AutoMaskConfig(p.get("sam_points_per_side", dflt.points_per_side),
+                          p.get("sam_pred_iou_thresh", dflt.pred_iou_thresh),
+                          p.get("sam_stability_score_thresh", dflt.stability_score_thresh))
+    choice = make_segmenter(p.get("segmenter", "auto"), p.get("sam_checkpoint", ""), p.get("sam_model_type", "vit_b"),
+                            p.get("sam_onnx_dir", ""), fallback=p.get("fallback_segmenter", "slic"), auto=auto,
+                            n_segments=p.get("slic_segments", SlicSegmenter.n_segments))
+    extractor, features = make_feature_extractor(p.get("feature_extractor", "auto"),
+                                                 resolve_model_dir(p.get("models_dir", "models")))
+    return Analyzer(analysis_config(p), choice.segmenter, extractor), choice, features
 
 
 def frame_sources(args: argparse.Namespace) -> dict:
@@ -116,13 +152,11 @@ def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tu
 def evaluate_masks(args: argparse.Namespace) -> dict | None:
     """Pixel AUC-PR and F* of the synthesizer + analysis pipeline on the frames with ground-truth masks,
     with overlay PNGs; None when no synthesizer is configured or the data has no masks."""
+    from dataclasses import asdict
     from itertools import islice
 
     from ood_monitor.core import plots
-    from ood_monitor.core.analysis import AnalysisConfig, Analyzer
-    from ood_monitor.core.analysis.discrepancy import make_feature_extractor
     from ood_monitor.core.analysis.evaluation import MaskEvaluation, evaluate_masks, heat, overlay
-    from ood_monitor.core.analysis.segmenters import make_segmenter
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
     from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
@@ -133,9 +167,7 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
     synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
     sources = frame_sources(args)
     anomaly_ids, ignore_ids = class_ids(args.data, sources["labels"])
-    choice = make_segmenter(args.segmenter, args.sam_checkpoint)
-    extractor, features = make_feature_extractor(args.features, resolve_model_dir("models"))
-    analyzer = Analyzer(AnalysisConfig(), choice.segmenter, extractor)
+    analyzer, choice, features = mask_analysis(args)
     cfg = FrameConfig(synth.image_size, synth.image_size)
     frames = (f for f in iter_frames(args.data, **sources) if f.mask is not None and f.mask.any())
     print(f"anomaly masks: {synth.name} ({synth.backend}) + {choice.segmenter.name} on {args.data} ...", flush=True)
@@ -150,7 +182,7 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
                            ["input | synthesized | confidence | mask (red) vs ground truth (green)"] + [""] * (len(rows) - 1))
     return {"groups": {name: ev.result() for name, ev in evs.items()}, "synthesizer": synth.name,
             "segmenter": choice.segmenter.name, "segmenter_reason": choice.reason, "features": features,
-            "plot": png.name}
+            "analysis": asdict(analyzer.cfg), "plot": png.name}
 
 
 def markdown(results: list[dict], data: Path) -> str:

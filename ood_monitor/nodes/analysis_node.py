@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 
 import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
-from ood_monitor.core.analysis import AnalysisConfig, Analyzer
+from ood_monitor.core.analysis import AnalysisConfig, Analyzer, analysis_config
 from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
 from ood_monitor.core.analysis.masks import Region
-from ood_monitor.core.analysis.segmenters import AutoMaskConfig, make_segmenter
+from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
@@ -27,11 +26,12 @@ from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
+# Analysis defaults come from the dataclasses (one source: evaluate, bench and the node run the same).
 PARAMETERS = {
     "synthesis_topic": ("ood/synthesis", "SynthesisResult input (input frame + its re-synthesis)"),
     "segmenter": ("auto", "auto | sam | sam_onnx | slic | felzenszwalb (auto: SAM when configured, else fallback)"),
     "fallback_segmenter": ("slic", "superpixels used without SAM: slic | felzenszwalb"),
-    "slic_segments": (150, "number of SLIC superpixels"),
+    "slic_segments": (SlicSegmenter.n_segments, "number of SLIC superpixels"),
     "sam_checkpoint": ("", "SAM weights (.pth state_dict or .safetensors), user-supplied"),
     "sam_model_type": ("vit_b", "vit_b | vit_l | vit_h | custom (<checkpoint>.json)"),
     "sam_onnx_dir": ("", "folder written by ood_monitor.core.analysis.sam_export"),
@@ -40,11 +40,13 @@ PARAMETERS = {
     "sam_stability_score_thresh": (0.95, "automatic mask generator stability filter"),
     "feature_extractor": ("auto", "learned feature term: auto | none | random | vae | dcae"),
     "models_dir": ("models", "folder holding dcae/ and vae_image/"),
-    "weight_feature": (0.5, "weight of the feature cosine-distance term"),
-    "weight_colour": (1.0, "weight of the Lab colour term"),
-    "weight_structure": (0.5, "weight of the local-SSIM structure term"),
-    "threshold": (0.3, "pooled confidence at or above this is anomalous"),
-    "min_region_px": (20, "smaller regions are dropped (model-resolution pixels)"),
+    "weight_feature": (DiscrepancyConfig.weight_feature, "weight of the feature cosine-distance term"),
+    "weight_colour": (DiscrepancyConfig.weight_colour, "weight of the Lab colour term"),
+    "weight_structure": (DiscrepancyConfig.weight_structure, "weight of the local-SSIM structure term"),
+    "confidence_gain": (AnalysisConfig.confidence_gain,
+                        "confidence = clip(gain x pooled discrepancy, 0, 1) (0.5: the tuned decision point)"),
+    "threshold": (AnalysisConfig.threshold, "confidence at or above this is anomalous"),
+    "min_region_px": (AnalysisConfig.min_region_px, "smaller regions are dropped (model-resolution pixels)"),
     "device": ("cpu", "torch device for SAM and the feature extractor"),
     "torch_threads": (1, "torch intra-op threads (0: torch default)"),
     "camera_info_topic": ("camera/camera_info", "camera intrinsics; gives the camera resolution (empty: off)"),
@@ -81,17 +83,15 @@ class AnalysisNode(StageNode):
     TUNABLE = {
         "threshold": lambda v: 0.0 <= v <= 1.0, "min_region_px": lambda v: v >= 0,
         "weight_feature": lambda v: v >= 0, "weight_colour": lambda v: v >= 0, "weight_structure": lambda v: v >= 0,
+        "confidence_gain": lambda v: v > 0,
     }
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
 
     def retune(self, name: str, value) -> None:
-        p = self.p
-        dcfg = replace(self.analyzer.cfg.discrepancy, weight_feature=p["weight_feature"],
-                       weight_colour=p["weight_colour"], weight_structure=p["weight_structure"])
-        self.analyzer.cfg = AnalysisConfig(dcfg, p["threshold"], p["min_region_px"])
-        self.analyzer.discrepancy.cfg = dcfg
+        self.analyzer.cfg = analysis_config(self.p)
+        self.analyzer.discrepancy.cfg = self.analyzer.cfg.discrepancy
 
     def setup(self, p: dict) -> None:
         if p["crop"] not in ("center", "stretch"):
@@ -105,9 +105,7 @@ class AnalysisNode(StageNode):
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
         self.segmenter_reason = choice.reason
         extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
-        dcfg = DiscrepancyConfig(weight_feature=p["weight_feature"], weight_colour=p["weight_colour"],
-                                 weight_structure=p["weight_structure"])
-        self.analyzer = Analyzer(AnalysisConfig(dcfg, p["threshold"], p["min_region_px"]), choice.segmenter, extractor)
+        self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor)
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
             else None
         self.camera_from_param = self.camera_wh is not None

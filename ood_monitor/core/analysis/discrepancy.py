@@ -28,12 +28,14 @@ SSIM_C1, SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 @dataclass(frozen=True)
 class DiscrepancyConfig:
-    """Weights of the three terms (a zero weight skips its computation) and their smoothing."""
+    """Weights of the three terms (a zero weight skips its computation) and their smoothing. Defaults are
+    the shipped ones (scripts/tune_analysis.py on a tuning split: structure-heavy weights and a 2 px pre-blur
+    separate objects from the synthesizer's small re-rendering errors best)."""
 
-    weight_feature: float = 1.0
-    weight_colour: float = 1.0
-    weight_structure: float = 0.5
-    blur_sigma: float = 1.0  # pre-blur (px) so sensor noise and resampling do not read as change
+    weight_feature: float = 0.5
+    weight_colour: float = 0.5
+    weight_structure: float = 1.0
+    blur_sigma: float = 2.0  # pre-blur (px) so sensor noise and resampling do not read as change
     ssim_sigma: float = 2.0  # Gaussian window of the local SSIM (px)
     feature_size: int = 128  # images are resized so their longer side is this before the encoder
     feature_gain: float = 3.0  # feature distances are small (a changed object ~0.2): scaled, then clipped

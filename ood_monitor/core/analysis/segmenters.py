@@ -67,7 +67,7 @@ def _superpixels(rgb: np.ndarray, max_side: int, fn) -> np.ndarray:
 class SlicSegmenter(Segmenter):
     """SLIC superpixels in Lab space: compact, boundary-following segments, no model needed."""
 
-    n_segments: int = 150
+    n_segments: int = 400  # at the 128 px model input ~40 px each: small objects keep their own segments
     compactness: float = 10.0
     sigma: float = 1.0
     max_side: int = 160  # segment a copy no larger than this (0: full size)
@@ -328,7 +328,7 @@ class SegmenterChoice:
     reason: str
 
 
-def make_superpixels(kind: str, n_segments: int = 150) -> Segmenter:
+def make_superpixels(kind: str, n_segments: int = SlicSegmenter.n_segments) -> Segmenter:
     if kind == "felzenszwalb":
         return FelzenszwalbSegmenter()
     return SlicSegmenter(n_segments=n_segments)
@@ -336,7 +336,7 @@ def make_superpixels(kind: str, n_segments: int = 150) -> Segmenter:
 
 def make_segmenter(kind: str = "auto", checkpoint: str = "", model_type: str = "vit_b", onnx_dir: str = "",
                    device: str = "cpu", fallback: str = "slic", auto: AutoMaskConfig | None = None,
-                   n_segments: int = 150) -> SegmenterChoice:
+                   n_segments: int = SlicSegmenter.n_segments) -> SegmenterChoice:
     """The requested segmenter, or the superpixel `fallback` with the reason SAM is not used.
 
     auto: ONNX SAM when onnx_dir is set, else torch SAM when a checkpoint is set, else the fallback.
