@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-OUTPUTS = {"/ood/image": "Image", "/ood/score/image": "OODScore", "/ood/score/flow": "OODScore",
-           "/ood/anomaly": "AnomalyMask"}
 CAMERA_TOPICS = ["/camera/image_raw", "/camera/camera_info"]
 
 
@@ -48,7 +46,7 @@ def window_row(lg, t0: float, t1: float, published: int, rss: dict[str, float]) 
     """One sampling window: input rate, each output's rate and latency percentiles, memory."""
     span = t1 - t0
     row = {"variant": f"{t1:.0f}s", "t_s": round(t1, 1), "camera_hz": published / span}
-    for topic in OUTPUTS:
+    for topic in lg.latency_topics:
         name = topic.removeprefix("/ood/").replace("/", "_")
         ms = lg.probe.latencies(topic, t0, t1)
         row[f"{name}_hz"] = ms.size / span
@@ -103,21 +101,17 @@ def plot(path: Path, rows: list[dict]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sensor_msgs.msg
-
-    import ood_msgs.msg
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
     from ood_monitor.ros.bag_bridge import PlaybackConfig
-    from ood_monitor.ros.live import LiveGraph
+    from ood_monitor.ros.live import LiveGraph, latency_topic_classes
 
     seconds = args.seconds or (30.0 if args.quick else 300.0 if args.stress else 60.0)
     interval = min(args.interval, seconds / 3)
     factor = args.rate_hz / bag_rate_hz(args.data, CAMERA_TOPICS[0])
-    topics = {t: getattr(ood_msgs.msg, k, None) or getattr(sensor_msgs.msg, k) for t, k in OUTPUTS.items()}
     playback = PlaybackConfig(rate=factor, loop=True, restamp=True, topics=CAMERA_TOPICS)
     print(f"bench pipeline: {args.data} looped at {args.rate_hz:g} Hz ({factor:.2f}x) through stages "
           f"'{args.stages}' for {seconds:.0f} s, {interval:.0f} s windows", flush=True)
-    with LiveGraph(args.params, args.stages, args.data, playback, topics, "ood_bench_io",
+    with LiveGraph(args.params, args.stages, args.data, playback, latency_topic_classes(), "ood_bench_io",
                    camera_in_process=False) as lg:
         lg.play()
         rows = sample(lg, seconds, interval)

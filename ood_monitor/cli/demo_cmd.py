@@ -23,8 +23,6 @@ OUTPUTS = {  # recorded topics of the live run
     "/ood/costmap": "nav_msgs/msg/OccupancyGrid",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
-LATENCY_TOPICS = {"/ood/image": "Image", "/ood/score/image": "OODScore", "/ood/score/flow": "OODScore",
-                  "/ood/anomaly": "AnomalyMask"}
 BENCHES = {  # bench -> the report's columns
     "preprocess": ("variant", "ms_per_frame", "ms_p95"),
     "vae": ("variant", "ms_per_frame", "ms_p95", "x_deterministic"),
@@ -79,17 +77,14 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
     """Replay the test bag in real time into the node graph over DDS, recording every output. This
     process stands in for the camera driver; the camera-rate stages and the heavy ones each run in a
     process of their own, as on a robot (and a lone in-process graph can starve its best-effort inputs)."""
-    import sensor_msgs.msg
-
-    import ood_msgs.msg
     from ood_monitor.ros.bag_bridge import BagRecorder, PlaybackConfig
-    from ood_monitor.ros.live import LiveGraph
+    from ood_monitor.ros.live import LiveGraph, latency_topic_classes
 
     if result_bag.exists():
         shutil.rmtree(result_bag)
-    topics = {t: getattr(ood_msgs.msg, kind, None) or getattr(sensor_msgs.msg, kind) for t, kind in LATENCY_TOPICS.items()}
     playback = PlaybackConfig(rate=rate, topics=["/camera/image_raw", "/camera/camera_info"], start_delay_s=1.5)
-    with LiveGraph(params, stages, test_bag, playback, topics, "ood_demo_io", camera_in_process=False) as lg:
+    with LiveGraph(params, stages, test_bag, playback, latency_topic_classes(), "ood_demo_io",
+                   camera_in_process=False) as lg:
         recorder = BagRecorder(lg.io, result_bag, OUTPUTS.items())
         play = lg.play()
         t0 = time.monotonic()

@@ -14,11 +14,22 @@ from pathlib import Path
 import numpy as np
 
 HEAVY_STAGES = ("synthesize", "analysis", "nav")
-HEAVY_NICE = int(os.environ.get("OOD_HEAVY_NICE", "10"))  # best-effort stages yield the CPU to the detectors
+HEAVY_NICE = 10  # the best-effort stages yield the CPU to the camera-rate detectors on a small machine
 STAGE_OUTPUTS = {"/ood/image": "preprocess_node", "/ood/score/image": "vae_image_detector",
                  "/ood/score/flow": "vae_flow_detector", "/ood/synthesis": "synthesizer_node",
                  "/ood/anomaly": "analysis_node", "/ood/costmap": "nav_bridge_node"}
 CAMERA_TOPIC = "/camera/image_raw"
+LATENCY_TOPICS = {"/ood/image": "Image", "/ood/score/image": "OODScore", "/ood/score/flow": "OODScore",
+                  "/ood/anomaly": "AnomalyMask"}  # outputs whose camera->output latency is measured
+
+
+def latency_topic_classes() -> dict[str, type]:
+    """LATENCY_TOPICS with their message classes (what LiveGraph subscribes)."""
+    import sensor_msgs.msg
+
+    import ood_msgs.msg
+
+    return {t: getattr(ood_msgs.msg, kind, None) or getattr(sensor_msgs.msg, kind) for t, kind in LATENCY_TOPICS.items()}
 
 
 def stamp_of(msg) -> int:
