@@ -77,6 +77,19 @@ def test_int8_scores_keep_the_fp32_ranking(parent, frames, card):
     assert spearman(ref, got) > 0.9
 
 
+@pytest.mark.parametrize("keep_first", [True, False])
+def test_int8_leaves_the_first_conv_block_fp32(parent, frames, keep_first):
+    import onnx
+
+    q = int8_variant(float_variant("fp32", "fp32", parent), frames.inputs(slice(0, 16), 1.0), keep_first=keep_first)
+    nodes = list(onnx.load_from_string(q.trunk_onnx).graph.node)
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    weights_quantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    first_is_float = not any(i in weights_quantized for i in convs[0].input)
+    assert first_is_float == keep_first
+    assert all(any(i in weights_quantized for i in c.input) for c in convs[1:])  # the rest is int8
+
+
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_pruning_removes_about_the_ratio(parent, ratio):
     pruned = prune_channels(parent, ratio, global_ranking=False)

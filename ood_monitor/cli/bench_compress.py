@@ -2,7 +2,9 @@
 CPU ms/frame (batch 1, same threads for all, rows timed in interleaved rounds so a busy shared CPU
 slows every row alike), GPU ms/frame when CUDA exists, AUROC and AUPR-out on the labelled eval split
 and the delta to fp32. All float and int8 rows run on ONNX Runtime; `fp32-torch` (today's node) and
-`int8-torchao` (the int8 path not chosen, see core/compress/quantize.py) are there for comparison."""
+`int8-torchao` (the int8 path not chosen, see core/compress/quantize.py) and `int8-all-layers` (the
+first conv block quantized too) are there for comparison. Threads default to 1, the detector node's
+`inference_threads` in config/default.yaml."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +23,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=floats, default=(0.3, 0.5))
     p.add_argument("--frames", type=int, default=200, help="timed frames per row (default 200)")
     p.add_argument("--steps", type=int, default=300, help="distillation steps per pruned/kd model")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for every row (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for every row (default 1: the detector node's inference_threads)")
     p.set_defaults(func=run)
     return p
 
@@ -61,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ood_monitor.cli.compress_cmd import load_split
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
-    from ood_monitor.core.compress import CompressConfig, DistillConfig, build_variants, frame_scores
+    from ood_monitor.core.compress import (
+        CompressConfig,
+        DistillConfig,
+        build_variants,
+        frame_scores,
+        int8_variant,
+    )
     from ood_monitor.core.compress.quantize import quantize_torch_fx
     from ood_monitor.core.metrics import aupr_out, auroc
     from ood_monitor.core.model_dirs import resolve_model_dir
@@ -87,9 +96,13 @@ def run(args: argparse.Namespace) -> int:
     def torchao_int8(b: np.ndarray) -> object:
         return encoder.tail(fx(torch.from_numpy(b)))
 
+    calib = np.linspace(0, len(train) - 1, min(cfg.calib_frames, len(train))).astype(int)  # as build_variants
+    all_layers = int8_variant(variants[0], train.inputs(calib, card.flow_scale), keep_first=False,
+                              name="int8-all-layers")
     cpu_rows = [v for v in variants if v.precision != "fp16"]
     fns = {v.name: v.encoder_fn(args.threads) for v in cpu_rows}
-    cpu = interleaved_ms({**fns, "fp32-torch": torch_fp32, "int8-torchao": torchao_int8}, x, frames)
+    cpu = interleaved_ms({**fns, "int8-all-layers": all_layers.encoder_fn(args.threads), "fp32-torch": torch_fp32,
+                          "int8-torchao": torchao_int8}, x, frames)
     gpu = gpu_ms(variants, x, frames)
     scores = {v.name: frame_scores(v.encoder_fn(args.threads), evalset, card) for v in variants}
     y = evalset.is_ood
@@ -102,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                      "auroc": a, "aupr_out": p, "d_auroc": a - base_auroc, "d_aupr_out_pts": 100 * (p - base_aupr),
                      "params": v.info.get("params"), "widths": v.info.get("widths"),
                      "runtime": "torch half (CPU: scores only)" if v.precision == "fp16" else "onnxruntime"})
-    for name, what in (("fp32-torch", "torch fp32 (node today)"), ("int8-torchao", "torch.ao FX int8 trunk")):
+    for name, what in (("int8-all-layers", "onnxruntime int8, first conv block quantized too"),
+                       ("fp32-torch", "torch fp32 (node today)"), ("int8-torchao", "torch.ao FX int8 trunk")):
         rows.append({"variant": name, "ms_per_frame": cpu[name], "x_fp32": cpu["fp32"] / cpu[name], "runtime": what})
     print(format_table(rows, ["variant", "size_mb", "ms_per_frame", "x_fp32", "gpu_ms_per_frame", "auroc",
                               "aupr_out", "d_auroc", "d_aupr_out_pts", "runtime"]))

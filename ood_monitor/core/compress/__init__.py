@@ -108,10 +108,13 @@ def float_variant(name: str, method: str, encoder: nn.Module, info: dict | None 
     return Variant(name, method, "fp32", encoder.eval(), export.trunk, export.tail, export.dropout, info)
 
 
-def int8_variant(parent: Variant, calibration: np.ndarray) -> Variant:
-    trunk = quantize_onnx_int8(parent.trunk_onnx, calibration)
-    return Variant("int8", "int8", "int8", None, trunk, parent.tail_onnx, parent.dropout,
-                   {"quantized": "trunk (static QDQ, per-tensor, onnxruntime)", "calibration_frames": len(calibration)})
+def int8_variant(parent: Variant, calibration: np.ndarray, keep_first: bool = True, name: str = "int8") -> Variant:
+    """Static int8 trunk; `keep_first` leaves the first conv block fp32 (selected layers, the default)."""
+    trunk = quantize_onnx_int8(parent.trunk_onnx, calibration, keep_first=keep_first)
+    layers = "trunk without its first conv block" if keep_first else "whole trunk"
+    return Variant(name, "int8", "int8", None, trunk, parent.tail_onnx, parent.dropout,
+                   {"quantized": f"{layers} (static QDQ, per-tensor, onnxruntime)",
+                    "calibration_frames": len(calibration)})
 
 
 def fp16_variant(encoder: nn.Module) -> Variant:
