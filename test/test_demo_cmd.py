@@ -46,4 +46,8 @@ def test_an_unchanged_synthesis_table_is_kept_and_a_changed_model_invalidates_it
     (models / "dcae" / "config.json").write_text('{"retrained": true}')
     assert demo_cmd.models_fingerprint(demo_cmd.REUSABLE["synth"]) != first
     shutil.rmtree(models / "pixel_ddpm")
-    assert demo_cmd.models_fingerprint(demo_cmd.REUSABLE["synth"]) != first
+    second = demo_cmd.models_fingerprint(demo_cmd.REUSABLE["synth"])
+    assert second != first
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "default.yaml").write_text("analysis: retuned")  # the table scores the analysis too
+    assert demo_cmd.models_fingerprint(demo_cmd.REUSABLE["synth"]) != second

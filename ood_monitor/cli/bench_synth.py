@@ -1,12 +1,15 @@
 """`ood-monitor bench synth`: seed 004's Table 1 on our data — pixel DDPM-1000 baseline, pixel DDIM-k,
 latent DiT + guided DDIM (both guidance kinds) and selected/all-layer int8 — every row on the same test
 frames in one run: s/image, peak memory, model size, PSNR/SSIM on nominal frames, discrepancy inside vs
-outside the ground-truth mask, pixel AUC-PR and F* of a plain discrepancy map, speed-up vs the baseline.
+outside the ground-truth mask, pixel AUC-PR and F*, speed-up vs the baseline.
 
 Each variant runs in a fresh process so its peak memory is its own: on CPU the growth of the RSS
 high-water mark from just before the model is loaded (weights + activations), on GPU
-torch.cuda.max_memory_allocated. The discrepancy map is the per-pixel RGB L2
-distance between input and synthesis, Gaussian-blurred; the analysis stage replaces it later.
+torch.cuda.max_memory_allocated. AUC-PR and F* are the product's: every synthesis goes through the
+analysis stage as analysis_node runs it with --params (core/analysis: feature/colour/structure
+discrepancy, superpixel pooling, confidence) and is scored with core/anomaly_metrics. The plain per-pixel
+RGB L2 distance (Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what
+the synthesis alone gives.
 """
 from __future__ import annotations
 
@@ -66,6 +69,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--pixel-guidance", type=float, default=2.0, help="pixel guidance scale")
     p.add_argument("--pixel-kind", default="gradfree", help="pixel guidance kind (the fork's baseline: gradfree)")
     p.add_argument("--pixel-strength", type=float, default=1.0, help="pixel start strength (1: pure noise)")
+    p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
+                   help="analysis settings: this ROS parameter file's analysis_node section (default: shipped)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch threads per variant (default 1: one core)")
     p.add_argument("--baseline-frames", type=int, default=0,
@@ -106,12 +111,14 @@ def load_test_frames(path: str, n_objects: int, n_nominal: int, size: int = 128)
 
     obj = pick(objects, n_objects)
     nom = pick(nominal, n_nominal)
-    anomaly_ids = [c.id for c in load_classes(path).values() if c.anomaly]
+    classes = load_classes(path).values()
+    anomaly_ids = [c.id for c in classes if c.anomaly]
+    ignore_ids = [c.id for c in classes if c.name in ("unknown", "void")]
     return {"object_images": np.stack([prepare_frame(f.image, cfg) for f in obj]),
             "object_masks": np.stack([label(f.mask) > 127 for f in obj]),
             "object_semantic": np.stack([label(f.semantic) for f in obj]) if obj[0].semantic is not None else None,
             "nominal_images": np.stack([prepare_frame(f.image, cfg) for f in nom]),
-            "anomaly_ids": np.array(anomaly_ids)}
+            "anomaly_ids": np.array(anomaly_ids), "ignore_ids": np.array(ignore_ids)}
 
 
 # ------------------------------------------------------------------------------------------ one variant
@@ -161,41 +168,36 @@ def discrepancy(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     return cv2.GaussianBlur(d, (0, 0), sigma)
 
 
-def f_star(scores: np.ndarray, semantic: np.ndarray, anomaly_ids: np.ndarray, min_px: int) -> float:
-    """Best object-level F1 over τ ∈ {0.2, ..., 0.9} (DESIGN.md): objects are 8-connected components of
-    every class region of at least `min_px` pixels; an object's score is its mean pixel score."""
-    obj_scores, obj_labels = [], []
-    for score, sem in zip(scores, semantic, strict=True):
-        for cls in np.unique(sem):
-            n, comp = cv2.connectedComponents((sem == cls).astype(np.uint8), connectivity=8)
-            for i in range(1, n):
-                region = comp == i
-                if region.sum() >= min_px:
-                    obj_scores.append(float(score[region].mean()))
-                    obj_labels.append(bool(np.isin(cls, anomaly_ids)))
-    s, y = np.array(obj_scores), np.array(obj_labels)
-    best = 0.0
-    for tau in np.arange(0.2, 0.95, 0.1):
-        pred = s >= tau
-        tp, fp, fn = (pred & y).sum(), (pred & ~y).sum(), (~pred & y).sum()
-        best = max(best, 2 * tp / max(1, 2 * tp + fp + fn))
-    return float(best)
+def mask_analyzer(params: Path | None):
+    """(Analyzer, description) as analysis_node runs with `params` (evaluate's --params logic)."""
+    from ood_monitor.cli.evaluate_cmd import mask_analysis
+
+    params = params if params is not None and params.exists() else None
+    analyzer, choice, features = mask_analysis(argparse.Namespace(params=params, segmenter=None,
+                                                                  sam_checkpoint=None, features=None))
+    return analyzer, f"{choice.reason}; features {features}; params {params or 'node defaults'}"
 
 
-def quality(outputs: np.ndarray, data: dict, n_obj: int, norm: float) -> dict:
+def quality(outputs: np.ndarray, data: dict, n_obj: int, analyzer) -> dict:
+    """Pixel AUC-PR and F* of the analysis stage's confidence, RGB-distance figures, PSNR/SSIM."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    from sklearn.metrics import average_precision_score
+
+    from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr, average_precision
 
     obj_out, nom_out = outputs[:n_obj], outputs[n_obj:]
     imgs, masks = data["object_images"][:len(obj_out)], data["object_masks"][:len(obj_out)]
+    auc, fstar = PixelAucPr(), FStar(tuple(data["anomaly_ids"]), tuple(data["ignore_ids"]))
+    for i, (a, b) in enumerate(zip(imgs, obj_out, strict=True)):
+        conf = analyzer.analyze(a, b).confidence
+        auc.add(conf, masks[i])
+        if data["object_semantic"] is not None:
+            fstar.add(conf, data["object_semantic"][i])
     maps = np.stack([discrepancy(a, b) for a, b in zip(imgs, obj_out, strict=True)])
-    row = {"auc_pr": float(average_precision_score(masks.ravel(), maps.ravel())),
+    row = {"auc_pr": auc.value(), "auc_pr_rgb": average_precision(maps.ravel(), masks.ravel()),
            "disc_inside": float(maps[masks].mean()), "disc_outside": float(maps[~masks].mean())}
     row["inside_outside"] = row["disc_inside"] / max(row["disc_outside"], 1e-9)
     if data["object_semantic"] is not None:
-        min_px = max(1, round(500 * imgs.shape[1] * imgs.shape[2] / (688 * 550)))
-        row["f_star"] = f_star(np.clip(maps / norm, 0, 1), data["object_semantic"][:len(obj_out)],
-                               data["anomaly_ids"], min_px)
+        row["f_star"], row["f_star_tau"] = fstar.value()
     if len(nom_out):
         nom = data["nominal_images"][:len(nom_out)]
         row["psnr_db"] = float(np.mean([peak_signal_noise_ratio(a, b) for a, b in zip(nom, nom_out, strict=True)]))
@@ -207,7 +209,7 @@ def quality(outputs: np.ndarray, data: dict, n_obj: int, norm: float) -> dict:
 # ------------------------------------------------------------------------------------------ main
 
 
-def sweep(args: argparse.Namespace, data: dict, images: np.ndarray) -> list[dict]:
+def sweep(args: argparse.Namespace, data: dict, images: np.ndarray, analyzer) -> list[dict]:
     """Guidance kind x scale x strength for one model, in this process (quality and time only)."""
     import torch
 
@@ -225,9 +227,9 @@ def sweep(args: argparse.Namespace, data: dict, images: np.ndarray) -> list[dict
                 outs = np.stack([synth.synthesize(img) for img in images])
                 ms = (time.perf_counter() - t0) * 1e3 / len(images)
                 row = {"variant": f"{args.sweep}-{kind}", "steps": steps, "scale": scale, "strength": strength,
-                       "ms_per_frame": ms, **quality(outs, data, len(data["object_images"]), norm=0.5)}
+                       "ms_per_frame": ms, **quality(outs, data, len(data["object_images"]), analyzer)}
                 rows.append(row)
-                print(format_table([row], ["variant", "scale", "strength", "ms_per_frame", "auc_pr", "f_star",
+                print(format_table([row], ["variant", "scale", "strength", "ms_per_frame", "auc_pr", "auc_pr_rgb", "f_star",
                                            "inside_outside", "psnr_db", "ssim"]), flush=True)
     return rows
 
@@ -237,8 +239,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"reading {n_obj} object and {n_nom} nominal frames from {args.data} ...", flush=True)
     data = load_test_frames(args.data, n_obj, n_nom)
     images = np.concatenate([data["object_images"], data["nominal_images"]])
+    analyzer, analysis_desc = mask_analyzer(args.params)
+    print(f"analysis: {analysis_desc}", flush=True)
     if args.sweep:
-        rows = sweep(args, data, images)
+        rows = sweep(args, data, images, analyzer)
         write_report(rows, machine_info(torch_threads=args.threads, device=args.device), args.json,
                      sweep=args.sweep, chance_auc_pr=float(data["object_masks"].mean()))
         return 0
@@ -259,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
                "strength": v.strength, "precision": v.precision, "frames": len(use),
                "ms_per_frame": float(np.mean(res["ms"])), "s_per_image": float(np.mean(res["ms"])) / 1e3,
                "peak_mem_mb": res["peak_mem_mb"], "model_size_mb": res["model_size_mb"]}
-        row.update(quality(res["outputs"], data, n_o, norm=0.5))
+        row.update(quality(res["outputs"], data, n_o, analyzer))
         n_same = min(n_base or n_obj, n_o)
-        row["auc_pr_same"] = quality(res["outputs"][:n_same], data, n_same, norm=0.5)["auc_pr"]
+        row["auc_pr_same"] = quality(res["outputs"][:n_same], data, n_same, analyzer)["auc_pr"]
         rows.append(row)
         print(format_table([row], ["variant", "s_per_image", "peak_mem_mb", "auc_pr", "psnr_db"]), flush=True)
     base = next((r for r in rows if r["variant"] == "pixel-ddpm-1000"), None)
@@ -272,13 +276,13 @@ def run(args: argparse.Namespace) -> int:
             r["auc_pr_ratio"] = r["auc_pr_same"] / max(base["auc_pr_same"], 1e-9)
         r["frames_per_s"] = 1e3 / r["ms_per_frame"]
     cols = ["variant", "frames", "s_per_image", "frames_per_s", "speedup", "peak_mem_mb", "mem_ratio",
-            "model_size_mb", "psnr_db", "ssim", "disc_inside", "disc_outside", "inside_outside", "auc_pr",
-            "auc_pr_same", "auc_pr_ratio", "f_star"]
+            "model_size_mb", "psnr_db", "ssim", "disc_inside", "disc_outside", "inside_outside", "auc_pr_rgb",
+            "auc_pr", "auc_pr_same", "auc_pr_ratio", "f_star"]
     print(format_table(rows, cols))
     chance = float(data["object_masks"].mean())
     write_report(rows, machine_info(torch_threads=args.threads, device=args.device), args.json,
                  data=args.data, object_frames=n_obj, nominal_frames=n_nom, chance_auc_pr=chance,
-                 discrepancy="per-pixel RGB L2, Gaussian blur sigma 1.5 px; F* on discrepancy / 0.5 clipped to [0, 1]")
+                 analysis=analysis_desc, rgb_discrepancy="per-pixel RGB L2, Gaussian blur sigma 1.5 px (auc_pr_rgb)")
     if args.json:
         print(f"wrote {args.json}")
     return 0

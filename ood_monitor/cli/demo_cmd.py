@@ -29,15 +29,16 @@ BENCHES = {  # bench -> the report's columns
     "compress": ("variant", "size_mb", "ms_per_frame", "x_fp32", "auroc", "aupr_out", "d_auroc", "d_aupr_out_pts",
                  "runtime"),
     "synth": ("variant", "frames", "s_per_image", "speedup", "peak_mem_mb", "mem_ratio", "model_size_mb", "auc_pr",
-              "auc_pr_ratio", "f_star"),
+              "auc_pr_ratio", "f_star", "auc_pr_rgb"),
 }
 BENCH_NOTES = {
     "compress": "Every variant against its fp32 parent on the same frames (quick: 400 test frames, short KD).",
     "synth": "Quick: the DDPM-1000 baseline on 1 object frame, every other row on 2 object + 1 nominal frames; "
              "`ood-monitor bench synth` runs the full table.",
 }
-REUSABLE = {"synth": ("models/latent_dit", "models/dcae", "models/pixel_ddpm")}  # minutes on a CPU: measured
-# again only when these models (or the machine) change, so a second demo run stays short
+REUSABLE = {"synth": ("models/latent_dit", "models/dcae", "models/pixel_ddpm", "config/default.yaml",
+                      str(Path(__file__).with_name("bench_synth.py")))}  # minutes on a CPU: measured again
+# only when these models, the analysis settings, the benchmark (or the machine) change: a second run stays short
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,14 +127,15 @@ def live_alarms(result_bag: Path, test_bag: Path) -> dict:
 
 
 def models_fingerprint(folders: tuple[str, ...]) -> str:
-    """Content hash of the model folders a benchmark measures, plus the CPU it measured them on."""
+    """Content hash of the model folders (and files) a benchmark measures, plus the CPU it measured them on."""
     import hashlib
 
     from ood_monitor.core.benchmark import cpu_model
 
     digest = hashlib.sha256(cpu_model().encode())
     for folder in folders:
-        for path in sorted(Path(folder).glob("*")):
+        paths = [Path(folder)] if Path(folder).is_file() else sorted(Path(folder).glob("*"))
+        for path in paths:
             if path.is_file():
                 digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
