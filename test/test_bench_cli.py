@@ -68,3 +68,25 @@ def test_bench_pipeline_samples_memory_and_latency_over_time(demo_dataset, tmp_p
     assert isinstance(summary["no_leak"], bool) and isinstance(summary["no_backlog"], bool)
     assert (tmp_path / "pipe.png").stat().st_size > 0
     assert report["nodes"]["vae_image_detector"]["processed"] > 0
+
+
+def test_bench_analysis_scores_the_shipped_synthesizer(demo_dataset, tmp_path):
+    out = tmp_path / "analysis.json"
+    assert cli(["bench", "analysis", "--quick", "--data", str(demo_dataset / "bags" / "test"), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["synthesis"].startswith("real: models/latent_dit")
+    r = rows(out)
+    assert r["fallback"]["frames"] > 0 and r["fallback"]["ms_per_frame"] > 0
+    assert 0.0 <= r["fallback"]["auc_pr"] <= 1.0 and 0.0 <= r["fallback"]["f_star"] <= 1.0
+
+
+def test_bench_synth_scores_through_the_analysis_stage(demo_dataset, tmp_path):
+    out = tmp_path / "synth.json"
+    args = ["bench", "synth", "--quick", "--data", str(demo_dataset / "bags" / "test"), "--only", "latent-dit",
+            "--json", str(out)]
+    assert cli(args) == 0
+    report = json.loads(out.read_text())
+    assert "analysis" in report and "features" in report["analysis"]
+    row = rows(out)["latent-dit"]
+    assert row["frames"] == 3 and row["peak_mem_mb"] > 0
+    assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["auc_pr_rgb"] <= 1.0 and "f_star" in row

@@ -1,9 +1,12 @@
 """`ood-monitor bench analysis`: ms per frame of discrepancy + segment pooling + mask, with pixel AUC-PR
 and F* on the demo test split's object-anomaly frames, for every segmenter available.
 
-Until the diffusion synthesizer ships, the "synthesized" frame is an ORACLE STAND-IN: the input with its
-ground-truth anomaly region inpainted (cv2.inpaint) plus mild blur and noise everywhere. Figures measured
-with it show what the analysis step does with a good synthesis; they are not the synthesizer's.
+`--synthesis real` (the default when models/latent_dit exists) runs the pipeline as deployed: each frame
+prepared to the synthesizer's size (as ood/image), re-synthesized by the shipped synthesizer (its config's
+sampling settings), then analysed and scored at that size, so auc_pr / f_star are the product's.
+`--synthesis oracle` replaces the synthesizer by an ORACLE STAND-IN at camera resolution: the input with its
+ground-truth anomaly region inpainted (cv2.inpaint) plus mild blur and noise everywhere; figures measured
+with it show what the analysis step does with a perfect synthesis, not what the product does.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr
 from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, write_report
 
 DEFAULT_DATA = "demo_data/images/test"
-SYNTHESIS = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
+ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
 TINY_SAM = SamArchitecture(64, 2, 2, (1,), image_size=256, prompt_embed_dim=64, window_size=8,
                            decoder_mlp_dim=128, decoder_heads=2, iou_head_hidden_dim=64)
 
@@ -39,7 +42,11 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = stages.add_parser("analysis", help="ms per frame + AUC-PR/F*: discrepancy, segment pooling, mask")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"demo test split, image folder or bag (default {DEFAULT_DATA})")
     p.add_argument("--frames", type=int, default=80, help="object-anomaly frames used (default 80: all)")
-    p.add_argument("--features", default="random", help="feature extractor of every row: random | vae | dcae | none")
+    p.add_argument("--synthesis", default="auto", choices=("auto", "real", "oracle"),
+                   help="real: the shipped synthesizer at model size (auto: when <models>/latent_dit exists); "
+                        "oracle: ground-truth inpainting stand-in at camera resolution")
+    p.add_argument("--features", default="auto",
+                   help="feature extractor of every row: auto (as the node: dcae when present) | random | vae | dcae | none")
     p.add_argument("--models", default="models", help="folder holding vae_image / dcae")
     p.add_argument("--sam-checkpoint", default="", help="also time SAM (torch) with this checkpoint")
     p.add_argument("--sam-model-type", default="vit_b", help="vit_b | vit_l | vit_h")
@@ -64,6 +71,29 @@ def oracle_synthesis(image: np.ndarray, mask: np.ndarray | None, seed: int = 0) 
     out = cv2.GaussianBlur(out, (0, 0), 0.7).astype(np.float32)
     out += np.random.default_rng(seed).normal(0.0, 2.0, out.shape).astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.ndarray], str]:
+    """(frames as analysed, their syntheses, what made them) for --synthesis."""
+    from dataclasses import replace
+
+    model = Path(args.models) / "latent_dit"
+    kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
+    if kind == "oracle":
+        return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE
+    from ood_monitor.core.analysis.evaluation import prepare_label
+    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.frames import FrameConfig, prepare_frame
+
+    synth = Synthesizer.from_model_dir(model)
+    cfg = FrameConfig(synth.image_size, synth.image_size)
+    prepared = [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
+                        semantic=prepare_label(f.semantic, cfg)) for f in frames]
+    prepared = [f for f in prepared if f.mask.any()]
+    g = synth.guidance
+    what = (f"real: {model}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength {g.strength:g}, "
+            f"at {cfg.width}x{cfg.height}")
+    return prepared, [synth.synthesize(f.image) for f in prepared], what
 
 
 def object_frames(path: str, limit: int) -> list:
@@ -106,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if not frames:
         print(f"no object-anomaly frames with masks in {args.data} (generate: ood-monitor data demo)")
         return 1
-    synth = [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)]
+    frames, synth, synthesis = synthesize(args, frames)
     ids = anomaly_class_ids(args.data)
     extractor, feat_desc = make_feature_extractor(args.features, args.models)
     cfg = AnalysisConfig()
@@ -126,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
         rows += comparison_rows(frames, synth, ids, args.models, fallback.segmenter)
     cols = ["variant", "segmenter", "features", "ms_per_frame", "ms_p95", "auc_pr", "f_star", "f_star_tau", "frames"]
     print(format_table(rows, cols))
-    print(f"synthesis: {SYNTHESIS}")
-    write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=SYNTHESIS,
+    print(f"synthesis: {synthesis}")
+    write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=synthesis,
                  data=str(args.data), fallback_reason=fallback.reason)
     if args.json:
         print(f"wrote {args.json}")
