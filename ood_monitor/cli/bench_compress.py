@@ -23,6 +23,7 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=floats, default=(0.3, 0.5))
     p.add_argument("--frames", type=int, default=200, help="timed frames per row (default 200)")
     p.add_argument("--steps", type=int, default=300, help="distillation steps per pruned/kd model")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per distillation run (default 60)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for every row (default 1: the detector node's inference_threads)")
     p.set_defaults(func=run)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     train = load_split(args.data_train, card, limit)
     evalset = load_split(args.data_eval, card, 400 if args.quick else None)
     cfg = CompressConfig(ratios=args.ratios, threads=args.threads,
-                         distill=DistillConfig(steps=steps, time_limit_s=15.0 if args.quick else 60.0))
+                         distill=DistillConfig(steps=steps, time_limit_s=15.0 if args.quick else args.time_limit))
     variants = build_variants(encoder, train, card.flow_scale, cfg, log=lambda m: print(m, flush=True))
     x = evalset.inputs(slice(0, 64), card.flow_scale)
     fx = quantize_torch_fx(encoder.trunk, train.inputs(slice(0, 64), card.flow_scale))
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                               "aupr_out", "d_auroc", "d_aupr_out_pts", "runtime"]))
     write_report(rows, machine_info(torch_threads=args.threads, onnxruntime_threads=args.threads), args.json,
                  model=str(args.model), eval_data=evalset.source, eval_frames=len(evalset), train_frames=len(train),
-                 distill_steps=steps)
+                 distill_steps=steps, distill_time_limit_s=cfg.distill.time_limit_s)
     if args.json:
         print(f"wrote {args.json}")
     return 0
