@@ -199,6 +199,15 @@ HEADER = ("| segmenter | weights f / c / s | feature_gain | blur | mapping | obj
           "| object AUC-PR | all F* | τ | all AUC-PR |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def shipped_setting() -> dict:
+    """The shipped analysis (AnalysisConfig and SlicSegmenter defaults) as a Sweep setting."""
+    cfg = AnalysisConfig()
+    d = cfg.discrepancy
+    return {"seg": f"slic-{SlicSegmenter.n_segments}-c{SlicSegmenter.compactness:g}", "wf": d.weight_feature,
+            "wc": d.weight_colour, "ws": d.weight_structure, "gain": d.feature_gain, "blur": d.blur_sigma,
+            "map": f"gain{cfg.confidence_gain:g}"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True,
@@ -225,11 +234,7 @@ def main() -> None:
         raise SystemExit(f"the tuning splits disagree on anomaly classes: {ids}")
     sweep = Sweep(frames, ids.pop(), extractor)
 
-    cfg = AnalysisConfig()
-    d = cfg.discrepancy
-    current = {"seg": f"slic-{SlicSegmenter.n_segments}-c{SlicSegmenter.compactness:g}", "wf": d.weight_feature,
-               "wc": d.weight_colour, "ws": d.weight_structure, "gain": d.feature_gain, "blur": d.blur_sigma,
-               "map": f"gain{cfg.confidence_gain:g}"}
+    current = shipped_setting()
     base = {**current, "seg": STAGE_A_SEGMENTER, "map": "identity"}
     grid, ratios = [], set()
     for wf, wc, ws, g, b in itertools.product(WEIGHTS_F, WEIGHTS_C, WEIGHTS_S, GAINS, BLURS):
