@@ -80,6 +80,12 @@ def build_cache(args: argparse.Namespace, data: Path) -> list[dict]:
     return [{k: (str(v) if k == "category" else v) for k, v in np.load(p).items()} for p in files]
 
 
+def refuse_demo_data(paths: list[Path]) -> None:
+    """Tuning never sees the demo's own splits (its test split is what the figures are measured on)."""
+    if any(d.resolve().is_relative_to(Path("demo_data").resolve()) for d in paths):
+        raise SystemExit("tune on a separate split (ood-monitor data demo --seed 11 ...), not demo_data")
+
+
 def class_ids(data: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     from ood_monitor.cli.evaluate_cmd import class_ids as ids
 
@@ -222,8 +228,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every scored setting here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if any(d.resolve().is_relative_to(Path("demo_data").resolve()) for d in args.data):
-        raise SystemExit("tune on a separate split (ood-monitor data demo --seed 11 ...), not demo_data")
+    refuse_demo_data(args.data)
     frames = [f for d in args.data for f in build_cache(args, d)]
     print(f"{len(frames)} frames ({sum(f['category'] == 'object' for f in frames)} object) from "
           + ", ".join(map(str, args.data)))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tune_analysis import Sweep, build_cache, class_ids, key, shipped_setting
+from tune_analysis import Sweep, build_cache, class_ids, key, refuse_demo_data, shipped_setting
 
 from ood_monitor.core.analysis.discrepancy import make_feature_extractor
 from ood_monitor.core.diffusion.synthesizer import Synthesizer, read_card
@@ -244,8 +244,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every scored row here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if any(d.resolve().is_relative_to(Path("demo_data").resolve()) for d in args.data):
-        raise SystemExit("tune on a separate split (ood-monitor data demo --seed 11 ...), not demo_data")
+    refuse_demo_data(args.data)
     if not (args.pool or args.per_dataset):
         raise SystemExit("--no-pool needs --per-dataset")
     if len({dataset_name(d) for d in args.data}) != len(args.data):
