@@ -134,8 +134,8 @@ def mapping(name: str):
 class Sweep:
     """Cached terms / labels and the scoring of one setting."""
 
-    def __init__(self, frames: list[dict], ids, extractor, feature_size: int = 128) -> None:
-        self.frames, self.ids = frames, ids
+    def __init__(self, frames: list[dict], ids, extractor, feature_size: int = 128, nominal=None) -> None:
+        self.frames, self.ids, self.nominal = frames, ids, nominal
         self.feature = [f["feature"] if "feature" in f else feature_term(f["image"], f["synth"], extractor,
                                                                           feature_size, 1.0) for f in frames]
         self._terms: dict = {}
@@ -160,6 +160,8 @@ class Sweep:
         for f, feat, (col, struct), lab in zip(self.frames, self.feature, self.terms(s["blur"]),
                                                self.labels(s["seg"]), strict=True):
             disc = (w["f"] * np.clip(feat * s["gain"], 0, 1) + w["c"] * col + w["s"] * struct) / total
+            if self.nominal is not None:  # fitted on the shipped weights' discrepancy (calibrate-analysis)
+                disc = self.nominal(f["image"], disc.astype(np.float32))
             conf = conf_map(pool_labels(disc.astype(np.float32), lab))
             for name in ("all", f["category"]):
                 if name in groups:
@@ -226,6 +228,12 @@ def main() -> None:
     p.add_argument("--top", type=int, default=15, help="rows printed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every scored setting here")
+    p.add_argument("--nominal-stats", default="auto",
+                   help="normalise the discrepancy as analysis_node does: auto (<models>/analysis_nominal when "
+                        "present) | none | folder. Fitted on the shipped weights, so a weight sweep with it "
+                        "is approximate; --current-only is what it is for")
+    p.add_argument("--current-only", action="store_true",
+                   help="only the shipped setting: its calibrated confidence_gain and its F*")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     refuse_demo_data(args.data)
@@ -237,9 +245,19 @@ def main() -> None:
     ids = {class_ids(d) for d in args.data}
     if len(ids) != 1:
         raise SystemExit(f"the tuning splits disagree on anomaly classes: {ids}")
-    sweep = Sweep(frames, ids.pop(), extractor)
+    from ood_monitor.core.analysis.nominal import load_nominal
+
+    nominal, nominal_desc = load_nominal(args.nominal_stats, args.models)
+    print(f"nominal statistics: {nominal_desc}")
+    sweep = Sweep(frames, ids.pop(), extractor, nominal=nominal)
 
     current = shipped_setting()
+    if args.current_only:
+        ident = sweep.score({**current, "map": "identity"})
+        print(f"calibration: the shipped setting's F1 peaks at τ {ident['object_fine_tau']} (identity mapping); "
+              f"confidence_gain = 0.5 / τ = {0.5 / ident['object_fine_tau']:.2f}\n" + HEADER + "\n" + fmt(ident)
+              + "\n" + fmt(sweep.score(current)))
+        return
     base = {**current, "seg": STAGE_A_SEGMENTER, "map": "identity"}
     grid, ratios = [], set()
     for wf, wc, ws, g, b in itertools.product(WEIGHTS_F, WEIGHTS_C, WEIGHTS_S, GAINS, BLURS):

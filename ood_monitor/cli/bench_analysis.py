@@ -19,6 +19,7 @@ import numpy as np
 
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer
 from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.nominal import load_nominal
 from ood_monitor.core.analysis.segmenters import (
     AutoMaskConfig,
     FelzenszwalbSegmenter,
@@ -47,7 +48,9 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "oracle: ground-truth inpainting stand-in at camera resolution")
     p.add_argument("--features", default="auto",
                    help="feature extractor of every row: auto (as the node: dcae when present) | random | vae | dcae | none")
-    p.add_argument("--models", default="models", help="folder holding vae_image / dcae")
+    p.add_argument("--models", default="models", help="folder holding vae_image / dcae / analysis_nominal")
+    p.add_argument("--nominal-stats", default="auto",
+                   help="as the node's nominal_stats: auto | none | folder (a `raw` row without is always added)")
     p.add_argument("--sam-checkpoint", default="", help="also time SAM (torch) with this checkpoint")
     p.add_argument("--sam-model-type", default="vit_b", help="vit_b | vit_l | vit_h")
     p.add_argument("--sam-onnx-dir", default="", help="also time SAM on ONNX Runtime from this export")
@@ -146,19 +149,25 @@ def run(args: argparse.Namespace) -> int:
         variants["sam"] = SamSegmenter(args.sam_checkpoint, args.sam_model_type)
     if args.sam_onnx_dir:
         variants["sam_onnx"] = SamOnnxSegmenter(args.sam_onnx_dir)
+    nominal, nominal_desc = load_nominal(args.nominal_stats, args.models)
+    if synthesis == ORACLE and nominal is not None:  # the statistics describe the real synthesizer's errors
+        nominal, nominal_desc = None, "off: oracle synthesis"
     rows = []
     for name, seg in variants.items():
         rows.append({"variant": name, "segmenter": seg.name, "features": feat_desc,
-                     **evaluate(Analyzer(cfg, seg, extractor), frames, synth, *ids)})
+                     **evaluate(Analyzer(cfg, seg, extractor, nominal), frames, synth, *ids)})
+    if nominal is not None:
+        rows.append({"variant": "fallback-raw", "segmenter": fallback.segmenter.name, "features": feat_desc,
+                     **evaluate(Analyzer(cfg, fallback.segmenter, extractor), frames, synth, *ids)})
     if args.sam_tiny:
         rows += tiny_sam_rows(frames[:4], synth[:4], ids, extractor, cfg)
     if args.compare:
         rows += comparison_rows(frames, synth, ids, args.models, fallback.segmenter)
     cols = ["variant", "segmenter", "features", "ms_per_frame", "ms_p95", "auc_pr", "f_star", "f_star_tau", "frames"]
     print(format_table(rows, cols))
-    print(f"synthesis: {synthesis}")
+    print(f"synthesis: {synthesis}\nnominal statistics: {nominal_desc} (fallback-raw: without)")
     write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=synthesis,
-                 data=str(args.data), fallback_reason=fallback.reason)
+                 data=str(args.data), fallback_reason=fallback.reason, nominal_stats=nominal_desc)
     if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -69,6 +69,7 @@ def mask_analysis(args: argparse.Namespace):
     --sam-checkpoint and --features override the file."""
     from ood_monitor.core.analysis import Analyzer, analysis_config
     from ood_monitor.core.analysis.discrepancy import make_feature_extractor
+    from ood_monitor.core.analysis.nominal import load_nominal
     from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
     from ood_monitor.core.model_dirs import resolve_model_dir
 
@@ -86,7 +87,9 @@ def mask_analysis(args: argparse.Namespace):
                             n_segments=p.get("slic_segments", SlicSegmenter.n_segments))
     extractor, features = make_feature_extractor(p.get("feature_extractor", "auto"),
                                                  resolve_model_dir(p.get("models_dir", "models")))
-    return Analyzer(analysis_config(p), choice.segmenter, extractor), choice, features
+    nominal, nominal_desc = load_nominal(p.get("nominal_stats", "auto"), p.get("models_dir", "models"))
+    return (Analyzer(analysis_config(p), choice.segmenter, extractor, nominal), choice,
+            f"{features}; nominal statistics {nominal_desc}")
 
 
 def frame_sources(args: argparse.Namespace) -> dict:

@@ -14,6 +14,7 @@ COMMANDS = {
     "data": "ood_monitor.cli.data_cmd",
     "train": "ood_monitor.cli.train_cmd",
     "calibrate": "ood_monitor.cli.calibrate_cmd",
+    "calibrate-analysis": "ood_monitor.cli.calibrate_analysis_cmd",
     "evaluate": "ood_monitor.cli.evaluate_cmd",
     "compress": "ood_monitor.cli.compress_cmd",
     "replay": "ood_monitor.cli.replay_cmd",

@@ -18,6 +18,7 @@ from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer, analysis_config
 from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
 from ood_monitor.core.analysis.masks import Region
+from ood_monitor.core.analysis.nominal import load_nominal
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
@@ -39,7 +40,9 @@ PARAMETERS = {
     "sam_pred_iou_thresh": (0.88, "automatic mask generator predicted-IoU filter"),
     "sam_stability_score_thresh": (0.95, "automatic mask generator stability filter"),
     "feature_extractor": ("auto", "learned feature term: auto | none | random | vae | dcae"),
-    "models_dir": ("models", "folder holding dcae/ and vae_image/"),
+    "models_dir": ("models", "folder holding dcae/, vae_image/ and analysis_nominal/"),
+    "nominal_stats": ("auto", "discrepancy normalised by nominal statistics: auto (<models_dir>/analysis_nominal "
+                              "when present) | none | a folder from ood-monitor calibrate-analysis"),
     "weight_feature": (DiscrepancyConfig.weight_feature, "weight of the feature cosine-distance term"),
     "weight_colour": (DiscrepancyConfig.weight_colour, "weight of the Lab colour term"),
     "weight_structure": (DiscrepancyConfig.weight_structure, "weight of the local-SSIM structure term"),
@@ -105,7 +108,8 @@ class AnalysisNode(StageNode):
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
         self.segmenter_reason = choice.reason
         extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
-        self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor)
+        nominal, self.nominal_desc = load_nominal(p["nominal_stats"], p["models_dir"])
+        self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor, nominal)
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
             else None
         self.camera_from_param = self.camera_wh is not None
@@ -117,12 +121,14 @@ class AnalysisNode(StageNode):
         if p["camera_info_topic"] and not self.camera_from_param:
             self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
         log = self.get_logger().warning if choice.reason.startswith("fallback") else self.get_logger().info
-        log(f"segmenter {choice.segmenter.name} ({choice.reason}); features {self.features}")
+        log(f"segmenter {choice.segmenter.name} ({choice.reason}); features {self.features}; "
+            f"nominal statistics {self.nominal_desc}")
 
     def diagnostic_values(self) -> dict[str, str]:
         cam = f"{self.camera_wh[0]}x{self.camera_wh[1]}" if self.camera_wh else "input size"
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
-                "features": self.features, "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
+                "features": self.features, "nominal_stats": self.nominal_desc,
+                "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         if msg.width <= 0 or msg.height <= 0:

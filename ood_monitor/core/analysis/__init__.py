@@ -11,6 +11,7 @@ import numpy as np
 
 from ood_monitor.core.analysis.discrepancy import Discrepancy, DiscrepancyConfig, FeatureExtractor
 from ood_monitor.core.analysis.masks import MaskResult, Region, extract_regions
+from ood_monitor.core.analysis.nominal import NominalDiscrepancy
 from ood_monitor.core.analysis.pooling import pool_labels
 from ood_monitor.core.analysis.segmenters import Segmenter
 
@@ -26,7 +27,8 @@ class AnalysisConfig:
     # confidence = clip(gain x pooled discrepancy, 0, 1). The weighted mean of three terms stays far below 1
     # even on clear anomalies (pooled ~0.2-0.35 on the demo data), so unscaled every threshold would sit in
     # the bottom third of [0, 1]; 2.5 = 0.5 / the pooled level where object F1 peaks on the tuning split,
-    # so confidence 0.5 is that decision point and a 0.1 threshold step is a 20 % change around it.
+    # so confidence 0.5 is that decision point and a 0.1 threshold step is a 20 % change around it. With
+    # nominal statistics (core/analysis/nominal.py) their z_scale is calibrated to keep that point at 0.5.
     confidence_gain: float = 2.5
 
     def __post_init__(self) -> None:
@@ -46,24 +48,28 @@ def analysis_config(params: Mapping[str, Any]) -> AnalysisConfig:
 
 @dataclass
 class AnalysisResult:
-    discrepancy: np.ndarray  # HxW float32 [0, 1], before pooling
+    discrepancy: np.ndarray  # HxW float32 [0, 1], before pooling (after the nominal normalisation, if any)
     confidence: np.ndarray  # HxW float32 [0, 1], pooled over segments, times confidence_gain, clipped
     mask: MaskResult
     timings_ms: dict[str, float]
 
 
 class Analyzer:
-    """discrepancy -> segment pooling -> threshold + regions. `segmenter=None` skips pooling."""
+    """discrepancy -> (nominal normalisation) -> segment pooling -> threshold + regions. `segmenter=None`
+    skips pooling; `nominal=None` pools the raw discrepancy (seed 004's analysis as published)."""
 
     def __init__(self, cfg: AnalysisConfig | None = None, segmenter: Segmenter | None = None,
-                 extractor: FeatureExtractor | None = None) -> None:
+                 extractor: FeatureExtractor | None = None, nominal: NominalDiscrepancy | None = None) -> None:
         self.cfg = cfg or AnalysisConfig()
         self.segmenter = segmenter
         self.discrepancy = Discrepancy(self.cfg.discrepancy, extractor)
+        self.nominal = nominal
 
     def analyze(self, image: np.ndarray, synthesized: np.ndarray) -> AnalysisResult:
         t0 = time.perf_counter()
         disc = self.discrepancy(image, synthesized)
+        if self.nominal is not None:
+            disc = self.nominal(image, disc)
         t1 = time.perf_counter()
         pooled = disc if self.segmenter is None else pool_labels(disc, self.segmenter.labels(image))
         conf = np.clip(pooled * np.float32(self.cfg.confidence_gain), 0.0, 1.0).astype(np.float32, copy=False)

@@ -1,0 +1,86 @@
+"""`ood-monitor calibrate-analysis`: fit the analysis stage's nominal statistics (core/analysis/nominal.py)
+on nominal frames re-synthesized by the deployed synthesizer, with the analysis settings analysis_node
+runs (--params), and write them where the node finds them (models/analysis_nominal by default)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ood_monitor.cli.label_options import add_label_options, label_spec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-analysis", help="fit the anomaly-mask analysis's nominal discrepancy statistics",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="demo_data/bags/calibration",
+                   help="nominal bag or image folder (a calibration split: not the test data); frames labelled "
+                        "OOD or with anomaly pixels are skipped")
+    p.add_argument("--synthesizer", default="models/latent_dit", help="the synthesizer the node uses")
+    p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
+                   help="analysis settings: this ROS parameter file's analysis_node section")
+    p.add_argument("--out", default="models/analysis_nominal", help="output folder")
+    p.add_argument("--image-topic", default="/camera/image_raw")
+    p.add_argument("--every", type=int, default=2, help="use every n-th frame (neighbours are near-duplicates)")
+    p.add_argument("--max-frames", type=int, default=300, help="use at most this many frames")
+    p.add_argument("--clusters", type=int, default=12, help="appearance clusters (k-means on Lab colour)")
+    p.add_argument("--z-scale", type=float, default=23.0,
+                   help="standard deviations that map to 1.0; 23 puts the decision point tuned on seeds 11/12 "
+                        "(scripts/tune_analysis.py --current-only) at confidence 0.5 with the shipped "
+                        "confidence_gain 2.5, the same point as without statistics")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    add_label_options(p)
+    p.set_defaults(func=run)
+
+
+def nominal_frames(args: argparse.Namespace, size: int):
+    """Prepared model-size frames of the nominal part of --data."""
+    from itertools import islice
+
+    from ood_monitor.core.frames import FrameConfig, prepare_frame
+    from ood_monitor.data.frames import iter_frames
+
+    cfg = FrameConfig(size, size)
+    frames = (f for f in iter_frames(args.data, image_topic=args.image_topic, labels=label_spec(args))
+              if not f.is_ood and (f.mask is None or not f.mask.any()))
+    return [prepare_frame(f.image, cfg) for f in islice(frames, 0, args.max_frames * args.every, args.every)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from ood_monitor.cli.evaluate_cmd import mask_analysis
+    from ood_monitor.core.analysis.nominal import NominalDiscrepancy
+    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.model_dirs import resolve_model_dir
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.every < 1 or args.max_frames < 2:
+        raise ValueError("--every must be >= 1 and --max-frames >= 2")
+    params = args.params if args.params.exists() else None
+    analyzer, _, features = mask_analysis(argparse.Namespace(params=params, segmenter=None, sam_checkpoint=None,
+                                                             features=None))
+    analyzer.nominal = None  # fit on the raw discrepancy
+    synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
+    images = nominal_frames(args, synth.image_size)
+    if len(images) < 2:
+        raise ValueError(f"{args.data}: fewer than 2 nominal frames (frames labelled OOD or masked are skipped)")
+    print(f"{len(images)} nominal frames from {args.data}; synthesizer {args.synthesizer}; features {features}",
+          flush=True)
+    start, pairs = time.perf_counter(), []
+    for n, image in enumerate(images, 1):
+        pairs.append((image, analyzer.discrepancy(image, synth.synthesize(image))))
+        if n % 50 == 0:
+            print(f"  {n}/{len(images)} synthesized ({time.perf_counter() - start:.0f} s)", flush=True)
+    info = {"data": str(args.data), "synthesizer": str(args.synthesizer), "synthesizer_sha256": synth.model_hash,
+            "discrepancy": {k: v for k, v in vars(analyzer.cfg.discrepancy).items()},
+            "params": str(params or "node defaults"), "command": "ood-monitor " + " ".join(sys.argv[1:])}
+    stats = NominalDiscrepancy.fit(pairs, k=args.clusters, z_scale=args.z_scale, info=info)
+    out = stats.save(args.out)
+    print(f"wrote {out}: position maps {stats.size[0]}x{stats.size[1]}, {len(stats.centers)} clusters, "
+          f"nominal discrepancy mean {float(stats.loc_mean.mean()):.3f}; analysis_node loads it with "
+          f"nominal_stats: auto (from <models_dir>/analysis_nominal) or nominal_stats: {out}")
+    return 0
