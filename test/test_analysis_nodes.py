@@ -141,6 +141,17 @@ def test_analysis_node_refuses_malformed_input_and_keeps_running(ros):
     assert anomalies[0].frame_score == 0.0 and anomalies[0].regions == []
 
 
+def test_analysis_node_loads_nominal_statistics_or_refuses_a_missing_folder(ros, tmp_path):
+    from ood_monitor.core.analysis.nominal import NominalStatsError
+
+    node = start(ros, AnalysisNode, diagnostics_period_s=0.2, torch_threads=0)  # auto: the shipped folder
+    assert node.analyzer.nominal is not None and "analysis_nominal" in node.diagnostic_values()["nominal_stats"]
+    off = start(ros, AnalysisNode, node_name="analysis_raw", nominal_stats="none", torch_threads=0)
+    assert off.analyzer.nominal is None and off.diagnostic_values()["nominal_stats"].startswith("off")
+    with pytest.raises(NominalStatsError, match=r"absent/config.json .*ood-monitor calibrate-analysis"):
+        start(ros, AnalysisNode, node_name="analysis_bad", nominal_stats=str(tmp_path / "absent"))
+
+
 # ---------------------------------------------------------------------------------- nav_bridge_node
 
 K = np.array([[110.0, 0.0, 63.5], [0.0, 110.0, 63.5], [0.0, 0.0, 1.0]])
