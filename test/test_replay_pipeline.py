@@ -51,6 +51,9 @@ def test_player_paces_by_recorded_time_and_recorder_keeps_everything(ros, demo_d
     play_in_thread(player).join(timeout=60)
     elapsed = time.monotonic() - t0 - 0.5
     assert wait_until(lambda: len(got) == len(frames), 5)
+    # the recorder's callbacks run after the collector's: wait for them before closing (a loaded CI machine
+    # once closed it with 20 messages still queued)
+    assert wait_until(lambda: recorder.counts.get("/camera/image_raw", 0) == len(frames), 10)
     recorder.close()
     assert [stamp_of(m) for m in got] == [f.stamp_ns for f in frames]
     np.testing.assert_array_equal(image_to_array(got[7]), frames[7].image)

@@ -7,7 +7,8 @@ Each variant runs in a fresh process so its peak memory is its own: on CPU the g
 high-water mark from just before the model is loaded (weights + activations), on GPU
 torch.cuda.max_memory_allocated. AUC-PR and F* are the product's: every synthesis goes through the
 analysis stage as analysis_node runs it with --params (core/analysis: feature/colour/structure
-discrepancy, superpixel pooling, confidence) and is scored with core/anomaly_metrics. The plain per-pixel
+discrepancy, superpixel pooling, confidence) and is scored with core/anomaly_metrics; the nominal
+statistics stay off (they are fitted to one synthesizer's errors, and the rows compare synthesizers). The plain per-pixel
 RGB L2 distance (Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what
 the synthesis alone gives.
 """
@@ -175,7 +176,9 @@ def mask_analyzer(params: Path | None):
     params = params if params is not None and params.exists() else None
     analyzer, choice, features = mask_analysis(argparse.Namespace(params=params, segmenter=None,
                                                                   sam_checkpoint=None, features=None))
-    return analyzer, f"{choice.reason}; features {features}; params {params or 'node defaults'}"
+    analyzer.nominal = None  # nominal statistics describe one synthesizer's errors: rows compare synthesizers
+    return analyzer, (f"{choice.reason}; features {features.split('; nominal')[0]}; nominal statistics off "
+                      f"(fitted per synthesizer); params {params or 'node defaults'}")
 
 
 def quality(outputs: np.ndarray, data: dict, n_obj: int, analyzer) -> dict:

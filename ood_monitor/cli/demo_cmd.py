@@ -36,8 +36,7 @@ BENCH_NOTES = {
     "synth": "Quick: the DDPM-1000 baseline on 1 object frame, every other row on 2 object + 1 nominal frames; "
              "`ood-monitor bench synth` runs the full table.",
 }
-REUSABLE = {"synth": ("models/latent_dit", "models/dcae", "models/pixel_ddpm", "models/analysis_nominal",
-                      "config/default.yaml",
+REUSABLE = {"synth": ("models/latent_dit", "models/dcae", "models/pixel_ddpm", "config/default.yaml",
                       str(Path(__file__).with_name("bench_synth.py")))}  # minutes on a CPU: measured again
 # only when these models, the analysis settings, the benchmark (or the machine) change: a second run stays short
 
