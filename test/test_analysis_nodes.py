@@ -146,6 +146,9 @@ def test_analysis_node_loads_nominal_statistics_or_refuses_a_missing_folder(ros,
 
     node = start(ros, AnalysisNode, diagnostics_period_s=0.2, torch_threads=0)  # auto: the shipped folder
     assert node.analyzer.nominal is not None and "analysis_nominal" in node.diagnostic_values()["nominal_stats"]
+    assert node.diagnostic_values()["nominal_stats_mismatch"] == "none"
+    assert node.set_parameters([Parameter("weight_colour", value=2.0)])[0].successful
+    assert "weight_colour 0.5 -> 2.0" in node.diagnostic_values()["nominal_stats_mismatch"]  # fitted on others
     off = start(ros, AnalysisNode, node_name="analysis_raw", nominal_stats="none", torch_threads=0)
     assert off.analyzer.nominal is None and off.diagnostic_values()["nominal_stats"].startswith("off")
     with pytest.raises(NominalStatsError, match=r"absent/config.json .*ood-monitor calibrate-analysis"):

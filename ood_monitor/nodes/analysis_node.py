@@ -18,7 +18,7 @@ from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer, analysis_config
 from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
 from ood_monitor.core.analysis.masks import Region
-from ood_monitor.core.analysis.nominal import load_nominal
+from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
@@ -95,6 +95,16 @@ class AnalysisNode(StageNode):
     def retune(self, name: str, value) -> None:
         self.analyzer.cfg = analysis_config(self.p)
         self.analyzer.discrepancy.cfg = self.analyzer.cfg.discrepancy
+        self.check_nominal()
+
+    def check_nominal(self) -> None:
+        """Warn (log + /diagnostics) when the nominal statistics were fitted with other discrepancy settings."""
+        nominal = self.analyzer.nominal
+        self.nominal_mismatch = settings_mismatch(nominal, self.analyzer.cfg.discrepancy) if nominal else ""
+        if self.nominal_mismatch:
+            self.get_logger().warning(f"nominal statistics were fitted with other discrepancy settings "
+                                      f"({self.nominal_mismatch}): re-run ood-monitor calibrate-analysis "
+                                      f"--params <this parameter file>")
 
     def setup(self, p: dict) -> None:
         if p["crop"] not in ("center", "stretch"):
@@ -110,6 +120,7 @@ class AnalysisNode(StageNode):
         extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
         nominal, self.nominal_desc = load_nominal(p["nominal_stats"], p["models_dir"])
         self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor, nominal)
+        self.check_nominal()
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
             else None
         self.camera_from_param = self.camera_wh is not None
@@ -128,6 +139,7 @@ class AnalysisNode(StageNode):
         cam = f"{self.camera_wh[0]}x{self.camera_wh[1]}" if self.camera_wh else "input size"
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
                 "features": self.features, "nominal_stats": self.nominal_desc,
+                "nominal_stats_mismatch": self.nominal_mismatch or "none",
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
 
     def on_camera_info(self, msg: CameraInfo) -> None:

@@ -201,3 +201,14 @@ def load_nominal(spec: str, models_dir: str | Path = "models") -> tuple[NominalD
         folder = resolve_model_dir(spec)
     stats = NominalDiscrepancy.load(folder)
     return stats, f"{folder} ({stats.info.get('frames', '?')} nominal frames, {len(stats.centers)} clusters)"
+
+
+def settings_mismatch(stats: NominalDiscrepancy, cfg) -> str:
+    """'' when `stats` were fitted with discrepancy settings `cfg` (a DiscrepancyConfig), else what differs:
+    statistics of another discrepancy no longer describe the nominal level of this one."""
+    fitted = stats.info.get("discrepancy")
+    if not isinstance(fitted, dict):
+        return ""
+    now = vars(cfg)
+    diff = [f"{k} {fitted[k]} -> {now[k]}" for k in sorted(fitted) if k in now and fitted[k] != now[k]]
+    return ", ".join(diff)
