@@ -90,3 +90,16 @@ def test_evaluate_masks_run_the_analysis_node_settings_of_params(tmp_path):
     assert choice.segmenter.n_segments == 77 and features.startswith("random")
     _, choice, _ = mask_analysis(args(params, segmenter="felzenszwalb"))  # the command line wins
     assert choice.segmenter.name == "felzenszwalb"
+
+
+def test_mask_overlays_are_spread_over_every_evaluated_frame():
+    import numpy as np
+
+    from ood_monitor.core.analysis.evaluation import MaskEvaluation
+
+    ev = MaskEvaluation((1,), keep=6)
+    zero, gt = np.zeros((4, 4), np.float32), np.eye(4, dtype=bool)
+    for i in range(80):  # e.g. a 40-frame large-object episode, then a 40-frame small-objects one
+        ev.add(np.full((4, 4, 3), i, np.uint8), None, zero, zero, gt, None, 1.0)
+    kept = [int(s[0][0, 0, 0]) for s in ev.samples]
+    assert 4 <= len(kept) <= 6 and kept[0] == 0 and kept[-1] >= 60 and kept == sorted(kept)

@@ -28,7 +28,8 @@ class MaskEvaluation:
     anomaly_ids: tuple[int, ...]
     ignore_ids: tuple[int, ...] = ()
     keep: int = 6
-    keep_every: int = 7  # overlays from frames spread over the episodes, not the first few
+    keep_every: int = 1  # sampling stride of the overlays; doubles whenever `keep` is exceeded, so the kept
+    # frames stay spread over every episode evaluated (large and small objects), not the first few
     auc: PixelAucPr = field(default_factory=PixelAucPr)
     samples: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     ms: list[float] = field(default_factory=list)
@@ -42,8 +43,10 @@ class MaskEvaluation:
         if semantic is not None:
             self.fstar.add(confidence, semantic)
         self.ms.append(ms)
-        if len(self.samples) < self.keep and (len(self.ms) - 1) % self.keep_every == 0:
+        if (len(self.ms) - 1) % self.keep_every == 0:
             self.samples.append((image, synth, confidence, mask, gt_mask))
+            if len(self.samples) > self.keep:  # thin out: every other kept frame, sample half as often
+                self.samples, self.keep_every = self.samples[::2], self.keep_every * 2
 
     def result(self) -> dict[str, float]:
         best, tau = self.fstar.value()
