@@ -3,7 +3,9 @@
 scripts/tune_analysis.py tuned the analysis on frames synthesized once with the shipped sampling (the
 latent_dit config's `sampling`: DDIM steps, guidance scale, start strength, guidance kind). This script
 holds the analysis fixed at the shipped settings (AnalysisConfig and SlicSegmenter defaults, the
-confidence_gain mapping: tune_analysis.shipped_setting) and varies the sampling instead. The frames are
+confidence_gain mapping: tune_analysis.shipped_setting) and varies the sampling instead. The nominal
+discrepancy statistics (core/analysis/nominal.py) stay off: they are fitted to one synthesizer's errors,
+so each sampling setting would need its own (this sweep was run before they existed). The frames are
 tune_analysis's (same selection and preparation, its --cache is reused or built); each sampling setting
 re-synthesizes them once into --synth-cache/<dataset>/<setting>/frame_XXXX.npz (tune_analysis's keys; the
 synthesis seconds per frame in timing.json next to them), and every setting is scored with Sweep.score:
