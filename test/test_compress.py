@@ -160,3 +160,37 @@ def test_int8_variant_folder_loads_on_onnxruntime_only(tmp_path, parent, frames,
     np.testing.assert_allclose(tail(trunk(x))[0], q.encoder_fn(1)(x)[0], atol=1e-5)
     mc = tail.sample(np.repeat(trunk(x[:1]), 8, axis=0))[0]
     assert np.unique(mc[:, 0]).size > 1
+
+
+def test_perturb_changes_the_chosen_share_of_rows_and_keeps_images_in_range():
+    from ood_monitor.core.compress.distill import perturb
+
+    x = torch.rand(64, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(perturb(x, 0.0, gen), x)
+    out = perturb(x, 0.5, gen)
+    changed = (out - x).abs().flatten(1).amax(1) > 1e-6
+    assert out.shape == x.shape and 16 < int(changed.sum()) < 48 and out.min() >= 0 and out.max() <= 1
+    flow = torch.randn(8, 2, 16, 16) * 3
+    assert perturb(flow, 1.0, gen, clip=False).abs().max() > 1.0  # flow is not clipped to [0, 1]
+
+
+def test_pruned_channels_round_to_multiples(parent):
+    pruned = prune_channels(parent, 0.5, global_ranking=True, round_to=4)
+    assert all(w % 4 == 0 for w in pruned.cfg.widths) and pruned.cfg.widths != CFG.widths
+
+
+def test_a_variant_scores_with_its_own_latent_statistics(parent, frames, card):
+    from dataclasses import replace
+
+    from ood_monitor.core.compress import scoring_card
+    from ood_monitor.core.nonconformity import latent_stats
+
+    base = float_variant("fp32", "fp32", parent)
+    mu, logvar = base.encoder_fn(1)(frames.inputs(slice(0, 96), 1.0))
+    with_stats = replace(card, score="kl_deviation", latent_stats=latent_stats(mu, logvar))
+    pruned = float_variant("prune-0.5", "prune", prune_channels(parent, 0.5, global_ranking=False))
+    own = scoring_card(with_stats, pruned, frames, 1)
+    assert own.config == pruned.encoder.cfg and own.latent_stats != with_stats.latent_stats
+    again = scoring_card(with_stats, base, frames, 1)  # the parent itself: its own statistics back
+    np.testing.assert_allclose(again.latent_stats["kl_mean"], with_stats.latent_stats["kl_mean"], rtol=1e-5)

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         build_variants,
         frame_scores,
         int8_variant,
+        scoring_card,
     )
     from ood_monitor.core.compress.quantize import quantize_torch_fx
     from ood_monitor.core.metrics import aupr_out, auroc
@@ -105,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     cpu = interleaved_ms({**fns, "int8-all-layers": all_layers.encoder_fn(args.threads), "fp32-torch": torch_fp32,
                           "int8-torchao": torchao_int8}, x, frames)
     gpu = gpu_ms(variants, x, frames)
-    scores = {v.name: frame_scores(v.encoder_fn(args.threads), evalset, card) for v in variants}
+    scores = {v.name: frame_scores(v.encoder_fn(args.threads), evalset, scoring_card(card, v, train, args.threads))
+              for v in variants}  # each variant with its own latent statistics, as its folder scores
     y = evalset.is_ood
     base_auroc, base_aupr = auroc(scores["fp32"], y), aupr_out(scores["fp32"], y)
     rows = []

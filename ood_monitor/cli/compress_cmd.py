@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     command = " ".join(["ood-monitor", *sys.argv[1:]])
     rows = []
     for variant in variants[1:]:
-        scores = frame_scores(variant.encoder_fn(args.threads), evalset, card)
+        vcard = variant_card(card, variant, cal, train, args.threads, command)
+        scores = frame_scores(variant.encoder_fn(args.threads), evalset, vcard)  # as its folder will score
         verdict = evaluate_variant(parent_scores, scores, evalset.is_ood, args.tolerance, evalset.source)
         metrics = {**frame_metrics(scores, evalset.is_ood), "eval_data": evalset.source, "eval_hash": evalset.data_hash}
-        vcard = variant_card(card, variant, cal, train, args.threads, command)
         out = save_variant(Path(args.out_root) / f"{model_dir.name}-{variant.name}", variant, vcard, model_dir,
                            card, verdict, metrics)
         rows.append({"variant": variant.name, "folder": str(out), "size_mb": variant.size_mb,
