@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratios", type=floats, default=(0.3, 0.5), help="pruning ratios (conv channels)")
     p.add_argument("--kd-ratio", type=float, default=None, help="pruning ratio the kd student starts from "
                    "(default: the largest ratio)")
-    p.add_argument("--steps", type=int, default=300, help="distillation steps per pruned/kd model")
-    p.add_argument("--time-limit", type=float, default=120.0, help="seconds per distillation run")
+    p.add_argument("--steps", type=int, default=3000, help="distillation steps per pruned/kd model")
+    p.add_argument("--time-limit", type=float, default=180.0, help="seconds per distillation run")
     p.add_argument("--max-frames", type=int, default=None, help="read at most this many frames per split")
     p.add_argument("--threads", type=int, default=2, help="torch / onnxruntime CPU threads")
     p.set_defaults(func=run)
