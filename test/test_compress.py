@@ -194,3 +194,27 @@ def test_a_variant_scores_with_its_own_latent_statistics(parent, frames, card):
     assert own.config == pruned.encoder.cfg and own.latent_stats != with_stats.latent_stats
     again = scoring_card(with_stats, base, frames, 1)  # the parent itself: its own statistics back
     np.testing.assert_allclose(again.latent_stats["kl_mean"], with_stats.latent_stats["kl_mean"], rtol=1e-5)
+
+
+def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tmp_path):
+    from ood_monitor.cli.main import main as cli
+
+    bags = demo_dataset / "bags"
+    model = tmp_path / "vae_image"
+    assert cli(["train", "vae", "--kind", "image", "--data", str(bags / "train"), "--out", str(model), "--size", "32",
+                "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "2", "--batch", "32",
+                "--select-k", "3", "--threads", "2"]) == 0
+    assert cli(["calibrate", "--model", str(model), "--data", str(bags / "calibration")]) == 0
+    assert cli(["compress", "--model", str(model), "--methods", "int8,prune,kd", "--data-train", str(bags / "train"),
+                "--data-eval", str(bags / "test"), "--ratios", "0.5", "--steps", "20", "--time-limit", "10",
+                "--out-root", str(tmp_path), "--threads", "1"]) == 0
+    for name in ("int8", "prune-0.5", "kd"):
+        folder = tmp_path / f"vae_image-{name}"
+        card = json.loads((folder / "config.json").read_text())
+        assert card["calibration"]["scored_by"] == name and "guard" in json.dumps(card)
+        try:
+            trunk, tail, vcard = load_detector_backend(folder, "onnxruntime", "cpu", "", force=True)
+        except BackendUnavailable:
+            pytest.skip("onnxruntime not importable")
+        mu, _ = tail(trunk(np.zeros((1, 3, 32, 32), np.float32)))
+        assert mu.shape == (1, 6) and vcard.calibration["frames"] > 0
