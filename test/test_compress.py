@@ -196,16 +196,11 @@ def test_a_variant_scores_with_its_own_latent_statistics(parent, frames, card):
     np.testing.assert_allclose(again.latent_stats["kl_mean"], with_stats.latent_stats["kl_mean"], rtol=1e-5)
 
 
-def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tmp_path):
+def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tiny_image_model, tmp_path):
     from ood_monitor.cli.main import main as cli
 
     bags = demo_dataset / "bags"
-    model = tmp_path / "vae_image"
-    assert cli(["train", "vae", "--kind", "image", "--data", str(bags / "train"), "--out", str(model), "--size", "32",
-                "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "2", "--batch", "32",
-                "--select-k", "3", "--threads", "2"]) == 0
-    assert cli(["calibrate", "--model", str(model), "--data", str(bags / "calibration")]) == 0
-    assert cli(["compress", "--model", str(model), "--methods", "int8,prune,kd", "--data-train", str(bags / "train"),
+    assert cli(["compress", "--model", str(tiny_image_model), "--methods", "int8,prune,kd", "--data-train", str(bags / "train"),
                 "--data-eval", str(bags / "test"), "--ratios", "0.5", "--steps", "20", "--time-limit", "10",
                 "--out-root", str(tmp_path), "--threads", "1"]) == 0
     for name in ("int8", "prune-0.5", "kd"):

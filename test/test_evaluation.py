@@ -47,13 +47,9 @@ def test_alarm_table_delay_and_missed_episode():
 
 
 @pytest.mark.slow
-def test_evaluate_command_on_the_demo_bags(demo_dataset, tmp_path):
+def test_evaluate_command_on_the_demo_bags(demo_dataset, tiny_image_model, tmp_path):
     bags = demo_dataset / "bags"
-    model = tmp_path / "vae_image"
-    assert cli(["train", "vae", "--kind", "image", "--data", str(bags / "train"), "--out", str(model), "--size", "32",
-                "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "2", "--batch", "32",
-                "--select-k", "3", "--threads", "2"]) == 0
-    assert cli(["calibrate", "--model", str(model), "--data", str(bags / "calibration")]) == 0
+    model = tiny_image_model
     out = tmp_path / "report"
     assert cli(["evaluate", "--data", str(bags / "test"), "--models", str(model), "--out", str(out)]) == 0
     result = json.loads((out / "evaluation.json").read_text())[0]
