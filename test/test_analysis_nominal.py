@@ -106,3 +106,15 @@ def test_calibrate_analysis_writes_what_the_node_loads(demo_dataset, tmp_path):
     stats, why = load_nominal("auto", tmp_path)
     assert stats.info["frames"] == 6 and len(stats.centers) == 4 and "6 nominal frames" in why
     assert stats.info["command"].startswith("ood-monitor") and stats.info["synthesizer"] == "models/latent_dit"
+
+
+def test_calibrate_analysis_replaces_broken_statistics(demo_dataset, tmp_path):
+    models = tmp_path / "models"
+    (models / "analysis_nominal").mkdir(parents=True)
+    (models / "analysis_nominal" / "config.json").write_text("{broken")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**/analysis_node:\n  ros__parameters:\n    models_dir: {models}\n    feature_extractor: none\n")
+    args = ["calibrate-analysis", "--data", str(demo_dataset / "bags" / "calibration"), "--max-frames", "4",
+            "--clusters", "3", "--params", str(params), "--out", str(models / "analysis_nominal")]
+    assert cli(args) == 0
+    assert load_nominal("auto", models)[0].info["frames"] == 4

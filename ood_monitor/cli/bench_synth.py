@@ -174,11 +174,10 @@ def mask_analyzer(params: Path | None):
     from ood_monitor.cli.evaluate_cmd import mask_analysis
 
     params = params if params is not None and params.exists() else None
+    # nominal statistics describe one synthesizer's errors, and the rows compare synthesizers: off
     analyzer, choice, features = mask_analysis(argparse.Namespace(params=params, segmenter=None,
-                                                                  sam_checkpoint=None, features=None))
-    analyzer.nominal = None  # nominal statistics describe one synthesizer's errors: rows compare synthesizers
-    return analyzer, (f"{choice.reason}; features {features.split('; nominal')[0]}; nominal statistics off "
-                      f"(fitted per synthesizer); params {params or 'node defaults'}")
+                                                                  sam_checkpoint=None, features=None), nominal=False)
+    return analyzer, f"{choice.reason}; features {features} (fitted per synthesizer); params {params or 'node defaults'}"
 
 
 def quality(outputs: np.ndarray, data: dict, n_obj: int, analyzer) -> dict:

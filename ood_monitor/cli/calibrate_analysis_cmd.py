@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--every must be >= 1 and --max-frames >= 2")
     params = args.params if args.params.exists() else None
     analyzer, _, features = mask_analysis(argparse.Namespace(params=params, segmenter=None, sam_checkpoint=None,
-                                                             features=None))
-    analyzer.nominal = None  # fit on the raw discrepancy
+                                                             features=None), nominal=False)  # fit on the raw one
     synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
     images = nominal_frames(args, synth.image_size)
     if len(images) < 2:

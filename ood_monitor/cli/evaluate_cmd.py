@@ -63,10 +63,11 @@ def alarm_configs(params: Path | None, kind: str, tests: list[str]) -> dict:
     return {t: AlarmConfig(test=t, **settings) for t in tests}
 
 
-def mask_analysis(args: argparse.Namespace):
+def mask_analysis(args: argparse.Namespace, nominal: bool = True):
     """(Analyzer, SegmenterChoice, features description) as analysis_node runs them with the --params file's
     analysis_node section (the node's defaults, which are the dataclasses', without one); --segmenter,
-    --sam-checkpoint and --features override the file."""
+    --sam-checkpoint and --features override the file. `nominal=False` leaves the nominal statistics out
+    (not even read: fitting new ones must work when the old ones are broken)."""
     from ood_monitor.core.analysis import Analyzer, analysis_config
     from ood_monitor.core.analysis.discrepancy import make_feature_extractor
     from ood_monitor.core.analysis.nominal import load_nominal
@@ -87,8 +88,10 @@ def mask_analysis(args: argparse.Namespace):
                             n_segments=p.get("slic_segments", SlicSegmenter.n_segments))
     extractor, features = make_feature_extractor(p.get("feature_extractor", "auto"),
                                                  resolve_model_dir(p.get("models_dir", "models")))
-    nominal, nominal_desc = load_nominal(p.get("nominal_stats", "auto"), p.get("models_dir", "models"))
-    return (Analyzer(analysis_config(p), choice.segmenter, extractor, nominal), choice,
+    if not nominal:
+        return Analyzer(analysis_config(p), choice.segmenter, extractor), choice, f"{features}; nominal statistics off"
+    stats, nominal_desc = load_nominal(p.get("nominal_stats", "auto"), p.get("models_dir", "models"))
+    return (Analyzer(analysis_config(p), choice.segmenter, extractor, stats), choice,
             f"{features}; nominal statistics {nominal_desc}")
 
 
