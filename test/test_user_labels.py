@@ -239,3 +239,12 @@ def test_evaluate_anomaly_masks_on_a_rugd_folder(rugd: Path, tmp_path: Path) -> 
     masks = json.loads((out / "masks.json").read_text())
     assert masks["groups"]["object"]["frames"] == 2 and 0.0 < masks["groups"]["object"]["auc_pr"] <= 1.0
     assert "pixel AUC-PR" in (out / "report.md").read_text()
+
+
+def test_diffusion_training_frames_come_from_the_named_topic(demo_dataset):
+    from ood_monitor.core.diffusion.train import load_images
+
+    bag = demo_dataset / "bags" / "calibration"
+    assert load_images(bag, 16, limit=3).shape == (3, 16, 16, 3)
+    with pytest.raises(ValueError, match="/front/image_raw"):
+        load_images(bag, 16, limit=3, image_topic="/front/image_raw")

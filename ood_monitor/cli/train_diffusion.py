@@ -11,6 +11,7 @@ from ood_monitor.cli.label_options import add_label_options, label_spec
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop: int | None) -> None:
     p.add_argument("--data", required=True, help="rosbag2 bag or image folder of in-distribution frames")
+    p.add_argument("--image-topic", default="/camera/image_raw", help="image topic when --data is a bag")
     p.add_argument("--out", required=True, help="model directory to write, e.g. models/dcae")
     p.add_argument("--size", type=int, default=128, help="square model input size in pixels")
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         log(f"reading frames from {args.data} ({args.size}x{args.size}) ...")
         images = tr.load_images(args.data, args.size, args.max_frames, log, labels=label_spec(args),
-                                keep_ood=args.keep_anomalous_frames)
+                                keep_ood=args.keep_anomalous_frames, image_topic=args.image_topic)
         log(f"{len(images)} frames; training {args.model} -> {args.out}")
         if args.model == "dcae":
             arch = DcaeConfig(image_size=args.size, latent_channels=args.latent_channels,

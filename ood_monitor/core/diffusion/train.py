@@ -52,7 +52,8 @@ class TrainConfig:
 
 
 def load_images(path: str | Path, size: int = 128, limit: int | None = None, log: Log | None = None,
-                labels: LabelSpec | None = None, keep_ood: bool = False) -> np.ndarray:
+                labels: LabelSpec | None = None, keep_ood: bool = False,
+                image_topic: str = "/camera/image_raw") -> np.ndarray:
     """(N, size, size, 3) uint8 frames of a bag or image folder, prepared like ood/image; frames labelled
     OOD (`labels`: anomaly pixels in their label image) are skipped unless `keep_ood`."""
     from ood_monitor.core.frames import FrameConfig, prepare_frame
@@ -63,7 +64,7 @@ def load_images(path: str | Path, size: int = 128, limit: int | None = None, log
     cfg = FrameConfig(size, size)
     frames = []
     skipped = 0
-    for f in iter_frames(path, labels=labels):
+    for f in iter_frames(path, image_topic=image_topic, labels=labels):
         if f.is_ood and not keep_ood:
             skipped += 1
             continue
