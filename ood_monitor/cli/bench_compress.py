@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         CompressConfig,
         DistillConfig,
         build_variants,
+        calibration_frames,
         frame_scores,
         int8_variant,
         scoring_card,
@@ -100,9 +101,8 @@ def run(args: argparse.Namespace) -> int:
     def torchao_int8(b: np.ndarray) -> object:
         return encoder.tail(fx(torch.from_numpy(b)))
 
-    calib = np.linspace(0, len(train) - 1, min(cfg.calib_frames, len(train))).astype(int)  # as build_variants
-    all_layers = int8_variant(variants[0], train.inputs(calib, card.flow_scale), keep_first=False,
-                              name="int8-all-layers")
+    all_layers = int8_variant(variants[0], calibration_frames(train, card.flow_scale, cfg.calib_frames),
+                              keep_first=False, name="int8-all-layers")
     cpu_rows = [v for v in variants if v.precision != "fp16"]
     fns = {v.name: v.encoder_fn(args.threads) for v in cpu_rows}
     cpu = interleaved_ms({**fns, "int8-all-layers": all_layers.encoder_fn(args.threads), "fp32-torch": torch_fp32,

@@ -114,6 +114,11 @@ def float_variant(name: str, method: str, encoder: nn.Module, info: dict | None 
     return Variant(name, method, "fp32", encoder.eval(), export.trunk, export.tail, export.dropout, info)
 
 
+def calibration_frames(train: FrameSet, flow_scale: float, n: int) -> np.ndarray:
+    """n training frames spread evenly over the split: the activation ranges int8 calibrates on."""
+    return train.inputs(np.linspace(0, len(train) - 1, min(n, len(train))).astype(int), flow_scale)
+
+
 def int8_variant(parent: Variant, calibration: np.ndarray, keep_first: bool = True, name: str = "int8") -> Variant:
     """Static int8 trunk; `keep_first` leaves the first conv block fp32 (selected layers, the default)."""
     trunk = quantize_onnx_int8(parent.trunk_onnx, calibration, keep_first=keep_first)
@@ -171,8 +176,7 @@ def build_variants(parent: nn.Module, train: FrameSet, flow_scale: float, cfg: C
     base = float_variant("fp32", "fp32", parent)
     variants = [base]
     if "int8" in cfg.methods:
-        rows = np.linspace(0, len(train) - 1, min(cfg.calib_frames, len(train))).astype(int)
-        variants.append(int8_variant(base, train.inputs(rows, flow_scale)))
+        variants.append(int8_variant(base, calibration_frames(train, flow_scale, cfg.calib_frames)))
         log("int8: trunk quantized (static QDQ)")
     if "fp16" in cfg.methods:
         variants.append(fp16_variant(parent))

@@ -49,6 +49,9 @@ class ArrayReader:
         self.rows = iter(range(0, len(self.data), self.batch))
 
 
+ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip")
+
+
 def first_block(graph_path: str | Path) -> list[str]:
     """Names of the graph's first Conv and the elementwise activation right after it (if any)."""
     import onnx
@@ -63,8 +66,6 @@ def first_block(graph_path: str | Path) -> list[str]:
             return names
     return []
 
-
-ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip")
 
 
 def quantize_onnx_int8(onnx: bytes, calibration: np.ndarray, input_name: str = "x", per_channel: bool = False,
