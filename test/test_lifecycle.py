@@ -2,8 +2,6 @@
 the nodes' real ROS services."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from lifecycle_msgs.msg import Transition
@@ -55,13 +53,14 @@ def header(i: int) -> Header:
     return h
 
 
-def frames_received(ros: RosHarness, pub, images: list, start: int, n: int = 5) -> int:
+def frames_received(ros: RosHarness, pub, images: list, start: int, active: bool, n: int = 5) -> int:
+    """Publish n frames one at a time; an active node gets up to 10 s for each (its input is best
+    effort, keep last 1, so a burst on a loaded machine could drop frames), an inactive one 0.3 s."""
     before = len(images)
     rng = np.random.default_rng(start)
-    for i in range(start, start + n):
+    for k, i in enumerate(range(start, start + n)):
         pub.publish(array_to_image(rng.integers(0, 255, (120, 160, 3), np.uint8), "rgb8", header=header(i)))
-        time.sleep(0.05)
-    time.sleep(0.3)
+        wait_until(lambda k=k: len(images) > before + k, 10 if active else 0.3)
     return len(images) - before
 
 
@@ -73,11 +72,11 @@ def test_lifecycle_transitions_gate_processing(ros):
     assert transition(ros, "preprocess_node", Transition.TRANSITION_CONFIGURE)
     assert state(ros, "preprocess_node") == "inactive"
     ros.wait_for_subscribers(pub)
-    assert frames_received(ros, pub, images, 0) == 0  # configured but inactive: nothing processed
+    assert frames_received(ros, pub, images, 0, active=False) == 0  # configured but inactive: nothing processed
     assert transition(ros, "preprocess_node", Transition.TRANSITION_ACTIVATE)
-    assert frames_received(ros, pub, images, 10) == 5
+    assert frames_received(ros, pub, images, 10, active=True) == 5
     assert transition(ros, "preprocess_node", Transition.TRANSITION_DEACTIVATE)
-    assert frames_received(ros, pub, images, 20) == 0
+    assert frames_received(ros, pub, images, 20, active=False) == 0
     assert transition(ros, "preprocess_node", Transition.TRANSITION_CLEANUP)
     assert state(ros, "preprocess_node") == "unconfigured"
     assert wait_until(lambda: pub.get_subscription_count() == 0, 5)  # subscriptions freed
