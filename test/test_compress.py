@@ -203,10 +203,13 @@ def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tiny_i
     assert cli(["compress", "--model", str(tiny_image_model), "--methods", "int8,prune,kd", "--data-train", str(bags / "train"),
                 "--data-eval", str(bags / "test"), "--ratios", "0.5", "--steps", "20", "--time-limit", "10",
                 "--out-root", str(tmp_path), "--threads", "1"]) == 0
+    parent = json.loads((tiny_image_model / "config.json").read_text())
     for name in ("int8", "prune-0.5", "kd"):
         folder = tmp_path / f"vae_image-{name}"
         card = json.loads((folder / "config.json").read_text())
         assert card["calibration"]["scored_by"] == name and "guard" in json.dumps(card)
+        # scored as its folder scores: kl_texture with a texture head re-fitted on the variant's posteriors
+        assert card["score"] == "kl_texture" and card["texture"]["weights"] != parent["texture"]["weights"]
         try:
             trunk, tail, vcard = load_detector_backend(folder, "onnxruntime", "cpu", "", force=True)
         except BackendUnavailable:

@@ -79,7 +79,18 @@ def test_sequential_tests_quiet_then_alarm_on_shift(test: str, martingale: str) 
     assert not shifted["is_ood"][:100].any()
     first = int(np.argmax(shifted["is_ood"][100:]))
     assert shifted["is_ood"][100 + first] and first <= 10
-    assert shifted["log_martingale"][150] > 20 and shifted["cusum"][150] > 100
+    assert shifted["log_martingale"][150] > 20
+    assert shifted["cusum"][150] == pytest.approx(cfg.cusum_threshold + cfg.cusum_delta)  # capped
+
+
+def test_capped_cusum_clears_soon_after_a_long_episode() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    cfg = AlarmConfig(test="cusum")
+    episode = np.r_[rng.normal(size=50), np.full(200, 10.0), rng.normal(size=100)]
+    out = monitor_sequence(calibration(), episode, cfg)
+    assert out["is_ood"][60:250].all()  # a 200-frame episode at the p-value floor is alarmed throughout
+    assert out["cusum"].max() <= cfg.cusum_threshold + cfg.cusum_delta
+    assert not out["is_ood"][255:].any()  # and the alarm ends within a few nominal frames
 
 
 def test_pvalue_test_alarms_per_frame() -> None:

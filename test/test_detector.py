@@ -10,6 +10,7 @@ import torch
 from ood_monitor.core.conformal import AlarmConfig
 from ood_monitor.core.detector import VaeDetector, score_frameset
 from ood_monitor.core.nonconformity import Nonconformity, encode, latent_stats
+from ood_monitor.core.texture import TextureHead
 from ood_monitor.core.vae import VaeConfig, build_model
 from ood_monitor.core.vae.dataset import FrameSet
 from ood_monitor.core.vae.io import ModelCard, ModelFileError, load_encoder, read_card, save_model, write_card
@@ -36,8 +37,11 @@ def model_dir(tmp_path: Path, kind: str = "image", calibrate: bool = True, score
     model = build_model("beta_vae", cfg).eval()
     scale = 2.0 if kind == "flow" else 1.0
     train = frameset(kind, 64, seed=4)
-    stats = latent_stats(*encode(model.encoder, lambda s: train.inputs(s, scale), 64)) if score != "kl" else {}
-    card = ModelCard("beta_vae", cfg, flow_scale=scale, selected_dims=[1, 2, 5], score=score, latent_stats=stats)
+    posteriors = encode(model.encoder, lambda s: train.inputs(s, scale), 64)
+    stats = latent_stats(*posteriors) if score != "kl" else {}
+    texture = TextureHead.fit_frames(*posteriors, train.raw).to_dict() if score == "kl_texture" else {}
+    card = ModelCard("beta_vae", cfg, flow_scale=scale, selected_dims=[1, 2, 5], score=score, latent_stats=stats,
+                     texture=texture)
     save_model(path, model, card)
     if calibrate:
         encoder, card = load_encoder(path)
@@ -75,6 +79,38 @@ def test_detector_runs_the_score_of_its_model_card(tmp_path: Path, score: str) -
     write_card(path, card)
     with pytest.raises(ModelFileError, match="calibrated with another score"):
         VaeDetector.from_model_dir(path)
+
+
+def test_kl_texture_online_equals_offline_and_mc_dropout_scores_the_texture_term(tmp_path: Path) -> None:
+    path = model_dir(tmp_path, "image", score="kl_texture")
+    det = VaeDetector.from_model_dir(path, kind="image", mc_samples=12)
+    assert det.score.method == "kl_texture" and det.score.needs_texture
+    test = frameset("image", 4, seed=2)
+    online = [det.score_frame(f) for f in test.raw]
+    offline = score_frameset(*load_encoder(path), test)
+    np.testing.assert_allclose([r.score for r in online], offline, rtol=1e-5)
+    assert all(r.uncertainty > 0 for r in online)
+    mu, logvar = encode(det.encoder, lambda s: test.inputs(s, 1.0), 4)
+    card = read_card(path)
+    kd = Nonconformity.from_stats("kl_deviation", card.selected_dims, card.latent_stats)(mu, logvar)
+    term = det.score.texture(mu, logvar, det.score.texture_of(test.raw))
+    np.testing.assert_allclose(offline, kd + term, rtol=1e-6)  # kl_deviation plus the texture term
+    assert np.all(term > 0)
+    smooth = np.full_like(test.raw[0], 90)  # no texture at all: far from what training frames have
+    assert det.score_frame(smooth).score > max(r.score for r in online)
+
+
+def test_kl_texture_without_a_fitted_head_is_refused(tmp_path: Path) -> None:
+    path = model_dir(tmp_path, "image", score="kl_deviation", calibrate=False)
+    card = read_card(path)
+    card.score = "kl_texture"
+    with pytest.raises(ValueError, match="kl_texture needs the texture head"):
+        card.nonconformity  # noqa: B018
+    with pytest.raises(ValueError, match="need the frames' texture cells"):
+        Nonconformity.from_stats("kl_texture", [0], {"kl_mean": [1.0], "kl_std": [1.0]},
+                                 texture=TextureHead.fit_frames(np.zeros((20, 1)), np.zeros((20, 1)),
+                                                                frameset("image", 20).raw))(np.zeros((1, 1)),
+                                                                                            np.zeros((1, 1)))
 
 
 def test_refuses_wrong_frames(tmp_path: Path) -> None:
@@ -174,8 +210,10 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
     assert len(card.selected_dims) == 3 and len(card.training["curve"]) == 2 and len(card.data["hash"]) == 64
     if kind == "flow":  # auto scale: a percentile of |flow| rounded up to 0.25 px
         assert card.flow_scale >= 0.25 and card.flow_scale % 0.25 == 0
+        assert card.score == "posterior_deviation" and not card.texture  # the shipped flow model's score
     else:
         assert card.flow_scale == 1.0
+        assert card.score == "kl_texture" and len(card.texture["weights"]) == 2 * 6 + 1  # default for images
     with pytest.raises(ValueError, match="training data"):
         cli("calibrate", "--model", str(out), "--data", str(train))
     assert cli("calibrate", "--model", str(out), "--data", str(cal)) == 0

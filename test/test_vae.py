@@ -185,7 +185,7 @@ def test_training_stats_match_the_selected_dims() -> None:
     data = image_frameset(24)
     torch.manual_seed(0)
     model = BetaVAE(VaeConfig(**TINY)).eval()
-    dims, usage, stats = choose_dims(model.encoder, data, 1.0, 3)
+    dims, usage, stats, _texture = choose_dims(model.encoder, data, 1.0, 3)
     assert dims == select_dims(usage, 3) and len(stats["mu_std"]) == TINY["latent"]
     np.testing.assert_allclose(stats["kl_mean"], usage)
 

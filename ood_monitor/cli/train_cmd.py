@@ -8,7 +8,8 @@ import os
 import sys
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
-SCORES = ("kl", "kl_deviation", "posterior_deviation")  # core/nonconformity.SCORES (kept import-free here)
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture")  # core/nonconformity.SCORES (kept import-free here)
+DEFAULT_SCORES = {"image": "kl_texture", "flow": "posterior_deviation"}  # best on the demo data (README: Measured)
 
 
 def default_widths(size: int) -> tuple[int, ...]:
@@ -50,9 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mild brightness/contrast jitter, shifts, horizontal flips")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--select-k", type=int, default=8, help="latent dims the score uses")
-    v.add_argument("--score", choices=SCORES, default="kl",
-                   help="nonconformity: kl (seed 000, one-sided) or a two-sided deviation from the "
-                        "training posteriors (kl_deviation, posterior_deviation)")
+    v.add_argument("--score", choices=SCORES, default=None,
+                   help="nonconformity: kl (seed 000, one-sided), a two-sided deviation from the "
+                        "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
+                        "plus the fine-texture term (kl_texture); default: what the shipped models run "
+                        f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
     v.add_argument("--flow-scale", type=float, default=0.0,
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ood_monitor.cli.label_options import label_spec
     from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.texture import min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames
     from ood_monitor.core.vae.io import ModelCard, save_model
@@ -97,6 +101,14 @@ def run(args: argparse.Namespace) -> int:
         frames = frames.subset(~frames.is_ood)
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {args.data}: need at least 8")
+    score = args.score or DEFAULT_SCORES[args.kind]
+    if args.score is None and score == "kl_texture" and len(frames) < min_frames(cfg.latent):
+        score = "kl_deviation"
+        print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
+              f"(needs {min_frames(cfg.latent)})", flush=True)
+    if score == "kl_texture" and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
+        raise ValueError(f"score kl_texture needs an image model and at least {min_frames(cfg.latent)} "
+                         f"frames (got {args.kind}, {len(frames)} frames): pick another --score")
     flow_scale = 1.0
     if args.kind == "flow":
         flow_scale = args.flow_scale or auto_flow_scale(frames.raw)
@@ -108,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     enc_params = sum(p.numel() for p in model.encoder.parameters())
     print(f"{arch}: {n_params / 1e6:.2f} M parameters ({enc_params / 1e6:.2f} M in the encoder)", flush=True)
     result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
-    dims, usage, stats = choose_dims(model.encoder, frames, flow_scale, args.select_k)
+    dims, usage, stats, texture = choose_dims(model.encoder, frames, flow_scale, args.select_k)
     print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
           f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
     card = ModelCard(architecture=arch, config=cfg, flow_scale=float(flow_scale),
@@ -118,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
                          "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
                          "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment, "kl_warmup": tcfg.kl_warmup,
                          "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
-                     selected_dims=dims, latent_kl=[float(u) for u in usage], score=args.score,
-                     latent_stats=stats)
+                     selected_dims=dims, latent_kl=[float(u) for u in usage], score=score,
+                     latent_stats=stats, texture=texture.to_dict() if texture is not None else {})
     save_model(args.out, model, card)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
     print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "

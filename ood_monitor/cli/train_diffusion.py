@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(msg, flush=True)
 
     cfg = tr.TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, ema_decay=args.ema,
-                         crop=args.crop or None, time_limit_s=args.time_limit)
+                         crop=args.crop or None, time_limit_s=args.time_limit,
+                         command=" ".join(["ood-monitor", *sys.argv[1:]]))
     try:
         log(f"reading frames from {args.data} ({args.size}x{args.size}) ...")
         images = tr.load_images(args.data, args.size, args.max_frames, log, labels=label_spec(args),

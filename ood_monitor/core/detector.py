@@ -38,7 +38,8 @@ class FrameScore:
 def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch: int = 256) -> np.ndarray:
     """Deterministic scores (the card's nonconformity) of a whole FrameSet (calibration, evaluation)."""
     mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames), batch)
-    return card.nonconformity(mu, logvar)
+    score = card.nonconformity
+    return score(mu, logvar, score.texture_of(frames.raw))
 
 
 class VaeDetector:
@@ -108,11 +109,12 @@ class VaeDetector:
         x = torch.from_numpy(model_input(prepared[None], self.kind, self.card.flow_scale)).to(self.device)
         features = self._trunk(x)
         mu, logvar = self.encoder.tail(features)
-        score = float(self.score(mu.cpu().numpy(), logvar.cpu().numpy())[0])
+        texture = self.score.texture_of(prepared[None])
+        score = float(self.score(mu.cpu().numpy(), logvar.cpu().numpy(), texture)[0])
         decision = self.monitor.update(score)
         std, uncertain = float("nan"), False
         if self.mc is not None:
-            est = self.mc.estimate(x, features)
+            est = self.mc.estimate(x, features, texture)
             std, uncertain = est.std, est.straddles(self.monitor.score_threshold)
         return FrameScore(score, decision.p_value, decision.log_martingale, decision.cusum, decision.is_ood,
                           std, uncertain)

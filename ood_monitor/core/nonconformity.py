@@ -14,6 +14,11 @@ training frames instead, in both directions, from per-dimension statistics store
 * `posterior_deviation` sum over dims of ((mu_d - mean_d) / std_d)^2 + ((logvar_d - mean_d) / std_d)^2
 
 Both are as cheap as the KL (a few dozen flops per frame) and need the encoder alone.
+
+* `kl_texture`          `kl_deviation` plus the texture term of core/texture.py (image models): how far
+                        the frame's fine texture is from what its posterior predicts. The latent alone
+                        misses shifts of fine texture (sensor noise, rain, blur, lens dirt); this term
+                        sees them, from the encoder's outputs and one cheap filter of the frame.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from ood_monitor.core.texture import TextureHead, texture_features
 
 
 def latent_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -45,14 +52,14 @@ def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -
     return latent_kl(mu, logvar)[:, np.asarray(dims, dtype=np.int64)].sum(axis=1)
 
 
-SCORES = ("kl", "kl_deviation", "posterior_deviation")
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture")
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def score_features(mu: np.ndarray, logvar: np.ndarray, dims: Sequence[int], method: str) -> np.ndarray:
     """What a two-sided score compares with training statistics: (N, D) x2 -> (N, F)."""
     idx = np.asarray(dims, dtype=np.int64)
-    if method == "kl_deviation":
+    if method in ("kl_deviation", "kl_texture"):
         return latent_kl(mu, logvar)[:, idx]
     if method == "posterior_deviation":
         return np.concatenate([np.asarray(mu, np.float64)[:, idx], np.asarray(logvar, np.float64)[:, idx]], 1)
@@ -73,12 +80,14 @@ def latent_stats(mu: np.ndarray, logvar: np.ndarray) -> dict[str, list[float]]:
 @dataclass(frozen=True)
 class Nonconformity:
     """The run-time score of a model: `method` over latent `dims`; two-sided methods standardise their
-    features with `center` / `scale` (from training data, see `from_stats`)."""
+    features with `center` / `scale` (from training data, see `from_stats`); `kl_texture` adds its
+    fitted `texture` head's term and needs each frame's texture cells (`texture_of`)."""
 
     method: str
     dims: tuple[int, ...]
     center: tuple[float, ...] = ()
     scale: tuple[float, ...] = ()
+    texture: TextureHead | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SCORES:
@@ -89,27 +98,44 @@ class Nonconformity:
             width = len(self.dims) * (2 if self.method == "posterior_deviation" else 1)
             if len(self.center) != width or len(self.scale) != width or min(self.scale) <= 0:
                 raise ValueError(f"{self.method} needs {width} centers and positive scales")
+        if self.method == "kl_texture" and self.texture is None:
+            raise ValueError("kl_texture needs the texture head fitted at training (`ood-monitor train vae` "
+                             "writes it for image models)")
 
     @classmethod
     def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
-                   min_std: float = 1e-3) -> Nonconformity:
+                   min_std: float = 1e-3, texture: TextureHead | None = None) -> Nonconformity:
         """Build from per-dimension training statistics (`latent_stats`); plain KL needs none."""
         dims = tuple(int(d) for d in dims)
         if method == "kl":
             return cls(method, dims)
         if not stats:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
-        names = ("kl",) if method == "kl_deviation" else ("mu", "logvar")
+        names = ("mu", "logvar") if method == "posterior_deviation" else ("kl",)
         center = [stats[f"{n}_mean"][d] for n in names for d in dims]
         scale = [max(stats[f"{n}_std"][d], min_std) for n in names for d in dims]
-        return cls(method, dims, tuple(center), tuple(scale))
+        return cls(method, dims, tuple(center), tuple(scale), texture if method == "kl_texture" else None)
 
-    def __call__(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-        """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger."""
+    @property
+    def needs_texture(self) -> bool:
+        return self.texture is not None
+
+    def texture_of(self, frames: np.ndarray) -> np.ndarray | None:
+        """Texture cells of (N, H, W, 3) uint8 frames when the score uses them, else None."""
+        return texture_features(frames, self.texture.cfg) if self.texture is not None else None
+
+    def __call__(self, mu: np.ndarray, logvar: np.ndarray, texture: np.ndarray | None = None) -> np.ndarray:
+        """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger. `texture`: the frames' cells
+        from `texture_of` (one row is broadcast over N posteriors of one frame)."""
         if self.method == "kl":
             return kl_score(mu, logvar, self.dims)
         z = (score_features(mu, logvar, self.dims, self.method) - np.asarray(self.center)) / np.asarray(self.scale)
-        return (z * z).sum(axis=1)
+        score = (z * z).sum(axis=1)
+        if self.texture is not None:
+            if texture is None:
+                raise ValueError("kl_texture scores need the frames' texture cells (Nonconformity.texture_of)")
+            score = score + self.texture(mu, logvar, texture)
+        return score
 
 
 def as_score(score: ScoreFn | Sequence[int]) -> ScoreFn:

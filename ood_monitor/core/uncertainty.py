@@ -93,22 +93,27 @@ class McDropoutScorer:
         self.trunk, self.tail, self.score = trunk, tail, as_score(score)
         self.samples, self.z = samples, z
 
-    def sample_scores(self, x: Any, features: Any = None) -> np.ndarray:
+    def sample_scores(self, x: Any, features: Any = None, texture: np.ndarray | None = None) -> np.ndarray:
         """Scores of `samples` stochastic tails on one input x (1, C, H, W); pass `features` when
-        the trunk output is already at hand (the detector shares it with the deterministic pass)."""
+        the trunk output is already at hand (the detector shares it with the deterministic pass) and
+        the frame's `texture` cells when the score has a texture term (kl_texture)."""
         feats = self.trunk(x) if features is None else features
         mu, logvar = self.tail(repeat_rows(feats, self.samples))
-        return self.score(to_numpy(mu), to_numpy(logvar))
+        if texture is None:
+            return self.score(to_numpy(mu), to_numpy(logvar))
+        return self.score(to_numpy(mu), to_numpy(logvar), texture)
 
-    def estimate(self, x: Any, features: Any = None) -> McEstimate:
-        s = self.sample_scores(x, features)
+    def estimate(self, x: Any, features: Any = None, texture: np.ndarray | None = None) -> McEstimate:
+        s = self.sample_scores(x, features, texture)
         mean, std = float(s.mean()), float(s.std(ddof=1))
         return McEstimate(mean, std, mean - self.z * std, mean + self.z * std, s)
 
 
-def full_pass_scores(encoder: nn.Module, x: torch.Tensor, score: ScoreFn | Sequence[int], samples: int
-                     ) -> np.ndarray:
+def full_pass_scores(encoder: nn.Module, x: torch.Tensor, score: ScoreFn | Sequence[int], samples: int,
+                     texture: np.ndarray | None = None) -> np.ndarray:
     """The uncached reference: `samples` complete encoder passes with dropout on, as one batch."""
     with torch.no_grad(), dropout_active(encoder):
         mu, logvar = encoder(x.expand(samples, *x.shape[1:]))
-    return as_score(score)(mu.numpy(), logvar.numpy())
+    if texture is None:
+        return as_score(score)(mu.numpy(), logvar.numpy())
+    return as_score(score)(mu.numpy(), logvar.numpy(), texture)

@@ -203,22 +203,30 @@ def frame_scores(encode: Encode, frames: FrameSet, card: ModelCard, batch: int =
         mu, logvar = encode(frames.inputs(slice(start, start + batch), card.flow_scale))
         mus.append(mu)
         logvars.append(logvar)
-    return card.nonconformity(np.concatenate(mus), np.concatenate(logvars))
+    score = card.nonconformity
+    return score(np.concatenate(mus), np.concatenate(logvars), score.texture_of(frames.raw))
 
 
 def scoring_card(parent: ModelCard, variant: Variant, train: FrameSet, threads: int) -> ModelCard:
-    """The parent's card with the variant's architecture and its own latent statistics on the training
-    frames (when the score uses them): how the variant's folder scores frames, so the guard and the
-    benchmark measure what the node will run (a pruned encoder's KL per dim has its own spread)."""
+    """The parent's card with the variant's architecture and its own latent statistics and texture head
+    on the training frames (when the score uses them): how the variant's folder scores frames, so the
+    guard and the benchmark measure what the node will run (a pruned encoder's KL per dim has its own
+    spread, and its posteriors predict texture with other weights)."""
     from ood_monitor.core.nonconformity import latent_stats
+    from ood_monitor.core.texture import TextureConfig, TextureHead
 
     card = replace(parent, config=variant.encoder.cfg if variant.encoder is not None else parent.config,
                    calibration=None, weights_sha256="")
-    if parent.latent_stats:
+    if parent.latent_stats or parent.texture:
         encode = variant.encoder_fn(threads)
         mu, logvar = zip(*(encode(train.inputs(slice(s, s + 64), parent.flow_scale))
                            for s in range(0, len(train), 64)), strict=True)
-        card.latent_stats = latent_stats(np.concatenate(mu), np.concatenate(logvar))
+        mu, logvar = np.concatenate(mu), np.concatenate(logvar)
+        if parent.latent_stats:
+            card.latent_stats = latent_stats(mu, logvar)
+        if parent.texture:
+            cfg = TextureConfig.from_dict(parent.texture)
+            card.texture = TextureHead.fit_frames(mu, logvar, train.raw, cfg).to_dict()
     return card
 
 

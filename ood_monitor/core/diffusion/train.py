@@ -46,6 +46,7 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 200
     time_limit_s: float | None = None
+    command: str = ""  # the command line that trained the model, recorded in config.json
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ood_monitor.core.nonconformity import Nonconformity
+from ood_monitor.core.texture import TextureHead
 
 from . import ARCHITECTURES, build_encoder, build_model
 from .beta_vae import VaeConfig
@@ -45,7 +46,8 @@ class ModelCard:
     """The content of config.json. `calibration` holds the sorted calibration scores once
     `ood-monitor calibrate` has run; `selected_dims` are the latent dims the score uses, `score` the
     nonconformity method (core/nonconformity.SCORES) and `latent_stats` the per-dimension training
-    statistics the two-sided methods standardise with."""
+    statistics the two-sided methods standardise with; `texture` the fitted texture head of image models
+    (core/texture.py), which the `kl_texture` score adds."""
 
     architecture: str
     config: VaeConfig
@@ -59,6 +61,7 @@ class ModelCard:
     format: str = FORMAT
     score: str = "kl"
     latent_stats: dict = field(default_factory=dict)
+    texture: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
 
     @property
@@ -68,7 +71,8 @@ class ModelCard:
     @property
     def nonconformity(self) -> Nonconformity:
         """The score this model runs (ValueError if the card lacks what the method needs)."""
-        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats)
+        head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
+        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -82,7 +86,7 @@ class ModelCard:
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
                 "training": self.training, "selected_dims": list(self.selected_dims),
                 "latent_kl": list(self.latent_kl), "score": self.score, "latent_stats": self.latent_stats,
-                "calibration": self.calibration, "weights_sha256": self.weights_sha256}
+                "texture": self.texture, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = CONFIG) -> ModelCard:
@@ -97,7 +101,8 @@ class ModelCard:
                        selected_dims=[int(i) for i in d.get("selected_dims", [])],
                        latent_kl=[float(v) for v in d.get("latent_kl", [])], calibration=d.get("calibration"),
                        weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
-                       score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {})
+                       score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {},
+                       texture=d.get("texture") or {})
             card.extra = {k: v for k, v in d.items() if k not in card.to_dict()}
             if card.selected_dims:
                 card.nonconformity  # noqa: B018 -- validates score method and statistics

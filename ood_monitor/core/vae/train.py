@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ood_monitor.core.nonconformity import encode, latent_stats, select_dims
+from ood_monitor.core.texture import TextureHead, min_frames
 
 from .dataset import FrameSet
 
@@ -202,16 +203,21 @@ def _out_of_budget(cfg: TrainConfig, steps: int, t0: float) -> bool:
 
 
 def training_stats(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256
-                   ) -> dict[str, list[float]]:
-    """Per-dimension statistics of the posteriors over `data` (the training set): `kl_mean` is what
-    dimension selection ranks, the rest is what the two-sided scores standardise with."""
+                   ) -> tuple[dict[str, list[float]], TextureHead | None]:
+    """From one pass over `data` (the training set): per-dimension statistics of the posteriors
+    (`kl_mean` is what dimension selection ranks, the rest is what the two-sided scores standardise
+    with) and, for images, the texture head the `kl_texture` score uses (None for flow, and for image
+    sets too small to fit it: see texture.min_frames)."""
     mu, logvar = encode(encoder, lambda s: data.inputs(s, flow_scale), len(data), batch)
-    return latent_stats(mu, logvar)
+    fits = data.kind == "image" and len(data) >= min_frames(mu.shape[1])
+    texture = TextureHead.fit_frames(mu, logvar, data.raw) if fits else None
+    return latent_stats(mu, logvar), texture
 
 
 def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int
-                ) -> tuple[list[int], np.ndarray, dict[str, list[float]]]:
-    """The k most used latent dims, the usage (mean KL) of every dim and the training statistics."""
-    stats = training_stats(encoder, data, flow_scale)
+                ) -> tuple[list[int], np.ndarray, dict[str, list[float]], TextureHead | None]:
+    """The k most used latent dims, the usage (mean KL) of every dim, the training statistics and the
+    texture head (images; None for flow)."""
+    stats, texture = training_stats(encoder, data, flow_scale)
     usage = np.asarray(stats["kl_mean"])
-    return select_dims(usage, k), usage, stats
+    return select_dims(usage, k), usage, stats, texture
