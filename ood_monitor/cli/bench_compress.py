@@ -23,7 +23,7 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=floats, default=(0.3, 0.5))
     p.add_argument("--frames", type=int, default=200, help="timed frames per row (default 200)")
     p.add_argument("--kd-ratio", type=float, default=None,
-                   help="pruning ratio the kd student starts from (default: the largest --ratios)")
+                   help="pruning ratio the kd student starts from (default: core.compress.KD_RATIO, 0.7)")
     p.add_argument("--steps", type=int, default=3000, help="distillation steps per pruned/kd model")
     p.add_argument("--time-limit", type=float, default=180.0, help="seconds per distillation run")
     p.add_argument("--threads", type=int, default=1,
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.cli.compress_cmd import load_split
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
     from ood_monitor.core.compress import (
+        KD_RATIO,
         CompressConfig,
         DistillConfig,
         build_variants,
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     encoder, card = load_encoder(resolve_model_dir(args.model))
     train = load_split(args.data_train, card, limit)
     evalset = load_split(args.data_eval, card, 400 if args.quick else None)
-    cfg = CompressConfig(ratios=args.ratios, kd_ratio=args.kd_ratio, threads=args.threads,
+    cfg = CompressConfig(ratios=args.ratios, kd_ratio=args.kd_ratio or KD_RATIO, threads=args.threads,
                          distill=DistillConfig(steps=steps, time_limit_s=15.0 if args.quick else args.time_limit))
     variants = build_variants(encoder, train, card.flow_scale, cfg, log=lambda m: print(m, flush=True))
     x = evalset.inputs(slice(0, 64), card.flow_scale)

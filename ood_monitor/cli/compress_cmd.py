@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-root", default="models", help="variants go to <out-root>/<model name>-<variant>")
     p.add_argument("--tolerance", type=float, default=2.0, help="guard: max AUPR-out loss in points")
     p.add_argument("--ratios", type=floats, default=(0.3, 0.5), help="pruning ratios (conv channels)")
-    p.add_argument("--kd-ratio", type=float, default=None, help="pruning ratio the kd student starts from "
-                   "(default: the largest ratio)")
+    p.add_argument("--kd-ratio", type=float, default=None,
+                   help="pruning ratio the kd student starts from (default: core.compress.KD_RATIO, 0.7)")
     p.add_argument("--steps", type=int, default=3000, help="distillation steps per pruned/kd model")
     p.add_argument("--time-limit", type=float, default=180.0, help="seconds per distillation run")
     p.add_argument("--max-frames", type=int, default=None, help="read at most this many frames per split")
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ood_monitor.core.benchmark import format_table
     from ood_monitor.core.compress import (
+        KD_RATIO,
         CompressConfig,
         DistillConfig,
         build_variants,
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model)
     encoder, card = load_encoder(model_dir)
     cfg = CompressConfig(methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                         ratios=args.ratios, kd_ratio=args.kd_ratio, tolerance=args.tolerance,
+                         ratios=args.ratios, kd_ratio=args.kd_ratio or KD_RATIO, tolerance=args.tolerance,
                          distill=DistillConfig(steps=args.steps, time_limit_s=args.time_limit),
                          threads=args.threads)
     train = load_split(args.data_train, card, args.max_frames)
