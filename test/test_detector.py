@@ -100,17 +100,14 @@ def test_kl_texture_online_equals_offline_and_mc_dropout_scores_the_texture_term
     assert det.score_frame(smooth).score > max(r.score for r in online)
 
 
-def test_kl_texture_without_a_fitted_head_is_refused(tmp_path: Path) -> None:
-    path = model_dir(tmp_path, "image", score="kl_deviation", calibrate=False)
-    card = read_card(path)
-    card.score = "kl_texture"
+def test_kl_texture_without_a_fitted_head_or_the_frames_texture_is_refused(tmp_path: Path) -> None:
+    card = read_card(model_dir(tmp_path, "image", score="kl_texture", calibrate=False))
+    score = card.nonconformity
+    with pytest.raises(ValueError, match="need the frames' texture cells"):
+        score(np.zeros((1, 8)), np.zeros((1, 8)))
+    card.texture = {}
     with pytest.raises(ValueError, match="kl_texture needs the texture head"):
         card.nonconformity  # noqa: B018
-    with pytest.raises(ValueError, match="need the frames' texture cells"):
-        Nonconformity.from_stats("kl_texture", [0], {"kl_mean": [1.0], "kl_std": [1.0]},
-                                 texture=TextureHead.fit_frames(np.zeros((20, 1)), np.zeros((20, 1)),
-                                                                frameset("image", 20).raw))(np.zeros((1, 1)),
-                                                                                            np.zeros((1, 1)))
 
 
 def test_refuses_wrong_frames(tmp_path: Path) -> None:

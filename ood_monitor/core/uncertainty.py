@@ -30,6 +30,11 @@ Trunk = Callable[[Any], Any]
 Tail = Callable[[Any], tuple[Any, Any]]
 
 
+def apply_score(score: ScoreFn, mu: np.ndarray, logvar: np.ndarray, texture: np.ndarray | None) -> np.ndarray:
+    """score(mu, logvar), with the frame's texture cells for scores that take them (kl_texture)."""
+    return score(mu, logvar) if texture is None else score(mu, logvar, texture)
+
+
 @dataclass(frozen=True)
 class McEstimate:
     """Score samples' mean, std and interval [low, high] = mean -+ z * std."""
@@ -99,9 +104,7 @@ class McDropoutScorer:
         the frame's `texture` cells when the score has a texture term (kl_texture)."""
         feats = self.trunk(x) if features is None else features
         mu, logvar = self.tail(repeat_rows(feats, self.samples))
-        if texture is None:
-            return self.score(to_numpy(mu), to_numpy(logvar))
-        return self.score(to_numpy(mu), to_numpy(logvar), texture)
+        return apply_score(self.score, to_numpy(mu), to_numpy(logvar), texture)
 
     def estimate(self, x: Any, features: Any = None, texture: np.ndarray | None = None) -> McEstimate:
         s = self.sample_scores(x, features, texture)
@@ -114,6 +117,4 @@ def full_pass_scores(encoder: nn.Module, x: torch.Tensor, score: ScoreFn | Seque
     """The uncached reference: `samples` complete encoder passes with dropout on, as one batch."""
     with torch.no_grad(), dropout_active(encoder):
         mu, logvar = encoder(x.expand(samples, *x.shape[1:]))
-    if texture is None:
-        return as_score(score)(mu.numpy(), logvar.numpy())
-    return as_score(score)(mu.numpy(), logvar.numpy(), texture)
+    return apply_score(as_score(score), mu.numpy(), logvar.numpy(), texture)
