@@ -84,7 +84,7 @@ def test_detector_runs_the_score_of_its_model_card(tmp_path: Path, score: str) -
 def test_kl_texture_online_equals_offline_and_mc_dropout_scores_the_texture_term(tmp_path: Path) -> None:
     path = model_dir(tmp_path, "image", score="kl_texture")
     det = VaeDetector.from_model_dir(path, kind="image", mc_samples=12)
-    assert det.score.method == "kl_texture" and det.score.needs_texture
+    assert det.score.method == "kl_texture" and det.score.texture is not None
     test = frameset("image", 4, seed=2)
     online = [det.score_frame(f) for f in test.raw]
     offline = score_frameset(*load_encoder(path), test)

@@ -116,10 +116,6 @@ class Nonconformity:
         scale = [max(stats[f"{n}_std"][d], min_std) for n in names for d in dims]
         return cls(method, dims, tuple(center), tuple(scale), texture if method == "kl_texture" else None)
 
-    @property
-    def needs_texture(self) -> bool:
-        return self.texture is not None
-
     def texture_of(self, frames: np.ndarray) -> np.ndarray | None:
         """Texture cells of (N, H, W, 3) uint8 frames when the score uses them, else None."""
         return texture_features(frames, self.texture.cfg) if self.texture is not None else None

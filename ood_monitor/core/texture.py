@@ -12,8 +12,8 @@ e / (e + softness)) pooled over a grid x grid layout, compared with the texture 
 from the posterior (mu, logvar): the latent says what scene this is (sky, trail, vegetation and where),
 the head what texture such a scene has on in-distribution data. The residual's Mahalanobis distance,
 with the cross-validated residual covariance of the training frames, is the term. Fitted by ridge
-regression on the training split at train time; a few hundred multiply-adds and one 128x128 filter at run time, on
-the encoder's outputs only (no decoder), with any backend.
+regression on the training split at train time; at run time a few hundred multiply-adds and one
+128x128 filter, on the encoder's outputs only (no decoder), with any backend.
 """
 from __future__ import annotations
 
