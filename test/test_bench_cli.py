@@ -88,5 +88,21 @@ def test_bench_synth_scores_through_the_analysis_stage(demo_dataset, tmp_path):
     report = json.loads(out.read_text())
     assert "analysis" in report and "features" in report["analysis"]
     row = rows(out)["latent-dit"]
-    assert row["frames"] == 3 and row["peak_mem_mb"] > 0
+    assert row["frames"] == 3 and row["peak_mem_mb"] > row["model_size_mb"] > 0 and row["peak_rss_mb"] > 0
     assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["auc_pr_rgb"] <= 1.0 and "f_star" in row
+
+
+def test_peak_tensor_memory_counts_weights_and_the_largest_live_set():
+    """The synthesis table's memory column: a 4 MB and then an 8 MB live set inside fn, on top of 1 MB of
+    resident weights, peak at 9 MB (the first is freed before the second is made)."""
+    import torch
+
+    from ood_monitor.core.benchmark import peak_tensor_mb
+
+    def fn():
+        a = torch.ones(1_000_000)  # 4 MB
+        del a
+        b = torch.ones(2_000_000)  # 8 MB
+        return float(b.sum())
+
+    assert peak_tensor_mb(fn, "cpu", resident_mb=1.0) == pytest.approx(9.0, abs=0.2)

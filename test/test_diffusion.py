@@ -147,6 +147,37 @@ def test_unet_selection_is_the_main_convolutions_and_attention():
     assert q.norm_out.weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize("layer", [nn.Linear(24, 16), nn.Conv2d(4, 8, 3, stride=2, padding=1)])
+def test_quantized_layer_backward_matches_and_keeps_no_full_precision_weight(layer):
+    """Gradient guidance backpropagates through quantized layers: the input gradient must be the
+    dequantized layer's, and autograd must not hold a dequantized weight copy until backward (that copy
+    per layer is the memory weight-only quantization exists to save)."""
+    torch.manual_seed(0)
+    q = QuantizedWeight(layer, torch.int8)
+    x = torch.randn(2, 24) if isinstance(layer, nn.Linear) else torch.randn(2, 4, 9, 9)
+    saved: list[int] = []  # numel of every tensor autograd keeps for backward
+    x1 = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        q(x1).square().sum().backward()
+    assert layer.weight.numel() not in saved
+    x2 = x.clone().requires_grad_(True)
+    deq = q.weight(torch.float32)
+    out = q.apply_weight(x2, deq, q.bias)
+    out.square().sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(q(x), out.detach(), atol=1e-6)
+
+
+def test_dcae_selection_is_attention_and_block_convolutions():
+    ae = build_dcae(TINY_DCAE)
+    names = layer_names(ae, "selected")
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    assert leaves and leaves <= {"to_q", "to_k", "to_v", "to_out", "conv_inverted", "conv_point", "conv1", "conv2"}
+    assert not any(n.endswith(("conv_in", "conv_out", "conv_depth")) for n in names)
+    q = quantize(ae, "int8-selected")
+    assert model_size_mb(q) < model_size_mb(ae)
+
+
 # ------------------------------------------------------------------------------------------ model files
 
 

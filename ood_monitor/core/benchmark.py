@@ -87,3 +87,26 @@ def write_report(rows: list[dict], machine: dict, json_path: str | None, **meta)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def peak_tensor_mb(fn: Callable[[], object], device: str, resident_mb: float) -> float:
+    """Peak memory held by tensors while fn() runs, in MB: on CUDA torch.cuda.max_memory_allocated (the
+    weights already on the device included); on CPU `resident_mb` (the weights, loaded before) plus the
+    peak growth of live CPU tensor bytes, read off the torch profiler's allocation events. The same
+    quantity on both devices, unlike the process RSS, which also holds the torch runtime and allocator
+    caches."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 1e6
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = np.cumsum([b for _, b in events]) if events else np.zeros(1)
+    return resident_mb + max(0.0, float(live.max())) / 1e6

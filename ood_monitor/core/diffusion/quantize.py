@@ -9,7 +9,14 @@ and the first and last layers, which seed 004 found (and the literature agrees) 
 Weight-only: int8 keeps symmetric per-output-channel int8 weights + fp32 scales and dequantizes in the
 forward pass; fp16 keeps half weights and computes in half on CUDA (on CPU it upcasts). Why not
 torch's dynamic int8 Linear: its kernels have no backward, and Algorithm 1 backpropagates through the
-denoiser. So on CPU int8 saves memory and model size, not time; the bench measures both.
+denoiser. So on CPU int8 saves memory and model size, not time; the bench measures both. The
+dequantized weight is a temporary: the backward pass (gradient guidance needs it with respect to the
+input only; weights are frozen) dequantizes again instead of autograd keeping every layer's full-precision
+copy alive until backward, which would give back the memory the quantization saved.
+
+The synthesizer quantizes the DC-AE with the same rule (its attention `to_q/to_k/to_v/to_out` and the
+EfficientViT / ResNet block convolutions `conv_inverted`, `conv_point`, `conv1`, `conv2`), leaving its
+down/up-sampling, depthwise, input and output convolutions and norms.
 """
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("fp32", "fp16", "fp16-selected", "fp16-all", "int8-selected", "int8-all")
-SELECTED = frozenset({"qkv", "proj", "fc1", "fc2", "conv1", "conv2"})
+SELECTED = frozenset({"qkv", "proj", "fc1", "fc2", "conv1", "conv2",  # DiT, U-Net
+                      "to_q", "to_k", "to_v", "to_out", "conv_inverted", "conv_point"})  # DC-AE
 
 
 class QuantizedWeight(nn.Module):
@@ -47,16 +55,34 @@ class QuantizedWeight(nn.Module):
             return self.qweight.to(dtype) * self.scale.to(dtype)
         return self.qweight.to(dtype)
 
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "conv":
+            return F.conv2d(x, weight, bias, **self.conv_args)
+        return F.linear(x, weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.scale is None and x.is_cuda  # fp16 compute only where it is fast
         dtype = torch.float16 if half else x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        xin = x.to(dtype)
-        if self.kind == "conv":
-            out = F.conv2d(xin, self.weight(dtype), bias, **self.conv_args)
-        else:
-            out = F.linear(xin, self.weight(dtype), bias)
-        return out.to(x.dtype)
+        return _DequantizedOp.apply(x.to(dtype), self, bias).to(x.dtype)
+
+
+class _DequantizedOp(torch.autograd.Function):
+    """y = layer(x) with the weight dequantized in forward and again in backward: only the stored
+    (int8 / fp16) weight stays alive between the two. Gradient with respect to x only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.layer, ctx.x_shape = layer, x.shape
+        return layer.apply_weight(x, layer.weight(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        layer = ctx.layer
+        weight = layer.weight(grad.dtype)
+        if layer.kind == "conv":
+            return torch.nn.grad.conv2d_input(ctx.x_shape, weight, grad, **layer.conv_args), None, None
+        return grad @ weight, None, None
 
 
 def layer_names(model: nn.Module, scope: str) -> list[str]:

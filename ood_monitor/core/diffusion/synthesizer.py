@@ -167,7 +167,7 @@ class Synthesizer:
             ae_dir = (Path(path) / card["dcae"]).resolve()
             autoencoder, ae_card = load_model(ae_dir, "dcae")
             scaling = float(ae_card["arch"]["scaling_factor"])
-            autoencoder = autoencoder.to(dev)
+            autoencoder = quantize(autoencoder, precision).to(dev)
         denoiser = quantize(denoiser, precision).to(dev)
         return cls(denoiser=denoiser, schedule=ScheduleConfig(**card["schedule"]), guidance=gcfg,
                    image_size=int(card["image_size"]), sampler=sampler, autoencoder=autoencoder,
