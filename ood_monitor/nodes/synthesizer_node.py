@@ -42,7 +42,7 @@ PARAMETERS = {
     "guidance_kind": ("gradient", "gradient (seed 004 Algorithm 1) | gradfree | none"),
     "backend": ("torch", "inference backend: torch"),
     "device": ("cpu", "cpu | cuda"),
-    "precision": ("fp32", "fp32 | fp16 (selected layers, GPU) | int8-selected (weight-only, CPU)"),
+    "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),
     "threads": (0, "torch CPU threads (0: torch's default)"),
     "seed": (0, "noise seed (the same frame always gives the same synthesis)"),
     "trigger": ("always", "always | on_ood | every_n"),
