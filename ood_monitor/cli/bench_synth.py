@@ -8,12 +8,14 @@ peak, weights included — torch.cuda.max_memory_allocated on GPU, the weights p
 peak of live tensor bytes on CPU (one extra synthesis after the timed ones). Each variant runs in a
 fresh process, which also gives `peak_rss_mb`: the growth of the RSS high-water mark from just before
 the model is loaded, which adds the torch runtime's lazily loaded kernels and allocator caches
-(about the same for every row, so it compresses ratios). AUC-PR and F* are the product's: every synthesis goes through the
-analysis stage as analysis_node runs it with --params (core/analysis: feature/colour/structure
-discrepancy, superpixel pooling, confidence) and is scored with core/anomaly_metrics; the nominal
-statistics stay off (they are fitted to one synthesizer's errors, and the rows compare synthesizers). The plain per-pixel
-RGB L2 distance (Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what
-the synthesis alone gives.
+(about the same for every row, so it compresses ratios).
+
+AUC-PR and F* are the product's: every synthesis goes through the analysis stage as analysis_node
+runs it with --params (core/analysis: feature/colour/structure discrepancy, superpixel pooling,
+confidence) and is scored with core/anomaly_metrics; the nominal statistics stay off (they are fitted
+to one synthesizer's errors, and the rows compare synthesizers). The plain per-pixel RGB L2 distance
+(Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what the
+synthesis alone gives.
 """
 from __future__ import annotations
 
