@@ -16,7 +16,6 @@ from typing import Any
 from ood_monitor.fleet.scoring import DEFAULT_BATCH, ModelScorer, ScoreTable, score_source
 
 ENGINES = ("local", "ray")
-READ_ERRORS = (FileNotFoundError, ValueError, OSError, EOFError, KeyError)  # damaged bags raise several types
 
 
 @dataclass
@@ -38,7 +37,8 @@ class FleetScores:
     sources: list[str]
     per_source: dict[str, list[ScoreTable]] = field(default_factory=dict)  # source -> one table per model
     failed: dict[str, str] = field(default_factory=dict)  # source -> why it was skipped
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole scoring, start-up included
+    work_s: float = 0.0  # time spent reading and scoring, summed over workers
     engine: str = "local"
     workers: int = 1
 
@@ -75,9 +75,9 @@ def score_local(sources: list[Path], job: ScoringJob, progress: Callable[[str], 
         try:
             result.per_source[str(src)] = score_source(src, scorers, job.image_topic, job.mask_topic, job.labels,
                                                        job.batch, progress)
-        except READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 -- one damaged recording must not stop a fleet re-score
             result.failed[str(src)] = f"{type(exc).__name__}: {exc}"
             if progress is not None:
                 progress(f"  skipped {src}: {exc}")
-    result.seconds = time.perf_counter() - t0
+    result.seconds = result.work_s = time.perf_counter() - t0
     return result
