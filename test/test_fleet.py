@@ -112,3 +112,25 @@ def test_evaluate_on_ray_ranks_recordings_and_exits_nonzero_for_failed_inputs(cl
     text = (out / "report.md").read_text()
     assert "could not be read and were skipped" in text and "Recordings by alarmed time" in text
     assert str(clips[3]) in text
+
+
+def test_train_vae_on_two_ray_workers_gives_a_loadable_model_like_the_local_run(demo_dataset, ray_local, tmp_path):
+    from ood_monitor.core.vae.io import load_encoder
+
+    common = ["train", "vae", "--kind", "image", "--data", str(demo_dataset / "bags" / "train"), "--size", "32",
+              "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "4", "--batch", "16",
+              "--select-k", "3", "--threads", "1", "--score", "kl_deviation", "--val-split", "0.2", "--patience", "10"]
+    assert cli([*common, "--out", str(tmp_path / "local")]) == 0
+    assert cli([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    local = json.loads((tmp_path / "local" / "config.json").read_text())
+    ray = json.loads((tmp_path / "ray" / "config.json").read_text())
+    assert ray["model"] == local["model"] and ray["score"] == local["score"] == "kl_deviation"
+    assert ray["training"]["settings"]["engine"] == "ray" and ray["training"]["settings"]["workers"] == 2
+    curve = [e["train_loss"] for e in ray["training"]["curve"]]
+    assert len(curve) == 4 and curve[-1] < curve[0]  # it learns
+    # each worker sees half the rows, so it takes half the local steps per epoch, with averaged gradients
+    assert ray["training"]["steps"] * 2 == pytest.approx(local["training"]["steps"], abs=4)
+    val_local, val_ray = local["training"]["best_val"], ray["training"]["best_val"]
+    assert val_ray < 1.5 * val_local  # same objective, same scale of result
+    encoder, card = load_encoder(tmp_path / "ray")
+    assert card.selected_dims and len(card.latent_stats["kl_mean"]) == 6

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--engine ray: attach to this Ray cluster ('auto' after `ray start --head`)")
     p.add_argument("--workers", type=int, default=2, help="--engine ray: scoring actors")
     p.add_argument("--batch", type=int, default=64, help="frames scored per batch (memory is this many frames)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the local engine and of each Ray actor (default 1, as the shipped "
+                        "inference_threads: on a busy CPU a second thread mostly waits)")
     add_label_options(p)
     p.set_defaults(func=run)
 
@@ -439,12 +442,17 @@ def run(args: argparse.Namespace) -> int:
     title = describe(paths)
     print(f"evaluating {', '.join(s.name for s in scorers)} on {title} ({len(paths)} recording(s), engine {engine})",
           flush=True)
+    threads = getattr(args, "threads", 1)
     if engine == "local":
+        import torch
+
         from ood_monitor.fleet.engines import score_local
 
+        torch.set_num_threads(max(1, threads))
         fleet = score_local(paths, job, lambda m: print(m, flush=True), scorers)
     else:
-        fleet = score_sources(paths, job, engine, getattr(args, "workers", 2), getattr(args, "address", None))
+        fleet = score_sources(paths, job, engine, getattr(args, "workers", 2), getattr(args, "address", None),
+                              threads=threads)
     if not fleet.per_source:
         raise ValueError(f"none of the {len(paths)} input(s) could be read: "
                          + "; ".join(f"{p}: {why}" for p, why in fleet.failed.items()))

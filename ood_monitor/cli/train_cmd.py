@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = models.add_parser("vae", help="train an image or optical-flow VAE detector",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     v.add_argument("--kind", choices=("image", "flow"), required=True, help="what the VAE encodes")
-    v.add_argument("--data", required=True, help="rosbag2 bag or image folder of in-distribution frames")
+    v.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="rosbag2 bags and/or image folders of in-distribution frames; globs are expanded")
     v.add_argument("--out", required=True, help="model directory to write, e.g. models/vae_image")
     v.add_argument("--image-topic", default="/camera/image_raw", help="image topic when --data is a bag")
     v.add_argument("--size", type=int, default=128, help="square model input size in pixels")
@@ -63,8 +64,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     v.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     v.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    add_engine_options(v)
     add_label_options(v, training=True)
     v.set_defaults(func=run)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """--engine local|ray, --workers, --address (train vae, dcae, dit, ddpm)."""
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: data-parallel on Ray Train's TorchTrainer (gloo, CPU workers)")
+    p.add_argument("--workers", type=int, default=2, help="--engine ray: training workers (--threads each)")
+    p.add_argument("--address", default=None, help="--engine ray: Ray cluster to attach to ('auto'); default: "
+                                                   "start Ray in this process")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.texture import min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
-    from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames
+    from ood_monitor.core.vae.dataset import auto_flow_scale
     from ood_monitor.core.vae.io import ModelCard, save_model
     from ood_monitor.core.vae.train import AugmentConfig, TrainConfig, choose_dims, train_vae
+    from ood_monitor.fleet.inputs import describe, expand_inputs, load_training_frames
 
     torch.set_num_threads(max(1, args.threads))
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else default_widths(args.size)
@@ -92,15 +104,16 @@ def run(args: argparse.Namespace) -> int:
                        patience=args.patience, seed=args.seed, time_limit_s=args.time_limit, kl_warmup=args.kl_warmup,
                        augment=AugmentConfig(enabled=args.augment))
 
-    print(f"reading {args.kind} frames from {args.data} ({args.size}x{args.size}) ...", flush=True)
-    frames = load_frames(args.data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
-                         limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args))
+    data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])
+    print(f"reading {args.kind} frames from {describe(data)} ({args.size}x{args.size}) ...", flush=True)
+    frames = load_training_frames(data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
+                                  limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args))
     if frames.is_ood.any() and not args.keep_anomalous_frames:
         print(f"dropping {int(frames.is_ood.sum())} frames labelled OOD: a detector trains on "
               f"in-distribution data only (--keep-anomalous-frames keeps them)", flush=True)
         frames = frames.subset(~frames.is_ood)
     if len(frames) < 8:
-        raise ValueError(f"only {len(frames)} usable frames in {args.data}: need at least 8")
+        raise ValueError(f"only {len(frames)} usable frames in {describe(data)}: need at least 8")
     score = args.score or DEFAULT_SCORES[args.kind]
     if args.score is None and score == "kl_texture" and len(frames) < min_frames(cfg.latent):
         score = "kl_deviation"
@@ -119,16 +132,24 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     enc_params = sum(p.numel() for p in model.encoder.parameters())
     print(f"{arch}: {n_params / 1e6:.2f} M parameters ({enc_params / 1e6:.2f} M in the encoder)", flush=True)
-    result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
+    if getattr(args, "engine", "local") == "ray":
+        from ood_monitor.fleet.train_ray import train_vae_on_ray
+
+        print(f"Ray Train: {args.workers} data-parallel workers x {args.threads} threads", flush=True)
+        result = train_vae_on_ray(model, arch, cfg, frames, flow_scale, tcfg, args.workers, args.address,
+                                  args.threads, args.seed)
+    else:
+        result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
     dims, usage, stats, texture = choose_dims(model.encoder, frames, flow_scale, args.select_k)
     print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
           f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
     card = ModelCard(architecture=arch, config=cfg, flow_scale=float(flow_scale),
-                     data={"source": str(args.data), "image_topic": args.image_topic, "hash": frames.data_hash,
+                     data={"source": ", ".join(map(str, data)), "image_topic": args.image_topic, "hash": frames.data_hash,
                            "frames": len(frames)},
                      training={**result.to_dict(), "settings": {
                          "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
                          "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment, "kl_warmup": tcfg.kl_warmup,
+                         "engine": getattr(args, "engine", "local"), "workers": getattr(args, "workers", 1),
                          "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
                      selected_dims=dims, latent_kl=[float(u) for u in usage], score=score,
                      latent_stats=stats, texture=texture.to_dict() if texture is not None else {})

@@ -10,7 +10,8 @@ from ood_monitor.cli.label_options import add_label_options, label_spec
 
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop: int | None) -> None:
-    p.add_argument("--data", required=True, help="rosbag2 bag or image folder of in-distribution frames")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="rosbag2 bags and/or image folders of in-distribution frames; globs are expanded")
     p.add_argument("--image-topic", default="/camera/image_raw", help="image topic when --data is a bag")
     p.add_argument("--out", required=True, help="model directory to write, e.g. models/dcae")
     p.add_argument("--size", type=int, default=128, help="square model input size in pixels")
@@ -24,6 +25,9 @@ def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop:
     p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    from ood_monitor.cli.train_cmd import add_engine_options
+
+    add_engine_options(p)
     add_label_options(p, training=True)
 
 
@@ -54,6 +58,20 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def load_all(tr, data: list, args: argparse.Namespace, log):
+    """Frames of every input, in order, at most --max-frames in all."""
+    import numpy as np
+
+    parts, left = [], args.max_frames
+    for path in data:
+        if left is not None and left <= 0:
+            break
+        parts.append(tr.load_images(path, args.size, left, log, labels=label_spec(args),
+                                    keep_ood=args.keep_anomalous_frames, image_topic=args.image_topic))
+        left = None if left is None else left - len(parts[-1])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -72,21 +90,31 @@ def run(args: argparse.Namespace) -> int:
                          crop=args.crop or None, time_limit_s=args.time_limit,
                          command=" ".join(["ood-monitor", *sys.argv[1:]]))
     try:
-        log(f"reading frames from {args.data} ({args.size}x{args.size}) ...")
-        images = tr.load_images(args.data, args.size, args.max_frames, log, labels=label_spec(args),
-                                keep_ood=args.keep_anomalous_frames, image_topic=args.image_topic)
+        from ood_monitor.fleet.inputs import describe, expand_inputs
+
+        data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])
+        source = ", ".join(map(str, data))
+        log(f"reading frames from {describe(data)} ({args.size}x{args.size}) ...")
+        images = load_all(tr, data, args, log)
         log(f"{len(images)} frames; training {args.model} -> {args.out}")
         if args.model == "dcae":
             arch = DcaeConfig(image_size=args.size, latent_channels=args.latent_channels,
                               channels=_ints(args.channels), layers=_ints(args.layers))
-            out = tr.train_dcae(images, arch, cfg, args.out, args.resume, log, args.data)
+            train, rest = tr.train_dcae, (arch, cfg, args.out, args.resume)
         elif args.model == "dit":
             arch = DitConfig(width=args.width, depth=args.depth, heads=args.heads, patch=args.patch)
-            out = tr.train_dit(images, args.dcae, arch, ScheduleConfig(), cfg, args.out, args.resume, log, args.data)
+            train, rest = tr.train_dit, (args.dcae, arch, ScheduleConfig(), cfg, args.out, args.resume)
         else:
             arch = UNetConfig(image_size=args.size, channels=_ints(args.channels))
-            out = tr.train_ddpm(images, arch, ScheduleConfig(clip_sample=True), cfg, args.out, args.resume, log,
-                                args.data)
+            train, rest = tr.train_ddpm, (arch, ScheduleConfig(clip_sample=True), cfg, args.out, args.resume)
+        if getattr(args, "engine", "local") == "ray":
+            from ood_monitor.fleet.train_ray import train_diffusion_on_ray
+
+            log(f"Ray Train: {args.workers} data-parallel workers x {args.threads} threads, global batch {args.batch}")
+            train_diffusion_on_ray(train, images, rest, {"source": source}, args.workers, args.address, args.threads)
+            out = args.out
+        else:
+            out = train(images, *rest, log=log, source=source)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

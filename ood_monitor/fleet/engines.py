@@ -52,14 +52,19 @@ class FleetScores:
 
 
 def score_sources(sources: list[Path], job: ScoringJob, engine: str = "local", workers: int = 2,
-                  address: str | None = None, progress: Callable[[str], None] | None = print) -> FleetScores:
-    """Score every recording with every model of `job` on `engine` (local | ray)."""
+                  address: str | None = None, progress: Callable[[str], None] | None = print,
+                  threads: int = 1) -> FleetScores:
+    """Score every recording with every model of `job` on `engine` (local | ray); `threads`: torch
+    threads of this process (local) or of each actor (ray)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "ray":
         from ood_monitor.fleet.ray_engine import score_on_ray
 
-        return score_on_ray(sources, job, workers, address, progress)
+        return score_on_ray(sources, job, workers, address, progress, threads=threads)
+    import torch
+
+    torch.set_num_threads(max(1, threads))
     return score_local(sources, job, progress)
 
 

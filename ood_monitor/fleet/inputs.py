@@ -38,3 +38,44 @@ def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
 def describe(paths: list[Path]) -> str:
     """`a` for one input, `a (+ 3 more)` for many (report titles)."""
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+ {len(paths) - 1} more)"
+
+
+def load_training_frames(paths: list[Path], kind: str, frame_cfg, image_topic: str, limit: int | None = None,
+                         progress=None, labels=None):
+    """The frames of every recording as one FrameSet (recordings in order; `limit` counts them all).
+    Training revisits every frame each epoch, so these are held in memory as compact uint8 (images) or
+    float32 (flow) arrays; the data hash covers every recording's hash in order."""
+    import hashlib
+
+    import numpy as np
+
+    from ood_monitor.core.vae.dataset import load_frames
+
+    sets = []
+    for path in paths:
+        left = None if limit is None else limit - sum(len(s) for s in sets)
+        if left is not None and left <= 0:
+            break
+        sets.append(load_frames(path, kind, frame_cfg, image_topic, limit=left, progress=progress, labels=labels))
+    if len(sets) == 1:
+        return sets[0]
+    first = sets[0]
+    digest = hashlib.sha256("".join(s.data_hash for s in sets).encode()).hexdigest()
+    cat = {name: np.concatenate([getattr(s, name) for s in sets])
+           for name in ("raw", "is_ood", "category", "ood_kind", "episode", "index")}
+    return type(first)(kind=kind, data_hash=digest, source=", ".join(s.source for s in sets), **cat)
+
+
+def iter_many_frames(paths: list[Path], failed: dict[str, str] | None = None, **sources):
+    """`data.frames.iter_frames` over every recording in turn (calibrate-analysis, mask evaluation): a
+    recording that cannot be read is recorded in `failed` (path -> why) and skipped; without `failed`
+    the error propagates."""
+    from ood_monitor.data.frames import iter_frames
+
+    for path in paths:
+        try:
+            yield from iter_frames(path, **sources)
+        except Exception as exc:  # noqa: BLE001 -- reported per recording, as the scoring engines do
+            if failed is None:
+                raise
+            failed[str(path)] = f"{type(exc).__name__}: {exc}"

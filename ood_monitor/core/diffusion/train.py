@@ -28,6 +28,7 @@ from .synthesizer import load_model, save_model
 from .unet import UNet, UNetConfig
 
 if TYPE_CHECKING:
+    from ood_monitor.core.vae.train import Parallel
     from ood_monitor.data.labels import LabelSpec
 
 Log = Callable[[str], None]
@@ -155,8 +156,14 @@ def load_checkpoint(folder: Path, model: nn.Module, ema: Ema, opt: torch.optim.O
 
 
 def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-               cfg: TrainConfig, out: Path, resume: bool = False, log: Log = print) -> tuple[nn.Module, dict]:
-    """Run `cfg.steps` optimizer steps of `loss_fn(step)`; returns (EMA model, training record)."""
+               cfg: TrainConfig, out: Path, resume: bool = False, log: Log = print,
+               parallel: Parallel | None = None) -> tuple[nn.Module, dict]:
+    """Run `cfg.steps` optimizer steps of `loss_fn(step)`; returns (EMA model, training record). With
+    `parallel` (data-parallel workers, see core.vae.train.Parallel) gradients are averaged across workers
+    before clipping, every worker stops at the same step and only rank 0 logs and writes checkpoints."""
+    main = parallel is None or parallel.rank == 0
+    if not main:
+        log = _quiet
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = Ema(model, cfg.ema_decay)
     ckpt = out / CHECKPOINT
@@ -169,7 +176,10 @@ def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, di
     step, running = start, []
     model.train()
     while step < cfg.steps:
-        if cfg.time_limit_s and elapsed0 + time.perf_counter() - t0 > cfg.time_limit_s:
+        late = bool(cfg.time_limit_s) and elapsed0 + time.perf_counter() - t0 > cfg.time_limit_s
+        if parallel is not None and cfg.time_limit_s:
+            late = parallel.any(late)
+        if late:
             log(f"time limit {cfg.time_limit_s:.0f} s reached at step {step}")
             break
         for g in opt.param_groups:
@@ -177,6 +187,8 @@ def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, di
         loss, parts = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if parallel is not None:
+            parallel.sync_gradients(model)
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema.update(model, step)
@@ -190,19 +202,39 @@ def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, di
             log(f"step {step}/{cfg.steps}  loss {mean:.4f}  ({detail})  {elapsed:.0f} s  "
                 f"{(step - start) / max(1e-9, time.perf_counter() - t0):.2f} it/s")
             running = []
-        if step % cfg.checkpoint_every == 0:
+        if step % cfg.checkpoint_every == 0 and main:
             save_checkpoint(ckpt, model, ema, opt, {"step": step, "history": history,
                                                     "elapsed_s": elapsed0 + time.perf_counter() - t0,
                                                     "train": cfg.to_dict()})
     elapsed = elapsed0 + time.perf_counter() - t0
-    save_checkpoint(ckpt, model, ema, opt, {"step": step, "history": history, "elapsed_s": elapsed,
-                                            "train": cfg.to_dict()})
+    if main:
+        save_checkpoint(ckpt, model, ema, opt, {"step": step, "history": history, "elapsed_s": elapsed,
+                                                "train": cfg.to_dict()})
     return ema.model, {"settings": cfg.to_dict(), "steps": step, "elapsed_s": round(elapsed, 1),
                        "history": history}
 
 
-def _generators(cfg: TrainConfig, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    return np.random.default_rng([cfg.seed, step]), torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+def _quiet(_msg: str) -> None:
+    """The log of data-parallel workers other than rank 0."""
+
+
+def _generators(cfg: TrainConfig, step: int, parallel: Parallel | None = None
+                ) -> tuple[np.random.Generator, torch.Generator]:
+    """Batch and noise generators of a step (rank 0 of a data-parallel run draws what a local run draws)."""
+    rank = 0 if parallel is None else parallel.rank
+    if rank == 0:
+        return np.random.default_rng([cfg.seed, step]), torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return (np.random.default_rng([cfg.seed, step, rank]),
+            torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + rank))
+
+
+def _worker_batch(cfg: TrainConfig, parallel: Parallel | None) -> int:
+    """Frames per step on this worker: the global batch shared by the workers."""
+    if parallel is None:
+        return cfg.batch
+    if cfg.batch < parallel.world:
+        raise ValueError(f"--batch {cfg.batch} cannot be shared by {parallel.world} workers")
+    return cfg.batch // parallel.world
 
 
 def data_record(images: np.ndarray, source: str) -> dict:
@@ -219,15 +251,18 @@ def latent_scale(model: nn.Module, images: np.ndarray, batch: int = 32) -> float
 
 
 def train_dcae(images: np.ndarray, arch: DcaeConfig, cfg: TrainConfig, out: str | Path, resume: bool = False,
-               log: Log = print, source: str = "") -> Path:
+               log: Log = print, source: str = "", parallel: Parallel | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_dcae(arch)
+    batch = _worker_batch(cfg, parallel)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        rng, _ = _generators(cfg, step)
-        return dcae_loss(model, image_batch(images, rng, cfg.batch, cfg.crop))
+        rng, _ = _generators(cfg, step, parallel)
+        return dcae_loss(model, image_batch(images, rng, batch, cfg.crop))
 
-    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log)
+    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
+    if parallel is not None and parallel.rank != 0:
+        return Path(out)
     arch.scaling_factor = latent_scale(ema, images)
     card = {"type": "dcae", "arch": arch.to_dict(), "image_size": arch.image_size,
             "data": data_record(images, source), "training": record,
@@ -258,7 +293,8 @@ def encode_dataset(dcae_dir: str | Path, images: np.ndarray, batch: int = 32) ->
 
 
 def train_dit(images: np.ndarray, dcae_dir: str | Path, arch: DitConfig, schedule: ScheduleConfig,
-              cfg: TrainConfig, out: str | Path, resume: bool = False, log: Log = print, source: str = "") -> Path:
+              cfg: TrainConfig, out: str | Path, resume: bool = False, log: Log = print, source: str = "",
+              parallel: Parallel | None = None) -> Path:
     log(f"encoding {len(images)} frames (+ mirrors) with {dcae_dir} ...")
     latents, ae_card = encode_dataset(dcae_dir, images)
     ae = DcaeConfig(**ae_card["arch"])
@@ -266,12 +302,15 @@ def train_dit(images: np.ndarray, dcae_dir: str | Path, arch: DitConfig, schedul
     torch.manual_seed(cfg.seed)
     model = Dit(arch)
     alphas = ddpm_scheduler(schedule).alphas_cumprod
+    batch = _worker_batch(cfg, parallel)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        rng, gen = _generators(cfg, step)
-        return diffusion_loss(model, latents[rng.integers(0, len(latents), cfg.batch)], alphas, gen)
+        rng, gen = _generators(cfg, step, parallel)
+        return diffusion_loss(model, latents[rng.integers(0, len(latents), batch)], alphas, gen)
 
-    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log)
+    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
+    if parallel is not None and parallel.rank != 0:
+        return Path(out)
     rel = Path(dcae_dir).resolve()
     try:
         rel = rel.relative_to(Path(out).resolve().parent)
@@ -286,16 +325,20 @@ def train_dit(images: np.ndarray, dcae_dir: str | Path, arch: DitConfig, schedul
 
 
 def train_ddpm(images: np.ndarray, arch: UNetConfig, schedule: ScheduleConfig, cfg: TrainConfig,
-               out: str | Path, resume: bool = False, log: Log = print, source: str = "") -> Path:
+               out: str | Path, resume: bool = False, log: Log = print, source: str = "",
+               parallel: Parallel | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = UNet(arch)
     alphas = ddpm_scheduler(schedule).alphas_cumprod
+    batch = _worker_batch(cfg, parallel)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        rng, gen = _generators(cfg, step)
-        return diffusion_loss(model, image_batch(images, rng, cfg.batch, cfg.crop), alphas, gen)
+        rng, gen = _generators(cfg, step, parallel)
+        return diffusion_loss(model, image_batch(images, rng, batch, cfg.crop), alphas, gen)
 
-    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log)
+    ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
+    if parallel is not None and parallel.rank != 0:
+        return Path(out)
     card = {"type": "pixel_ddpm", "arch": arch.to_dict(), "schedule": schedule.to_dict(),
             "image_size": arch.image_size,
             "sampling": {"steps": 1000, "scale": 2.0, "strength": 1.0, "kind": "gradfree"},

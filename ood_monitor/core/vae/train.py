@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -79,6 +80,24 @@ class TrainResult:
         return asdict(self)
 
 
+class Parallel(Protocol):
+    """Data-parallel training hook (one per worker; `ood_monitor.fleet.distributed` implements it over
+    torch.distributed for Ray Train): every worker starts from the same weights, trains on its share of
+    the rows, and gradients and the statistics that decide stopping are averaged across workers, so all
+    workers keep identical weights. Without one (`parallel=None`) training is the single-process loop."""
+
+    rank: int
+    world: int
+
+    def shard(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def sync_gradients(self, model: nn.Module) -> None: ...
+
+    def average(self, values: np.ndarray) -> np.ndarray: ...
+
+    def any(self, flag: bool) -> bool: ...
+
+
 def split_blocks(n: int, frac: float, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Train / validation row indices; validation takes whole blocks of `block` consecutive rows."""
     if frac <= 0 or n < 2:
@@ -135,16 +154,21 @@ def evaluate_loss(model: nn.Module, data: FrameSet, rows: np.ndarray, flow_scale
 
 
 def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainConfig,
-              log: Callable[[str], None] = print) -> TrainResult:
-    """Fit `model` (BetaVAE or HierarchicalVAE) on `data`; leaves the best-validation weights loaded."""
+              log: Callable[[str], None] = print, parallel: Parallel | None = None) -> TrainResult:
+    """Fit `model` (BetaVAE or HierarchicalVAE) on `data`; leaves the best-validation weights loaded.
+    With `parallel`, this is one data-parallel worker (see `Parallel`)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_rows, val_rows = split_blocks(len(data), cfg.val_split, cfg.val_block, rng)
+    if parallel is not None:
+        train_rows = parallel.shard(train_rows)
+        gen.manual_seed(cfg.seed * 1_000_003 + parallel.rank)  # each worker its own augmentations
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     res, best_state, stale, t0 = TrainResult(), None, 0, time.monotonic()
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch)
-    log(f"training {type(model).__name__} on {len(train_rows)} frames, validating on {len(val_rows)}; "
+    workers = f" per worker x {parallel.world} workers" if parallel is not None else ""
+    log(f"training {type(model).__name__} on {len(train_rows)} frames{workers}, validating on {len(val_rows)}; "
         f"{steps_per_epoch} steps/epoch")
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -158,13 +182,15 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
             loss = parts.total if weight >= 1.0 else parts.recon + weight * (parts.total - parts.recon)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel is not None:
+                parallel.sync_gradients(model)
             opt.step()
             sums += len(idx) * np.array([float(p.detach()) for p in parts])
             seen += len(idx)
             res.steps += 1
-            if _out_of_budget(cfg, res.steps, t0):
+            if _out_of_budget(cfg, res.steps, t0, parallel):
                 break
-        tr = sums / max(1, seen)
+        tr = sums / max(1, seen) if parallel is None else parallel.average(sums / max(1, seen))
         val = evaluate_loss(model, data, val_rows, flow_scale, cfg.batch) if len(val_rows) else None
         monitored = val["loss"] if val else float(tr[0])
         res.curve.append({"epoch": epoch, "steps": res.steps, "train_loss": float(tr[0]),
@@ -181,7 +207,7 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
         if stale >= cfg.patience:
             res.stopped = f"early stop: no validation improvement for {cfg.patience} epochs"
             break
-        if _out_of_budget(cfg, res.steps, t0):
+        if _out_of_budget(cfg, res.steps, t0, parallel):
             res.stopped = "step or time budget reached"
             break
     if best_state is not None:
@@ -197,9 +223,13 @@ def kl_weight(step: int, warmup_steps: float) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
-def _out_of_budget(cfg: TrainConfig, steps: int, t0: float) -> bool:
-    return ((cfg.max_steps is not None and steps >= cfg.max_steps)
-            or (cfg.time_limit_s is not None and time.monotonic() - t0 >= cfg.time_limit_s))
+def _out_of_budget(cfg: TrainConfig, steps: int, t0: float, parallel: Parallel | None = None) -> bool:
+    if cfg.max_steps is not None and steps >= cfg.max_steps:
+        return True
+    if cfg.time_limit_s is None:
+        return False
+    late = time.monotonic() - t0 >= cfg.time_limit_s
+    return late if parallel is None else parallel.any(late)  # all workers stop at the same step
 
 
 def training_stats(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256
