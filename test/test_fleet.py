@@ -134,3 +134,26 @@ def test_train_vae_on_two_ray_workers_gives_a_loadable_model_like_the_local_run(
     assert val_ray < 1.5 * val_local  # same objective, same scale of result
     encoder, card = load_encoder(tmp_path / "ray")
     assert card.selected_dims and len(card.latent_stats["kl_mean"]) == 6
+
+
+def test_train_dcae_on_ray_writes_the_checkpoint_a_local_run_resumes(demo_dataset, ray_local, tmp_path):
+    out = tmp_path / "dcae"
+    common = ["train", "dcae", "--data", str(demo_dataset / "bags" / "train"), "--out", str(out), "--size", "32",
+              "--batch", "4", "--crop", "0", "--channels", "16,16", "--layers", "0,1", "--latent-channels", "4",
+              "--threads", "1", "--max-frames", "24"]
+    assert cli([*common, "--steps", "4", "--engine", "ray", "--workers", "2"]) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    card = json.loads((out / "config.json").read_text())
+    assert state["step"] == 4 and card["training"]["steps"] == 4 and (out / "model.safetensors").is_file()
+    assert cli([*common, "--steps", "6", "--resume"]) == 0  # the local engine continues the Ray run
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
+
+
+def test_bench_fleet_quick_rows(tmp_path, demo_dataset, ray_local):
+    report = tmp_path / "fleet.json"
+    assert cli(["bench", "fleet", "--quick", "--data", str(demo_dataset / "bags" / "calibration"), "--models",
+                MODELS[0], "--json", str(report)]) == 0
+    rows = {r["variant"]: r for r in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"local", "ray-1", "ray-2"}
+    assert len({r["frames"] for r in rows.values()}) == 1 and rows["local"]["x_local"] == 1.0
+    assert all(r["frames_per_s"] > 0 and r["overhead_s_per_task"] >= 0 for r in rows.values())

@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         local = score_local(sources, job, progress=None, scorers=scorers)
         rows.append(engine_row("local", local, 1))
         print(f"  local: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
+        import ray
+
+        started = not ray.is_initialized()  # a Ray someone else started stays up
         t0 = time.perf_counter()
         ensure_ray(num_cpus=max(2, os.cpu_count() or 1))
         ray_start = time.perf_counter() - t0
@@ -136,9 +139,8 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"ray-{workers}: {fleet.failed}")
             rows.append(engine_row(f"ray-{workers}", fleet, workers))
             print(f"  ray-{workers}: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
-        import ray
-
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         base = rows[0]["frames_per_s"]
         for r in rows:
             r["x_local"] = r["frames_per_s"] / base

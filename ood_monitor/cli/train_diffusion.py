@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             out = args.out
         else:
             out = train(images, *rest, log=log, source=source)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log(f"wrote {out}")

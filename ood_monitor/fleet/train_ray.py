@@ -16,6 +16,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _fit(trainer):
+    """trainer.fit(), with a failed run as a RuntimeError carrying the workers' error (not Ray's traceback)."""
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise RuntimeError(f"Ray Train failed: {str(exc).strip().splitlines()[-1]}") from exc
+    if result.error is not None:
+        raise RuntimeError(f"Ray Train failed: {result.error}")
+    return result
+
+
 def _trainer(loop: Callable, config: dict, workers: int, address: str | None, name: str, storage: str):
     """TorchTrainer with gloo on CPU workers: the training loops (core.vae.train, core.diffusion.train)
     run on the CPU today, so NCCL/GPU workers would have nothing to run on the GPU."""
@@ -81,9 +94,7 @@ def train_vae_on_ray(model: Any, arch: str, model_cfg: Any, frames: Any, flow_sc
     storage = storage or tempfile.mkdtemp(prefix="ood_monitor_ray_train_")
     config = {"frames": ray.put(frames), "arch": arch, "model_cfg": model_cfg, "flow_scale": flow_scale,
               "train_cfg": train_cfg, "threads": threads, "seed": seed}
-    result = _trainer(_vae_worker, config, workers, address, "train_vae", str(Path(storage).resolve())).fit()
-    if result.error is not None:
-        raise RuntimeError(f"Ray Train failed: {result.error}")
+    result = _fit(_trainer(_vae_worker, config, workers, address, "train_vae", str(Path(storage).resolve())))
     if result.checkpoint is None:
         raise RuntimeError("Ray Train finished without a checkpoint from rank 0")
     with result.checkpoint.as_directory() as folder:
@@ -122,6 +133,4 @@ def train_diffusion_on_ray(train: Callable, images: Any, args: tuple, kwargs: di
     ensure_ray(address)
     storage = storage or tempfile.mkdtemp(prefix="ood_monitor_ray_train_")
     config = {"images": ray.put(images), "train": train, "args": args, "kwargs": kwargs, "threads": threads}
-    result = _trainer(_diffusion_worker, config, workers, address, train.__name__, str(Path(storage).resolve())).fit()
-    if result.error is not None:
-        raise RuntimeError(f"Ray Train failed: {result.error}")
+    _fit(_trainer(_diffusion_worker, config, workers, address, train.__name__, str(Path(storage).resolve())))
