@@ -165,7 +165,10 @@ def test_two_sided_score_numbers_and_validation() -> None:
     assert post.center == (1.0, -1.0) and post.scale == (2.0, 0.5)
     # ((3 - 1) / 2)^2 + ((0 + 1) / 0.5)^2 = 1 + 4
     assert post(np.array([[3.0, 7.0]]), np.array([[0.0, 7.0]]))[0] == pytest.approx(5.0)
-    assert Nonconformity.from_stats("posterior_deviation", [1], stats).scale == (1.0, 1e-3)  # std floor
+    # a dim that never varied on training data is floored at 5% of the median selected std (1e-3 at least)
+    assert Nonconformity.from_stats("posterior_deviation", [1], stats).scale == (1.0, 0.025)
+    flat = {**stats, "mu_std": [0.0, 0.0]}
+    assert Nonconformity.from_stats("posterior_deviation", [1], flat).scale == (1e-3, 1e-3)
     kl_dev = Nonconformity.from_stats("kl_deviation", [0], stats)
     assert kl_dev(np.array([[0.0, 0.0]]), np.zeros((1, 2)))[0] == pytest.approx(9.0)  # KL 0 vs mean 3, std 1
     with pytest.raises(ValueError, match="training"):

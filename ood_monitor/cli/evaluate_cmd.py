@@ -55,12 +55,14 @@ def node_parameters(params: Path | None, node: str) -> dict:
     return dict((data.get(f"/**/{node}") or {}).get("ros__parameters") or {})
 
 
-def alarm_configs(params: Path | None, kind: str, tests: list[str]) -> dict:
-    from ood_monitor.core.conformal import AlarmConfig
+def alarm_configs(params: Path | None, kind: str, tests: list[str], stored) -> dict:
+    """The alarms the detector node would run: the --params file's explicit settings, the rest (0, "" or
+    absent) from `stored()`, the model's calibrated thresholds."""
+    from ood_monitor.core.alarm_calibration import resolve_alarm
 
     section = node_parameters(params, f"vae_{kind}_detector")
     settings = {k: section[k] for k in ALARM_FIELDS if k in section}
-    return {t: AlarmConfig(test=t, **settings) for t in tests}
+    return {t: resolve_alarm(t, settings, stored) for t in tests}
 
 
 def mask_analysis(args: argparse.Namespace, nominal: bool = True):
@@ -125,7 +127,7 @@ def evaluate_model(model: Path, data: Path, out: Path, sources: dict, params: Pa
     frames = cache[key]
     scores = score_frameset(encoder, card, frames)
     labels = Labels(frames.is_ood, frames.category, frames.ood_kind, frames.episode)
-    configs = alarm_configs(params, card.kind, tests)
+    configs = alarm_configs(params, card.kind, tests, lambda: card.alarm_settings(path))
     alarms, traces = alarm_table(calibration, scores, labels, configs)
     name = path.name
     groups = {k: v for k, v in group_masks(labels).items() if k.startswith("category:")}

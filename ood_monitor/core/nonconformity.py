@@ -39,12 +39,25 @@ def latent_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1.0)
 
 
-def select_dims(mean_kl: np.ndarray, k: int) -> list[int]:
-    """Indices of the k dims with the highest mean training KL, most informative first."""
+def select_dims(mean_kl: np.ndarray, k: int, usable: np.ndarray | None = None) -> list[int]:
+    """Indices of the k dims with the highest mean training KL, most informative first; dims not
+    `usable` (see `stuck_dims`) come last, whatever their KL."""
     mean_kl = np.asarray(mean_kl, dtype=np.float64)
     if not 1 <= k <= mean_kl.size:
         raise ValueError(f"select k in [1, {mean_kl.size}], got {k}")
-    return [int(i) for i in np.argsort(-mean_kl, kind="stable")[:k]]
+    usable = np.ones(mean_kl.size, bool) if usable is None else np.asarray(usable, bool)
+    order = np.lexsort((-mean_kl, ~usable))  # usable first, then by KL descending
+    return [int(i) for i in order[:k]]
+
+
+def stuck_dims(stats: dict[str, list[float]], logvar_range: tuple[float, float], margin: float = 0.5) -> np.ndarray:
+    """Dims whose posterior log-variance sits at the encoder's clamp on training data: their KL is large
+    (a clamped variance is far from the prior) but carries no information about the frame, and its
+    near-zero spread made any change look enormous. Boolean (D,)."""
+    lv = np.asarray(stats["logvar_mean"], np.float64)
+    lv_std = np.asarray(stats["logvar_std"], np.float64)
+    lo, hi = logvar_range
+    return ((lv <= lo + margin) | (lv >= hi - margin)) & (lv_std < margin)
 
 
 def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -> np.ndarray:
@@ -113,7 +126,10 @@ class Nonconformity:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
         names = ("mu", "logvar") if method == "posterior_deviation" else ("kl",)
         center = [stats[f"{n}_mean"][d] for n in names for d in dims]
-        scale = [max(stats[f"{n}_std"][d], min_std) for n in names for d in dims]
+        raw = np.array([stats[f"{n}_std"][d] for n in names for d in dims], np.float64)
+        # a dimension that barely varies on training data would turn any change into a huge z: its
+        # scale is floored at a fraction of the typical selected dimension's
+        scale = [float(v) for v in np.maximum(raw, max(min_std, 0.05 * float(np.median(raw))))]
         return cls(method, dims, tuple(center), tuple(scale), texture if method == "kl_texture" else None)
 
     def texture_of(self, frames: np.ndarray) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
 from ood_monitor.core.runtime import onnx_callables
 from ood_monitor.core.runtime.onnx_export import DropoutSpec, MaskedTail, draw_masks, export_encoder
 from ood_monitor.core.vae.dataset import FrameSet
@@ -240,7 +241,11 @@ def variant_card(parent: ModelCard, variant: Variant, cal: FrameSet, train: Fram
     encode = variant.encoder_fn(threads)
     card = scoring_card(parent, variant, train, threads)
     ids = cal.subset(~cal.is_ood) if cal.is_ood.any() else cal
-    scores = np.sort(frame_scores(encode, ids, card))
+    stream = frame_scores(encode, ids, card)
+    scores = np.sort(stream)
+    if parent.alarm:  # the variant's own p-values: its thresholds are chosen again, for the parent's target
+        target = AlarmTarget.from_settings(parent.alarm)
+        card.alarm = calibrate_alarms(stream, None, target).to_dict(target)
     card.calibration = {"scores": [float(s) for s in scores], "source": ids.source, "hash": ids.data_hash,
                         "frames": len(scores), "selected_dims": card.selected_dims, "score": card.score,
                         "command": command, "scored_by": variant.name}

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_monitor.core.nonconformity import encode, latent_stats, select_dims
+from ood_monitor.core.nonconformity import encode, latent_stats, select_dims, stuck_dims
 from ood_monitor.core.texture import TextureHead, min_frames
 
+from .beta_vae import LOGVAR_RANGE
 from .dataset import FrameSet
 
 
@@ -220,4 +221,4 @@ def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int
     texture head (images; None for flow)."""
     stats, texture = training_stats(encoder, data, flow_scale)
     usage = np.asarray(stats["kl_mean"])
-    return select_dims(usage, k), usage, stats, texture
+    return select_dims(usage, k, ~stuck_dims(stats, LOGVAR_RANGE)), usage, stats, texture
