@@ -1,10 +1,15 @@
-"""`ood-monitor evaluate --data BAG_OR_FOLDER`: score a labelled recording with the VAE detectors and
-report AUROC / AUPR-in / AUPR-out / FPR@95 per OOD kind and category, alarm detection delays and false
-alarms per 1000 in-distribution frames, as Markdown + JSON + ROC/PR curves and score timelines (PNG)."""
+"""`ood-monitor evaluate --data BAG_OR_FOLDER [MORE ...]`: score labelled recordings with the VAE detectors
+and report AUROC / AUPR-in / AUPR-out / FPR@95 per OOD kind and category, alarm detection delays and false
+alarms per 1000 in-distribution frames, as Markdown + JSON + ROC/PR curves, score timelines (PNG) and the
+per-frame scores (CSV); with several recordings, per-recording results and a ranking by alarmed time.
+
+The alarms run as vae_detector_node runs them: the same settings (`alarm_settings`) and the alarm state
+restarted where the node restarts it (stamp gaps over `max_gap_s`, stamps jumping back, a new recording)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,11 +21,15 @@ if TYPE_CHECKING:
 MASK_TOPIC = "/ood/gt/mask"  # data.frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
                 "pvalue_threshold", "p_floor")
+NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default
+SHIPPED_PARAMS = "config/default.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics, curves and timelines of the detectors on a labelled bag/folder")
-    p.add_argument("--data", type=Path, required=True, help="rosbag2 bag (MCAP/sqlite3) or image folder with labels")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="rosbag2 bags (MCAP/sqlite3) and/or image folders with labels; globs are expanded "
+                        "(quote them: 'fleet/*/' 'robot3/2026-11-*')")
     p.add_argument("--models", type=Path, nargs="+", default=[Path("models/vae_image"), Path("models/vae_flow")],
                    help="model folders to evaluate (default models/vae_image models/vae_flow)")
     p.add_argument("--out", type=Path, default=Path("eval_report"), help="report folder (default eval_report)")
@@ -29,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ground-truth mask topic in a bag (mono8, 255 = anomalous; without a label topic a "
                         "frame is OOD when its mask has any pixel)")
     p.add_argument("--params", type=Path,
-                   help="take alarm settings from this ROS parameter file's detector sections and the anomaly-mask "
-                        "analysis settings from its analysis_node section (without it: the shipped defaults)")
+                   help="take alarm settings (and max_gap_s) from this ROS parameter file's detector sections and "
+                        "the anomaly-mask analysis settings from its analysis_node section; they override the "
+                        "model's stored alarm settings (without it: the shipped config/default.yaml, then the "
+                        "model's stored settings)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests to run (default martingale,cusum)")
     p.add_argument("--synthesizer", type=Path, default=Path("models/latent_dit"),
                    help="anomaly masks: synthesizer model (default models/latent_dit); 'none' skips masks")
@@ -41,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="anomaly masks: discrepancy feature extractor "
                                       "(default: the --params analysis_node feature_extractor, else auto)")
     p.add_argument("--max-mask-frames", type=int, default=80, help="anomaly masks: frames evaluated at most")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: a Ray Data pipeline, one read task per recording, actors "
+                        "that load each model once (ray.init() in-process, or --address)")
+    p.add_argument("--address", default=None,
+                   help="--engine ray: attach to this Ray cluster ('auto' after `ray start --head`)")
+    p.add_argument("--workers", type=int, default=2, help="--engine ray: scoring actors")
+    p.add_argument("--batch", type=int, default=64, help="frames scored per batch (memory is this many frames)")
     add_label_options(p)
     p.set_defaults(func=run)
 
@@ -55,14 +73,37 @@ def node_parameters(params: Path | None, node: str) -> dict:
     return dict((data.get(f"/**/{node}") or {}).get("ros__parameters") or {})
 
 
-def alarm_configs(params: Path | None, kind: str, tests: list[str], stored) -> dict:
-    """The alarms the detector node would run: the --params file's explicit settings, the rest (0, "" or
-    absent) from `stored()`, the model's calibrated thresholds."""
+def shipped_params() -> Path | None:
+    """config/default.yaml as installed (working dir, share/ood_monitor, source tree), None if absent."""
+    from ood_monitor.core.model_dirs import candidates
+
+    return next((c for c in candidates(SHIPPED_PARAMS) if c.is_file()), None)
+
+
+def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> tuple[dict, float, dict[str, str]]:
+    """The alarm settings the detector node would run: the parameter file's explicit values (`params`, or
+    without it the shipped config/default.yaml that `ood-monitor run` and the launch files load), and for
+    the settings it leaves calibrated (0, "" or absent) the model's stored ones (`stored()`: the card's
+    `alarm_settings`, ModelFileError when it has none). Returns ({test: AlarmConfig}, max_gap_s,
+    {name: where it came from})."""
     from ood_monitor.core.alarm_calibration import resolve_alarm
 
-    section = node_parameters(params, f"vae_{kind}_detector")
-    settings = {k: section[k] for k in ALARM_FIELDS if k in section}
-    return {t: resolve_alarm(t, settings, stored) for t in tests}
+    source = params if params is not None else shipped_params()
+    section = node_parameters(source, f"vae_{kind}_detector") if source is not None else {}
+    explicit = {k: section[k] for k in ALARM_FIELDS if section.get(k) not in (None, "", 0)}
+    origin = {k: (str(source) if k in explicit else "model config.json alarm") for k in ALARM_FIELDS}
+    max_gap_s = float(section.get("max_gap_s", NODE_MAX_GAP_S))
+    origin["max_gap_s"] = str(source) if "max_gap_s" in section else "node default"
+    if max_gap_s <= 0:
+        raise ValueError(f"max_gap_s must be positive, got {max_gap_s} (from {origin['max_gap_s']})")
+    if "pvalue_threshold" not in explicit:
+        explicit["pvalue_threshold"] = 0.01  # the node's default; not calibrated
+        origin["pvalue_threshold"] = "node default"
+    try:
+        configs = {t: resolve_alarm(t, explicit, stored) for t in tests}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"alarm settings for the {kind} detector ({origin}): {exc}") from exc
+    return configs, max_gap_s, origin
 
 
 def mask_analysis(args: argparse.Namespace, nominal: bool = True):
@@ -103,42 +144,99 @@ def frame_sources(args: argparse.Namespace) -> dict:
             "labels": label_spec(args)}
 
 
-def evaluate_model(model: Path, data: Path, out: Path, sources: dict, params: Path | None, tests: list[str],
-                   cache: dict) -> dict:
-    import torch
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    """--data as recordings (a single Path, as demo passes it, or a list of paths and globs)."""
+    from ood_monitor.fleet.inputs import expand_inputs
 
+    data = args.data if isinstance(args.data, list | tuple) else [args.data]
+    return expand_inputs(data)
+
+
+def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, tests: list[str]) -> dict:
+    """Metrics, alarms, plots and the per-frame CSV of one detector over `table` (its frames of every
+    recording, in order)."""
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import score_threshold
-    from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.evaluation import Labels, alarm_table, frame_table, group_masks
-    from ood_monitor.core.frames import FrameConfig
-    from ood_monitor.core.model_dirs import resolve_model_dir
-    from ood_monitor.core.vae.dataset import load_frames
-    from ood_monitor.core.vae.io import load_encoder
+    from ood_monitor.core.evaluation import alarm_table, frame_table, group_masks, stream_labels
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    path = resolve_model_dir(model)
-    encoder, card = load_encoder(path)
-    calibration = card.calibration_scores(path)
-    key = (card.kind, card.config.height, card.config.width)
-    if key not in cache:
-        print(f"  reading {data} as {card.kind} frames {card.config.height}x{card.config.width} ...", flush=True)
-        cache[key] = load_frames(data, card.kind, FrameConfig(card.config.width, card.config.height), **sources)
-    frames = cache[key]
-    scores = score_frameset(encoder, card, frames)
-    labels = Labels(frames.is_ood, frames.category, frames.ood_kind, frames.episode)
-    configs = alarm_configs(params, card.kind, tests, lambda: card.alarm_settings(path))
-    alarms, traces = alarm_table(calibration, scores, labels, configs)
-    name = path.name
-    groups = {k: v for k, v in group_masks(labels).items() if k.startswith("category:")}
-    curves = plots.curves(out / f"curves_{name}.png", scores, frames.is_ood, groups, name)
-    threshold = score_threshold(calibration, next(iter(configs.values())).pvalue_threshold)
-    timeline = plots.timeline(out / f"timeline_{name}.png", scores, frames.is_ood, frames.ood_kind, traces,
-                              threshold, f"{name} on {data.name}")
-    return {"model": str(path), "kind": card.kind, "frames": len(frames), "nominal_frames": int((~frames.is_ood).sum()),
-            "frame_metrics": frame_table(scores, labels), "alarms": alarms,
-            "alarm_settings": {t: vars(c) for t, c in configs.items()},
-            "plots": [curves.name, timeline.name]}
+    name, card = scorer.name, scorer.card
+    configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,
+                                                 tests)
+    labels = stream_labels(table.is_ood, table.category, table.kind, table.episode, table.stamp_ns, max_gap_s,
+                           table.source)
+    scores = table.score
+    alarms, traces = alarm_table(scorer.calibration, scores, labels, configs)
+    metrics = frame_table(scores, labels)
+    plots_written = []
+    if metrics:
+        groups = {k: v for k, v in group_masks(labels).items() if k.startswith("category:")}
+        plots_written.append(plots.curves(out / f"curves_{name}.png", scores, labels.is_ood, groups, name).name)
+    threshold = score_threshold(scorer.calibration, next(iter(configs.values())).pvalue_threshold)
+    plots_written.append(plots.timeline(out / f"timeline_{name}.png", scores, labels, traces, configs, threshold,
+                                        card.score, f"{name} on {title}").name)
+    csv_path = write_scores_csv(out / f"scores_{name}.csv", table, labels, traces)
+    return {"model": str(scorer.path), "kind": card.kind, "score": card.score, "frames": len(table),
+            "nominal_frames": int((~labels.is_ood).sum()), "ood_frames": int(labels.is_ood.sum()),
+            "sequences": int(labels.sequence.max() + 1) if len(table) else 0,
+            "frame_metrics": metrics, "frame_metrics_note": frame_metrics_note(labels), "alarms": alarms,
+            "alarm_settings": {t: vars(c) for t, c in configs.items()}, "max_gap_s": max_gap_s,
+            "alarm_settings_from": origin, "plots": plots_written, "scores_csv": csv_path.name,
+            "per_source": per_source_results(table, labels, traces, configs)}
+
+
+def frame_metrics_note(labels) -> str:
+    """Why frame metrics are missing ("" when they are not)."""
+    if not labels.is_ood.any():
+        return ("no frame is labelled OOD (labels.csv is_ood, masks/, a FrameLabel or mask topic, or --labels): "
+                "AUROC needs OOD frames; false alarms are reported")
+    if labels.is_ood.all():
+        return "every frame is labelled OOD: AUROC needs in-distribution frames too"
+    return ""
+
+
+def per_source_results(table, labels, traces: dict, configs: dict) -> list[dict]:
+    """Per recording: frames, alarmed frames and time under each test, labelled OOD frames, episodes
+    missed (what a fleet report ranks by)."""
+    import numpy as np
+
+    from ood_monitor.core.metrics import alarm_metrics
+
+    rows = []
+    for src in dict.fromkeys(table.source.tolist()):
+        sel = table.source == src
+        stamps = table.stamp_ns[sel]
+        period = float(np.median(np.diff(stamps))) * 1e-9 if stamps.size > 1 else 0.0
+        row = {"source": src, "frames": int(sel.sum()), "ood_frames": int(labels.is_ood[sel].sum()),
+               "frame_period_s": period, "alarms": {}}
+        for test, trace in traces.items():
+            alarmed = trace["is_ood"][sel].astype(bool)
+            m = alarm_metrics(alarmed, labels.is_ood[sel], labels.episode[sel])
+            row["alarms"][test] = {"alarm_frames": int(alarmed.sum()), "alarm_s": float(alarmed.sum() * period),
+                                   "alarm_fraction": float(alarmed.mean()) if alarmed.size else 0.0,
+                                   "missed_episodes": m["missed_episodes"], "ood_episodes": m["ood_episodes"],
+                                   "false_alarms_per_1000": m["false_alarms_per_1000"]}
+        rows.append(row)
+    return rows
+
+
+def write_scores_csv(path: Path, table, labels, traces: dict) -> Path:
+    """One row per scored frame: where it came from, its ground truth, the node's sequence, the score,
+    p-value, martingale and CUSUM statistics and each test's alarm."""
+    import csv
+
+    first = next(iter(traces.values()))
+    tests = list(traces)
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["source", "frame", "stamp_ns", "sequence", "episode", "kind", "category", "is_ood", "score",
+                    "p_value", "log_martingale", "cusum", *(f"alarm_{t}" for t in tests)])
+        for i in range(len(table)):
+            w.writerow([table.source[i], int(table.frame[i]), int(table.stamp_ns[i]), int(labels.sequence[i]),
+                        int(labels.episode[i]), table.kind[i], table.category[i], int(labels.is_ood[i]),
+                        repr(float(table.score[i])), repr(float(first["p_value"][i])),
+                        repr(float(first["log_martingale"][i])), repr(float(first["cusum"][i])),
+                        *(int(traces[t]["is_ood"][i]) for t in tests)])
+    return path
 
 
 def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -157,7 +255,36 @@ def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tu
             tuple(c.id for c in classes.values() if c.name in ("unknown", "void")))
 
 
-def evaluate_masks(args: argparse.Namespace) -> dict | None:
+def fstar_note(data: str, anomaly_ids: tuple[int, ...], semantic_frames: int) -> str:
+    """Why F* cannot be computed ("" when it can): it scores ground-truth objects, which come from
+    semantic class images and the names of the anomaly classes."""
+    if not anomaly_ids:
+        return (f"F* not computed: no anomaly classes are known for {data} (a classes.json in or above the data "
+                "folder with \"anomaly\": true classes, or --colormap/--anomaly-classes); pixel AUC-PR only")
+    if semantic_frames == 0:
+        return (f"F* not computed: the frames with masks in {data} have no semantic class images (semantic/ "
+                "next to masks/, a /ood/gt/semantic topic, or --labels colour PNGs); pixel AUC-PR only")
+    return ""
+
+
+def mask_frames(paths: list[Path], sources: dict, skip: dict[str, str], seen: dict[str, int]):
+    """Frames with a non-empty ground-truth mask, recording after recording (unreadable ones skipped:
+    the scoring pass reported them); counts those with a semantic class image in seen["semantic"]."""
+    from ood_monitor.data.frames import iter_frames
+
+    for path in paths:
+        if str(path) in skip:
+            continue
+        try:
+            for f in iter_frames(path, **sources):
+                if f.mask is not None and f.mask.any():
+                    seen["semantic"] = seen.get("semantic", 0) + (f.semantic is not None)
+                    yield f
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            print(f"  anomaly masks: skipped {path}: {exc}", flush=True)
+
+
+def evaluate_masks(args: argparse.Namespace, paths: list[Path] | None = None, skip: dict | None = None) -> dict | None:
     """Pixel AUC-PR and F* of the synthesizer + analysis pipeline on the frames with ground-truth masks,
     with overlay PNGs; None when no synthesizer is configured or the data has no masks."""
     from dataclasses import asdict
@@ -168,19 +295,20 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
     from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
-    from ood_monitor.data.frames import iter_frames
 
     if str(args.synthesizer) == "none":
         return None
+    paths = paths if paths is not None else input_paths(args)
     synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
     sources = frame_sources(args)
-    anomaly_ids, ignore_ids = class_ids(args.data, sources["labels"])
+    anomaly_ids, ignore_ids = class_ids(paths[0], sources["labels"])
     analyzer, choice, features = mask_analysis(args)
     cfg = FrameConfig(synth.image_size, synth.image_size)
-    frames = (f for f in iter_frames(args.data, **sources) if f.mask is not None and f.mask.any())
-    print(f"anomaly masks: {synth.name} ({synth.backend}) + {choice.segmenter.name} on {args.data} ...", flush=True)
-    evs = evaluate_masks(islice(frames, args.max_mask_frames), synth.synthesize, analyzer, cfg,
-                         {name: MaskEvaluation(anomaly_ids, ignore_ids) for name in ("object", "all")})
+    where = ", ".join(str(p) for p in paths[:3]) + (f" (+ {len(paths) - 3} more)" if len(paths) > 3 else "")
+    print(f"anomaly masks: {synth.name} ({synth.backend}) + {choice.segmenter.name} on {where} ...", flush=True)
+    seen: dict[str, int] = {}
+    evs = evaluate_masks(islice(mask_frames(paths, sources, skip or {}, seen), args.max_mask_frames), synth.synthesize,
+                         analyzer, cfg, {name: MaskEvaluation(anomaly_ids, ignore_ids) for name in ("object", "all")})
     evs = {name: ev for name, ev in evs.items() if ev.auc.frames}
     if not evs:
         return None
@@ -188,67 +316,162 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
     rows = [[img, syn, heat(conf), overlay(img, mask, gt)] for img, syn, conf, mask, gt in main.samples]
     png = plots.image_grid(args.out / "masks_overlay.png", rows,
                            ["input | synthesized | confidence | mask (red) vs ground truth (green)"] + [""] * (len(rows) - 1))
-    return {"groups": {name: ev.result() for name, ev in evs.items()}, "synthesizer": synth.name,
+    groups = {}
+    for name, ev in evs.items():
+        r = ev.result()
+        note = fstar_note(where, anomaly_ids, seen.get("semantic", 0))
+        if note:
+            r.update(f_star=None, f_star_tau=None)
+        groups[name] = {**r, "f_star_note": note}
+    return {"groups": groups, "synthesizer": synth.name,
             "segmenter": choice.segmenter.name, "segmenter_reason": choice.reason, "features": features,
             "analysis": asdict(analyzer.cfg), "plot": png.name}
 
 
-def markdown(results: list[dict], data: Path) -> str:
-    lines = [f"# Detector evaluation on `{data}`", ""]
+def fmt(value, spec: str = ".3f") -> str:
+    """A number for the tables; "n/a" for None/NaN (e.g. F* without semantic labels, no delay)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return format(value, spec)
+
+
+def ranking(results: list[dict], test: str = "martingale") -> list[dict]:
+    """Recordings by alarmed time under `test` (the node's default test), most first; all detectors'
+    alarmed time summed per recording, so the fleet report's top rows are the recordings to look at."""
+    totals: dict[str, dict] = {}
     for r in results:
-        lines += [f"## {Path(r['model']).name} ({r['kind']})", "",
-                  f"{r['frames']} frames, {r['nominal_frames']} in distribution.", "",
-                  "| OOD group | frames | AUROC | AUPR-in | AUPR-out | FPR@95TPR |", "|---|---|---|---|---|---|"]
-        for group, m in r["frame_metrics"].items():
-            lines.append(f"| {group} | {m['frames']} | {m['auroc']:.3f} | {m['aupr_in']:.3f} | {m['aupr_out']:.3f} "
-                         f"| {m['fpr95']:.3f} |")
-        lines += ["", "| alarm test | group | median delay (frames) | missed / episodes | false alarms / 1000 ID |",
+        for row in r["per_source"]:
+            a = row["alarms"].get(test) or next(iter(row["alarms"].values()))
+            t = totals.setdefault(row["source"], {"source": row["source"], "frames": row["frames"],
+                                                  "ood_frames": row["ood_frames"], "alarm_s": 0.0, "by_model": {}})
+            t["alarm_s"] += a["alarm_s"]
+            t["by_model"][Path(r["model"]).name] = {"alarm_frames": a["alarm_frames"], "alarm_s": a["alarm_s"],
+                                                    "alarm_fraction": a["alarm_fraction"]}
+    return sorted(totals.values(), key=lambda t: (-t["alarm_s"], t["source"]))
+
+
+def markdown(results: list[dict], data: str, failed: dict[str, str] | None = None,
+             ranked: list[dict] | None = None) -> str:
+    lines = [f"# Detector evaluation on `{data}`", ""]
+    if failed:
+        lines += [f"**{len(failed)} input(s) could not be read and were skipped:**", ""]
+        lines += [f"- `{path}`: {why}" for path, why in failed.items()] + [""]
+    for r in results:
+        settings = next(iter(r["alarm_settings"].values()), {})
+        lines += [f"## {Path(r['model']).name} ({r['kind']}, score {r['score']})", "",
+                  f"{r['frames']} frames, {r['nominal_frames']} in distribution, {r['sequences']} sequence(s) "
+                  f"(the alarm state restarts at stamp gaps over {r['max_gap_s']:g} s, stamps jumping back and each "
+                  f"recording). Alarm settings: window {settings.get('window')}, martingale threshold "
+                  f"{settings.get('martingale_threshold')}, CUSUM threshold {settings.get('cusum_threshold')} "
+                  f"(from {', '.join(sorted(set(r['alarm_settings_from'].values())))}). Per-frame scores: "
+                  f"`{r['scores_csv']}`.", ""]
+        if r["frame_metrics_note"]:
+            lines += [f"Frame metrics: {r['frame_metrics_note']}.", ""]
+        else:
+            lines += ["| OOD group | frames | AUROC | AUPR-in | AUPR-out | FPR@95TPR |", "|---|---|---|---|---|---|"]
+            for group, m in r["frame_metrics"].items():
+                lines.append(f"| {group} | {m['frames']} | {m['auroc']:.3f} | {m['aupr_in']:.3f} | "
+                             f"{m['aupr_out']:.3f} | {m['fpr95']:.3f} |")
+            lines.append("")
+        lines += ["| alarm test | group | median delay (frames) | missed / episodes | false alarms / 1000 ID |",
                   "|---|---|---|---|---|"]
         for test, rows in r["alarms"].items():
             for group, a in rows.items():
-                lines.append(f"| {test} | {group} | {a['median_delay']:.1f} | {a['missed_episodes']}/{a['ood_episodes']} "
-                             f"| {a['false_alarms_per_1000']:.1f} |")
+                lines.append(f"| {test} | {group} | {fmt(a['median_delay'], '.1f')} | "
+                             f"{a['missed_episodes']}/{a['ood_episodes']} | {a['false_alarms_per_1000']:.1f} |")
         lines += [""] + [f"![{p}]({p})" for p in r["plots"]] + [""]
+    if ranked and len(ranked) > 1:
+        lines += ["## Recordings by alarmed time (martingale, all detectors)", "",
+                  "| rank | recording | frames | labelled OOD frames | alarmed s | "
+                  + " | ".join(f"{m} alarmed" for m in ranked[0]["by_model"]) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(ranked[0]["by_model"])]
+        for k, t in enumerate(ranked, 1):
+            cells = " | ".join(f"{v['alarm_fraction']:.1%}" for v in t["by_model"].values())
+            lines.append(f"| {k} | `{t['source']}` | {t['frames']} | {t['ood_frames']} | {t['alarm_s']:.1f} | {cells} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def masks_markdown(m: dict) -> str:
     lines = ["## Anomaly masks (synthesizer + analysis)", "",
              f"Synthesizer `{m['synthesizer']}`, segmenter `{m['segmenter']}` ({m['segmenter_reason']}), "
-             f"features {m['features']}. `object`: frames with object anomalies (seed 004's setting); `all`: every "
-             "frame with a ground-truth mask (lens dirt too).", "",
+             f"features {m['features']}. `object`: frames with object anomalies (the setting of Jiang et al., "
+             "\"Efficient Anomaly Detection using Diffusion Models\"); `all`: every frame with a ground-truth mask "
+             "(lens dirt too).", "",
              "| frames | count | pixel AUC-PR | F* | best τ | ms per frame (synthesis + analysis) |",
              "|---|---|---|---|---|---|"]
     for name, r in m["groups"].items():
-        lines.append(f"| {name} | {r['frames']} | {r['auc_pr']:.3f} | {r['f_star']:.3f} | {r['f_star_tau']} "
+        lines.append(f"| {name} | {r['frames']} | {fmt(r['auc_pr'])} | {fmt(r['f_star'])} | {fmt(r['f_star_tau'], '')} "
                      f"| {r['ms_per_frame']:.0f} |")
-    return "\n".join(lines + ["", f"![{m['plot']}]({m['plot']})", ""])
+    notes = sorted({r["f_star_note"] for r in m["groups"].values() if r.get("f_star_note")})
+    return "\n".join(lines + [""] + notes + ["", f"![{m['plot']}]({m['plot']})", ""])
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.data.exists():
-        raise FileNotFoundError(f"data not found: {args.data}")
+    from ood_monitor.cli.provenance import note_if_foreign
+    from ood_monitor.fleet.engines import ScoringJob, score_sources
+    from ood_monitor.fleet.inputs import describe
+    from ood_monitor.fleet.scoring import ModelScorer
+
+    paths = input_paths(args)
     args.out.mkdir(parents=True, exist_ok=True)
     tests = [t.strip() for t in args.tests.split(",") if t.strip()]
-    cache: dict = {}
+    scorers = [ModelScorer(m) for m in args.models]
+    for scorer in scorers:
+        for path in paths:
+            note_if_foreign(scorer.path, scorer.card.data, path)  # prints once per model and origin
+    sources = frame_sources(args)
+    job = ScoringJob([str(s.path) for s in scorers], sources["image_topic"], sources["mask_topic"],
+                     sources["labels"], getattr(args, "batch", 64))
+    engine = getattr(args, "engine", "local")
+    title = describe(paths)
+    print(f"evaluating {', '.join(s.name for s in scorers)} on {title} ({len(paths)} recording(s), engine {engine})",
+          flush=True)
+    if engine == "local":
+        from ood_monitor.fleet.engines import score_local
+
+        fleet = score_local(paths, job, lambda m: print(m, flush=True), scorers)
+    else:
+        fleet = score_sources(paths, job, engine, getattr(args, "workers", 2), getattr(args, "address", None))
+    if not fleet.per_source:
+        raise ValueError(f"none of the {len(paths)} input(s) could be read: "
+                         + "; ".join(f"{p}: {why}" for p, why in fleet.failed.items()))
     results = []
-    for model in args.models:
-        print(f"evaluating {model} on {args.data}", flush=True)
-        results.append(evaluate_model(model, args.data, args.out, frame_sources(args), args.params, tests, cache))
-    masks = evaluate_masks(args)
+    for i, scorer in enumerate(scorers):
+        table = fleet.table(i)
+        if not len(table):
+            raise ValueError(f"no {scorer.kind} frames for {scorer.name} in {title}"
+                             + (" (flow needs at least two consecutive frames)" if scorer.kind == "flow" else ""))
+        results.append(evaluate_model(scorer, table, args.out, title, args.params, tests))
+    ranked = ranking(results)
+    masks = evaluate_masks(args, paths, fleet.failed)
     (args.out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float))
-    text = markdown(results, args.data)
+    summary = {"inputs": [str(p) for p in paths], "failed": fleet.failed, "engine": fleet.engine,
+               "workers": fleet.workers, "frames": fleet.frames, "scoring_s": fleet.seconds, "ranking": ranked}
+    (args.out / "fleet.json").write_text(json.dumps(summary, indent=2, default=float))
+    text = markdown(results, title, fleet.failed, ranked)
     if masks is not None:
         (args.out / "masks.json").write_text(json.dumps(masks, indent=2, default=float))
         text += "\n" + masks_markdown(masks)
         for name, r in masks["groups"].items():
-            print(f"  anomaly masks ({name}): pixel AUC-PR {r['auc_pr']:.3f}, F* {r['f_star']:.3f} ({r['frames']} frames)")
+            print(f"  anomaly masks ({name}): pixel AUC-PR {fmt(r['auc_pr'])}, F* {fmt(r['f_star'])} "
+                  f"({r['frames']} frames)" + (f"; {r['f_star_note']}" if r["f_star_note"] else ""))
     report = args.out / "report.md"
     report.write_text(text)
     for r in results:
-        best = {g: m["auroc"] for g, m in r["frame_metrics"].items() if g.startswith("category:")}
-        print(f"  {Path(r['model']).name}: AUROC " + ", ".join(f"{g[9:]} {v:.3f}" for g, v in best.items()))
-    print(f"wrote {report}")
+        if r["frame_metrics_note"]:
+            print(f"  {Path(r['model']).name}: {r['frame_metrics_note']}")
+        else:
+            best = {g: m["auroc"] for g, m in r["frame_metrics"].items() if g.startswith("category:")}
+            print(f"  {Path(r['model']).name}: AUROC " + ", ".join(f"{g[9:]} {v:.3f}" for g, v in best.items()))
+        for test, rows in r["alarms"].items():
+            a = rows["all"]
+            print(f"    {test}: {a['missed_episodes']}/{a['ood_episodes']} episodes missed, median delay "
+                  f"{fmt(a['median_delay'], '.1f')}, {a['false_alarms_per_1000']:.1f} false alarms / 1000 ID frames")
+    print(f"wrote {report} and {', '.join(r['scores_csv'] for r in results)} ({fleet.frames} frames scored in "
+          f"{fleet.seconds:.1f} s)")
+    if fleet.failed:
+        print(f"ood-monitor evaluate: {len(fleet.failed)} of {len(paths)} input(s) failed and were skipped: "
+              + "; ".join(f"{p} ({why})" for p, why in fleet.failed.items()), file=sys.stderr)
+        return 1
     return 0
-
-

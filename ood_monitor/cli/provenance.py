@@ -35,7 +35,7 @@ def note_if_foreign(model_dir: str | Path, card_data: dict, data: str | Path) ->
     here = data_origin(data)
     if trained is None or (trained == DEMO_WORLD) == (here == DEMO_WORLD):
         return None
-    key = (str(model_dir), here)
+    key = (str(model_dir), here == DEMO_WORLD)
     if key in _noted:
         return None
     _noted.add(key)

@@ -1,7 +1,11 @@
 """Frame-level evaluation of a detector's scores on a labelled sequence: metrics per OOD kind and per
 category (each against all in-distribution frames), and the alarm tests run over the sequence as the
 node runs them (detection delay from each episode's onset, false alarms per 1000 in-distribution
-frames). One definition, used by `ood-monitor evaluate`, the benchmarks and the tests."""
+frames). One definition, used by `ood-monitor evaluate`, the benchmarks and the tests.
+
+The alarm state restarts exactly where the detector node restarts it: at a stamp gap longer than
+`max_gap_s`, at a stamp that jumps back, and (offline) at the start of every recording. Episodes are
+numbered per sequence, so back-to-back episodes of concatenated clips are never merged."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +25,43 @@ class Labels:
     kind: np.ndarray
     episode: np.ndarray
     sequence: np.ndarray | None = None  # changes where the stream restarts (alarm state is reset)
+
+
+def sequence_ids(stamp_ns: np.ndarray, max_gap_s: float, source: np.ndarray | None = None) -> np.ndarray:
+    """0, 1, 2, ... per frame: a new sequence wherever vae_detector_node restarts its alarm state (the
+    stamp jumps back or advances by more than `max_gap_s`) and wherever `source` (the recording) changes."""
+    stamps = np.asarray(stamp_ns, dtype=np.int64)
+    if max_gap_s <= 0:
+        raise ValueError(f"max_gap_s must be positive, got {max_gap_s}")
+    step = np.diff(stamps)
+    breaks = (step <= 0) | (step > int(max_gap_s * 1e9))
+    if source is not None:
+        src = np.asarray(source)
+        breaks |= src[1:] != src[:-1]
+    return np.r_[0, np.cumsum(breaks)].astype(np.int64) if stamps.size else np.zeros(0, np.int64)
+
+
+def episode_ids(episode: np.ndarray, sequence: np.ndarray, is_ood: np.ndarray) -> np.ndarray:
+    """Episode numbers made unique per sequence: every (sequence, episode) pair with OOD frames gets its
+    own id 1, 2, ... in stream order (an episode cut by a restart counts once per sequence, as the node
+    sees it); frames of no such pair get 0."""
+    episode, sequence, is_ood = np.asarray(episode), np.asarray(sequence), np.asarray(is_ood, bool)
+    out = np.zeros(episode.size, np.int64)
+    ids: dict[tuple[int, int], int] = {}
+    for i in np.flatnonzero(is_ood):
+        key = (int(sequence[i]), int(episode[i]))
+        ids.setdefault(key, len(ids) + 1)
+    for (seq, ep), new in ids.items():
+        out[(sequence == seq) & (episode == ep)] = new
+    return out
+
+
+def stream_labels(is_ood: np.ndarray, category: np.ndarray, kind: np.ndarray, episode: np.ndarray,
+                  stamp_ns: np.ndarray, max_gap_s: float, source: np.ndarray | None = None) -> Labels:
+    """Labels with the node's sequences and per-sequence episode ids (see `sequence_ids`, `episode_ids`)."""
+    sequence = sequence_ids(stamp_ns, max_gap_s, source)
+    return Labels(np.asarray(is_ood, bool), np.asarray(category), np.asarray(kind),
+                  episode_ids(episode, sequence, is_ood), sequence)
 
 
 def group_masks(labels: Labels) -> dict[str, np.ndarray]:

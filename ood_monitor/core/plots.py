@@ -27,35 +27,86 @@ def curves(path: Path, scores: np.ndarray, is_ood: np.ndarray, groups: dict[str,
     roc_ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
     pr_ax.set(xlabel="recall (OOD)", ylabel="precision (OOD)", title=f"{title}: PR (OOD positive)")
-    roc_ax.legend(fontsize=7, loc="lower right")
+    if roc_ax.get_legend_handles_labels()[0]:
+        roc_ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def timeline(path: Path, scores: np.ndarray, is_ood: np.ndarray, kinds: np.ndarray,
-             traces: dict[str, dict[str, np.ndarray]], threshold: float, title: str) -> Path:
-    """Score over the sequence with OOD episodes shaded and labelled, and each alarm test's alarms."""
+def episode_bands(is_ood: np.ndarray, episode: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of every run of OOD frames with one episode id: back-to-back episodes are two bands."""
+    ood = np.asarray(is_ood, bool)
+    ep = np.where(ood, np.asarray(episode, np.int64), -1)
+    change = np.flatnonzero(np.diff(ep) != 0) + 1
+    bounds = np.r_[0, change, ep.size]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if a < b and ood[a]]
+
+
+def _value_axis(ax, values: np.ndarray) -> None:
+    """Log axis for positive values; symmetric log when some are <= 0 (scores spanning 10^0..10^12 stay readable)."""
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0:
+        ax.set_yscale("log")
+    elif finite.size:
+        positive = np.abs(finite[finite != 0])
+        ax.set_yscale("symlog", linthresh=float(np.percentile(positive, 5)) if positive.size else 1.0)
+
+
+STATISTICS = {"martingale": ("log_martingale", "martingale_threshold", "log martingale"),
+              "cusum": ("cusum", "cusum_threshold", "CUSUM"),
+              "pvalue": ("p_value", "pvalue_threshold", "p-value")}
+
+
+def timeline(path: Path, scores: np.ndarray, labels, traces: dict[str, dict[str, np.ndarray]],
+             configs: dict, threshold: float, score_name: str, title: str) -> Path:
+    """The sequence as the node sees it: the score (log axis) with the p-value threshold's score, the
+    conformal p-value (log axis) with its threshold, and each alarm test's statistic with its threshold
+    and alarms. Every OOD episode is one labelled band, back-to-back episodes included; dotted lines mark
+    where the alarm state restarts (stamp gaps, stamps jumping back, a new recording)."""
     x = np.arange(scores.size)
-    fig, axes = plt.subplots(1 + len(traces), 1, figsize=(13, 2.6 + 1.4 * len(traces)), sharex=True,
-                             gridspec_kw={"height_ratios": [3] + [1] * len(traces)})
+    n = 2 + len(traces)
+    fig, axes = plt.subplots(n, 1, figsize=(13, 2.2 + 1.5 * n), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1.5] + [1.5] * len(traces)})
     axes = np.atleast_1d(axes)
     ax = axes[0]
-    ax.plot(x, scores, lw=0.8, color="tab:blue", label="KL score")
+    ax.plot(x, scores, lw=0.8, color="tab:blue", label=f"{score_name} score")
+    _value_axis(ax, scores)
     if np.isfinite(threshold):
-        ax.axhline(threshold, color="tab:red", lw=0.8, ls="--", label="p-value threshold")
-    starts = np.flatnonzero(np.diff(np.r_[0, is_ood.astype(int)]) == 1)
-    ends = np.flatnonzero(np.diff(np.r_[is_ood.astype(int), 0]) == -1)
-    for a, b in zip(starts, ends, strict=True):
-        for axis in axes:
-            axis.axvspan(a, b, color="tab:orange", alpha=0.15)
-        ax.text(a, np.nanmax(scores), str(kinds[a]), fontsize=7, rotation=90, va="top")
-    ax.set(ylabel="score", title=title)
+        first = next(iter(configs.values()))
+        ax.axhline(threshold, color="tab:red", lw=0.8, ls="--", label=f"score at p = {first.pvalue_threshold:g}")
+    ax.set(ylabel=f"{score_name} score", title=title)
     ax.legend(fontsize=7, loc="upper left")
-    for axis, (name, trace) in zip(axes[1:], traces.items(), strict=True):
-        axis.fill_between(x, 0, trace["is_ood"].astype(float), step="mid", color="tab:red", alpha=0.7)
-        axis.set(ylabel=name, yticks=[])
+    trace = next(iter(traces.values()), None)
+    if trace is not None:
+        pax = axes[1]
+        pax.plot(x, trace["p_value"], lw=0.7, color="tab:green")
+        pax.set_yscale("log")
+        first = next(iter(configs.values()))
+        pax.axhline(first.pvalue_threshold, color="tab:red", lw=0.8, ls="--")
+        pax.set(ylabel="p-value")
+    for axis, (name, tr) in zip(axes[2:], traces.items(), strict=True):
+        key, limit, label = STATISTICS[name]
+        cfg = configs[name]
+        axis.plot(x, tr[key], lw=0.8, color="tab:purple")
+        axis.axhline(getattr(cfg, limit), color="tab:red", lw=0.8, ls="--")
+        if key == "p_value":
+            axis.set_yscale("log")
+        top = axis.get_ylim()[1]
+        axis.fill_between(x, axis.get_ylim()[0], top, where=tr["is_ood"].astype(bool), step="mid",
+                          color="tab:red", alpha=0.25, lw=0)
+        axis.set(ylabel=f"{name}\n{label}")
+    colours = ("tab:orange", "tab:olive")
+    for k, (a, b) in enumerate(episode_bands(labels.is_ood, labels.episode)):
+        for axis in axes:
+            axis.axvspan(a - 0.5, b - 0.5, color=colours[k % 2], alpha=0.18, lw=0)
+        ax.text(a, 0.98, f"{labels.kind[a]} #{int(labels.episode[a])}", fontsize=7, rotation=90, va="top",
+                transform=ax.get_xaxis_transform())
+    if labels.sequence is not None:
+        for restart in np.flatnonzero(np.diff(np.asarray(labels.sequence)) != 0) + 1:
+            for axis in axes:
+                axis.axvline(restart - 0.5, color="k", lw=0.6, ls=":")
     axes[-1].set(xlabel="frame")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,173 @@
+"""Per-frame detector scores of one recording, streamed.
+
+Frames go through the same `Preprocessor` as the live preprocess node and the same score as the
+detector node (`ModelCard.nonconformity` on the encoder's posterior), in batches: only the batch being
+scored is held as pixels, and per frame only a few scalars are kept (a `ScoreTable`), so peak memory does
+not grow with the recording. All detectors of one evaluation are fed from one pass over the source.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_monitor.core.frames import FrameConfig
+from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
+
+DEFAULT_BATCH = 64
+
+
+@dataclass
+class ScoreTable:
+    """One detector's scores of a sequence of frames, with the frames' ground truth, in stream order."""
+
+    source: np.ndarray  # str: the bag/folder each frame came from
+    frame: np.ndarray  # int64: frame index in its source (labels.csv / FrameLabel numbering)
+    stamp_ns: np.ndarray  # int64: header stamp
+    is_ood: np.ndarray  # bool
+    category: np.ndarray  # str
+    kind: np.ndarray  # str
+    episode: np.ndarray  # int64: episode id of the source's labels (0: nominal)
+    score: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return int(self.score.size)
+
+    @classmethod
+    def empty(cls) -> ScoreTable:
+        return cls(*(np.zeros(0, dtype=d) for d in (object, np.int64, np.int64, bool, object, object, np.int64,
+                                                     np.float64)))
+
+    @classmethod
+    def concat(cls, tables: Iterable[ScoreTable]) -> ScoreTable:
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            return cls.empty()
+        return cls(**{f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain lists (what a Ray batch or JSON carries)."""
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreTable:
+        dtypes = {"source": object, "frame": np.int64, "stamp_ns": np.int64, "is_ood": bool, "category": object,
+                  "kind": object, "episode": np.int64, "score": np.float64}
+        return cls(**{name: np.asarray(list(d[name]), dtype=dt) for name, dt in dtypes.items()})
+
+
+class ModelScorer:
+    """A detector model loaded once: encoder, card and calibration scores (what each Ray actor holds)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from ood_monitor.core.model_dirs import resolve_model_dir
+        from ood_monitor.core.vae.io import load_encoder
+
+        self.path = resolve_model_dir(path)
+        self.encoder, self.card = load_encoder(self.path)
+        self.calibration = self.card.calibration_scores(self.path)
+        self.score_fn = self.card.nonconformity
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
+    @property
+    def frame_config(self) -> FrameConfig:
+        return FrameConfig(self.card.config.width, self.card.config.height)
+
+    def score(self, raw: np.ndarray) -> np.ndarray:
+        """Scores of (N, H, W, C) prepared frames (uint8 images or px/frame flow), as the node computes them."""
+        import torch
+
+        from ood_monitor.core.nonconformity import encode
+        from ood_monitor.core.vae.dataset import model_input
+
+        with torch.no_grad():
+            mu, logvar = encode(self.encoder, lambda s: model_input(raw[s], self.kind, self.card.flow_scale),
+                                len(raw), batch=len(raw))
+        return np.asarray(self.score_fn(mu, logvar, self.score_fn.texture_of(raw)), dtype=np.float64)
+
+
+class _Buffer:
+    """Frames of one detector waiting to be scored, and its scored columns so far."""
+
+    def __init__(self, scorer: Any, batch: int) -> None:
+        self.scorer, self.batch = scorer, batch
+        self.items: list[np.ndarray] = []
+        self.rows: list[tuple] = []
+        self.columns: list[tuple] = []
+        self.scores: list[np.ndarray] = []
+
+    def add(self, item: np.ndarray, row: tuple) -> None:
+        self.items.append(item)
+        self.rows.append(row)
+        if len(self.items) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.items:
+            self.scores.append(self.scorer.score(np.stack(self.items)))
+            self.columns.extend(self.rows)
+            self.items, self.rows = [], []
+
+    def table(self) -> ScoreTable:
+        self.flush()
+        if not self.columns:
+            return ScoreTable.empty()
+        cols = list(zip(*self.columns, strict=True))
+        return ScoreTable(source=np.array(cols[0], dtype=object), frame=np.array(cols[1], np.int64),
+                          stamp_ns=np.array(cols[2], np.int64), is_ood=np.array(cols[3], bool),
+                          category=np.array(cols[4], dtype=object), kind=np.array(cols[5], dtype=object),
+                          episode=np.array(cols[6], np.int64), score=np.concatenate(self.scores))
+
+
+def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", batch: int = DEFAULT_BATCH,
+                 progress: Callable[[str], None] | None = None) -> list[ScoreTable]:
+    """One table per scorer from labelled frames (objects with image, stamp_ns, index, is_ood, category,
+    kind, episode) in stream order. A flow detector scores the flow into each frame; flow restarts where
+    the stamps say the stream broke, as in the preprocess node. A frame with the same stamp as the one
+    before is skipped: the detector node rejects it."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(scorers):
+        cfg = s.frame_config
+        groups.setdefault((cfg.width, cfg.height), []).append(i)
+    pre = {size: Preprocessor(PreprocessConfig(frame=FrameConfig(*size),
+                                               flow_enabled=any(scorers[i].kind == "flow" for i in members)))
+           for size, members in groups.items()}
+    buffers = [_Buffer(s, batch) for s in scorers]
+    last_stamp = None
+    for n, fr in enumerate(frames):
+        if fr.stamp_ns == last_stamp:
+            continue
+        last_stamp = fr.stamp_ns
+        row = (source, int(fr.index), int(fr.stamp_ns), bool(fr.is_ood), str(fr.category), str(fr.kind),
+               int(fr.episode))
+        for size, members in groups.items():
+            out = pre[size].process(fr.image, fr.stamp_ns)
+            for i in members:
+                item = out.image if scorers[i].kind == "image" else out.flow
+                if item is not None:
+                    buffers[i].add(item, row)
+        if progress is not None and (n + 1) % 500 == 0:
+            progress(f"  {source}: {n + 1} frames")
+    return [b.table() for b in buffers]
+
+
+def score_source(path: str | Path, scorers: list[Any], image_topic: str = "/camera/image_raw",
+                 mask_topic: str | None = None, labels: Any = None, batch: int = DEFAULT_BATCH,
+                 progress: Callable[[str], None] | None = None) -> list[ScoreTable]:
+    """`score_frames` over a bag or image folder (`ood_monitor.data.frames.iter_frames`). Raises
+    FileNotFoundError / ValueError naming the source when it cannot be read."""
+    from ood_monitor.data.frames import iter_frames
+
+    topics = {"mask_topic": mask_topic} if mask_topic else {}
+    return score_frames(iter_frames(path, image_topic=image_topic, labels=labels, **topics), scorers,
+                        source=str(path), batch=batch, progress=progress)

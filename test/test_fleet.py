@@ -1,0 +1,114 @@
+"""Many recordings: inputs and globs, the local and Ray engines giving the same scores, a damaged
+recording skipped and reported, a worker killed mid-run retried by Ray, evaluate's fleet report."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ood_monitor.cli.main import main as cli
+from ood_monitor.fleet.engines import ScoringJob, score_local
+from ood_monitor.fleet.inputs import expand_inputs
+
+MODELS = ["models/vae_image", "models/vae_flow"]  # the shipped models: nothing to train
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One in-process Ray instance for the module (start-up costs seconds), 2 CPUs."""
+    ray = pytest.importorskip("ray")
+    from ood_monitor.fleet.ray_engine import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clips(demo_dataset, tmp_path_factory) -> list[Path]:
+    """Three 16-frame image folders cut from the demo test split (8 nominal frames, then an 8-frame
+    episode), plus a damaged bag (its storage file cut in half) and a bag whose metadata is garbage."""
+    src = demo_dataset / "images" / "test"
+    with (src / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    root = tmp_path_factory.mktemp("fleet")
+    out = []
+    for k in range(3):
+        clip = root / "fleet" / f"robot{k}"
+        (clip / "frames").mkdir(parents=True)
+        part = rows[16 * k:16 * (k + 1)]
+        for row in part:
+            name = f"{int(row['frame']):06d}.png"
+            shutil.copy(src / "frames" / name, clip / "frames" / name)
+        with (clip / "labels.csv").open("w", newline="") as handle:
+            w = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(part)
+        out.append(clip)
+    truncated = root / "fleet" / "robot3_truncated"
+    shutil.copytree(demo_dataset / "bags" / "calibration", truncated)
+    storage = next(truncated.glob("*.mcap"))
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
+    garbage = root / "fleet" / "robot4_garbage"
+    garbage.mkdir()
+    (garbage / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, bag\n")
+    return out + [truncated, garbage]
+
+
+def test_inputs_expand_globs_in_order_and_refuse_a_pattern_matching_nothing(clips):
+    root = clips[0].parent
+    assert expand_inputs([f"{root}/robot[12]/", str(clips[0]), f"{root}/robot1"]) == [clips[1], clips[2], clips[0]]
+    with pytest.raises(FileNotFoundError, match="matches nothing"):
+        expand_inputs([f"{root}/robot9*"])
+    with pytest.raises(FileNotFoundError, match="data not found"):
+        expand_inputs([str(root / "nope")])
+
+
+def test_ray_scores_equal_local_and_damaged_recordings_are_skipped(clips, ray_local):
+    from ood_monitor.fleet.ray_engine import score_on_ray
+
+    job = ScoringJob(MODELS)
+    local = score_local(clips, job, progress=None)
+    ray = score_on_ray(clips, job, workers=2, progress=None)
+    assert set(local.failed) == set(ray.failed) == {str(clips[3]), str(clips[4])}
+    assert "cannot open bag" in ray.failed[str(clips[3])] and str(clips[3]) in ray.failed[str(clips[3])]
+    for m in range(len(MODELS)):
+        a, b = local.table(m), ray.table(m)
+        assert len(a) == len(b) == (48 if m == 0 else 45)  # flow: none into each clip's first frame
+        assert (a.source == b.source).all() and (a.stamp_ns == b.stamp_ns).all() and (a.episode == b.episode).all()
+        np.testing.assert_allclose(b.score, a.score, rtol=1e-5)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_results_are_complete(clips, ray_local, tmp_path):
+    from ood_monitor.fleet.ray_engine import score_on_ray
+
+    marker = tmp_path / "killed"
+    job = ScoringJob(MODELS[:1])
+    ray = score_on_ray(clips[:3], job, workers=2, progress=None,
+                       runtime_env={"env_vars": {"OOD_MONITOR_FLEET_KILL_ONCE": str(marker)}})
+    assert marker.exists()  # one actor did die mid-run
+    assert not ray.failed and len(ray.table(0)) == 48
+    np.testing.assert_allclose(ray.table(0).score, score_local(clips[:3], job, progress=None).table(0).score, rtol=1e-5)
+
+
+def test_evaluate_on_ray_ranks_recordings_and_exits_nonzero_for_failed_inputs(clips, ray_local, tmp_path, capsys):
+    out = tmp_path / "report"
+    root = clips[0].parent
+    code = cli(["evaluate", "--data", f"{root}/robot*", "--models", MODELS[0], "--out", str(out), "--synthesizer",
+                "none", "--engine", "ray", "--workers", "2"])
+    assert code == 1
+    assert "2 of 5 input(s) failed" in capsys.readouterr().err
+    fleet = json.loads((out / "fleet.json").read_text())
+    assert fleet["engine"] == "ray" and set(fleet["failed"]) == {str(clips[3]), str(clips[4])}
+    assert {r["source"] for r in fleet["ranking"]} == {str(c) for c in clips[:3]}
+    alarmed = [r["alarm_s"] for r in fleet["ranking"]]
+    assert alarmed == sorted(alarmed, reverse=True)
+    result = json.loads((out / "evaluation.json").read_text())[0]
+    assert result["sequences"] == 3 and [p["frames"] for p in result["per_source"]] == [16, 16, 16]
+    text = (out / "report.md").read_text()
+    assert "could not be read and were skipped" in text and "Recordings by alarmed time" in text
+    assert str(clips[3]) in text
