@@ -4,7 +4,7 @@ Each anomaly frame is prepared and synthesized once, as `ood-monitor evaluate` d
 frames with a non-empty ground-truth mask, the first --max-mask-frames; groups `object` = category object,
 `all` = every such frame), and cached as .npz. The sweep then re-runs only the cheap analysis over the cache
 (discrepancy terms cached per blur, superpixel labels per segmenter) and reports, per setting, F*, its τ and
-pixel AUC-PR of each group (seed 004's definitions, core/anomaly_metrics.py), ranked by the object F*.
+pixel AUC-PR of each group (docs/methods.md#mask-metrics, core/anomaly_metrics.py), ranked by the object F*.
 
     ood-monitor data demo --out /tmp/tune_data --seed 11 --scale 0.5
     ood-monitor data demo --out /tmp/tune_data12 --seed 12 --scale 0.5   # optional: more objects

@@ -1,4 +1,5 @@
-"""Pixel AUC-PR and F* (seed 004's definitions) on hand-built cases."""
+"""Pixel AUC-PR and F* (the definitions of anomalies by synthesis, docs/methods.md#mask-metrics) on hand-built
+cases."""
 from __future__ import annotations
 
 import numpy as np

@@ -256,7 +256,7 @@ def test_missing_calibration_says_what_to_run(tmp_path: Path) -> None:
 def test_card_keeps_the_score_and_refuses_mismatched_calibration(tmp_path: Path) -> None:
     _, path = saved_model(tmp_path)
     card = read_card(path)
-    assert card.score == "kl" and card.nonconformity.method == "kl"  # seed 000's default
+    assert card.score == "kl" and card.nonconformity.method == "kl"  # arXiv 2409.00880's score
     mu, logvar = training_posteriors()
     card.score, card.latent_stats = "posterior_deviation", latent_stats(np.tile(mu, 2)[:, :6], np.tile(logvar, 2)[:, :6])
     card.calibration = {"scores": [1.0, 2.0], "selected_dims": [0, 2, 4], "score": "posterior_deviation"}

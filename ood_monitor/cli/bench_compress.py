@@ -1,10 +1,10 @@
-"""`ood-monitor bench compress`: seed 000's table on our data, every row measured in one run: size,
-CPU ms/frame (batch 1, same threads for all, rows timed in interleaved rounds so a busy shared CPU
-slows every row alike), GPU ms/frame when CUDA exists, AUROC and AUPR-out on the labelled eval split
-and the delta to fp32. All float and int8 rows run on ONNX Runtime; `fp32-torch` (today's node) and
-`int8-torchao` (the int8 path not chosen, see core/compress/quantize.py) and `int8-all-layers` (the
-first conv block quantized too) are there for comparison. Threads default to 1, the detector node's
-`inference_threads` in config/default.yaml."""
+"""`ood-monitor bench compress`: the compression table of arXiv 2409.00880 (docs/methods.md#compression) on
+our data, every row measured in one run: size, CPU ms/frame (batch 1, same threads for all, rows timed in
+interleaved rounds so a busy shared CPU slows every row alike), GPU ms/frame when CUDA exists, AUROC and
+AUPR-out on the labelled eval split and the delta to fp32. All float and int8 rows run on ONNX Runtime;
+`fp32-torch` (today's node) and `int8-torchao` (the int8 path not chosen, see core/compress/quantize.py) and
+`int8-all-layers` (the first conv block quantized too) are there for comparison. Threads default to 1, the
+detector node's `inference_threads` in config/default.yaml."""
 from __future__ import annotations
 
 import argparse

@@ -1,9 +1,10 @@
-"""`ood-monitor bench synth`: seed 004's Table 1 on our data — pixel DDPM-1000 baseline, pixel DDIM-k,
-latent DiT + guided DDIM (both guidance kinds) and selected/all-layer int8 — every row on the same test
-frames in one run: s/image, peak memory, model size, PSNR/SSIM on nominal frames, discrepancy inside vs
-outside the ground-truth mask, pixel AUC-PR and F*, speed-up vs the baseline.
+"""`ood-monitor bench synth`: Table 1 of the efficient anomalies-by-synthesis report
+(docs/methods.md#anomalies-by-synthesis) on our data — pixel DDPM-1000 baseline, pixel DDIM-k, latent DiT +
+guided DDIM (both guidance kinds) and selected/all-layer int8 — every row on the same test frames in one run:
+s/image, peak memory, model size, PSNR/SSIM on nominal frames, discrepancy inside vs outside the ground-truth
+mask, pixel AUC-PR and F*, speed-up vs the baseline.
 
-Peak memory (`peak_mem_mb`, `mem_ratio`) is what seed 004's GPU-memory column measures: the tensors'
+Peak memory (`peak_mem_mb`, `mem_ratio`) is what that report's GPU-memory column measures: the tensors'
 peak, weights included — torch.cuda.max_memory_allocated on GPU, the weights plus the torch profiler's
 peak of live tensor bytes on CPU (one extra synthesis after the timed ones). Each variant runs in a
 fresh process, which also gives `peak_rss_mb`: the growth of the RSS high-water mark from just before
@@ -62,7 +63,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 
 
 def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = stages.add_parser("synth", help="diffusion synthesizer: seed 004 Table 1 (DDPM/DDIM/latent DiT/int8)")
+    p = stages.add_parser("synth", help="diffusion synthesizer: DDPM / DDIM / latent DiT / int8 "
+                                        "(docs/methods.md#anomalies-by-synthesis)")
     p.add_argument("--data", default="demo_data/bags/test", help="test bag or image folder with masks")
     p.add_argument("--models", default="models", help="folder holding pixel_ddpm/ and latent_dit/")
     p.add_argument("--objects", type=int, default=4, help="object-anomaly frames (AUC-PR, F*, inside/outside)")

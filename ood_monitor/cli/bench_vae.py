@@ -1,6 +1,6 @@
 """`ood-monitor bench vae`: per-frame cost of the detector stage with the shipped models, side by side
 in one run: one deterministic encoder pass, 30 MC-dropout samples with the cached trunk (`mc30`) and
-without (`mc30-uncached`, 30 full passes as one batch: seed 001's cost), and the whole per-frame
+without (`mc30-uncached`, 30 full passes as one batch: the cost in arXiv 2403.01076), and the whole per-frame
 `pipeline` (640x480 frame -> preprocess + DIS flow -> image and flow encoders -> conformal alarms)."""
 from __future__ import annotations
 

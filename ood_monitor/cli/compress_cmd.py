@@ -1,7 +1,8 @@
 """`ood-monitor compress`: int8 / fp16 / pruned / distilled variants of a trained VAE detector, each
 written as its own model folder (models/<name>-<variant>) with its measured metrics, its own
-calibration scores (re-scored on the calibration split by the variant itself) and seed 003's guard
-verdict against the fp32 parent, which the detector node enforces."""
+calibration scores (re-scored on the calibration split by the variant itself) and the quantization guard
+(arXiv 2602.01459, docs/methods.md#quantization-guard) verdict against the fp32 parent, which the detector
+node enforces."""
 from __future__ import annotations
 
 import argparse

@@ -213,7 +213,8 @@ def markdown(results: list[dict], data: Path) -> str:
 def masks_markdown(m: dict) -> str:
     lines = ["## Anomaly masks (synthesizer + analysis)", "",
              f"Synthesizer `{m['synthesizer']}`, segmenter `{m['segmenter']}` ({m['segmenter_reason']}), "
-             f"features {m['features']}. `object`: frames with object anomalies (seed 004's setting); `all`: every "
+             f"features {m['features']}. `object`: frames with object anomalies (the setting of anomalies by "
+             "synthesis); `all`: every "
              "frame with a ground-truth mask (lens dirt too).", "",
              "| frames | count | pixel AUC-PR | F* | best τ | ms per frame (synthesis + analysis) |",
              "|---|---|---|---|---|---|"]

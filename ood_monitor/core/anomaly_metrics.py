@@ -1,4 +1,5 @@
-"""Pixel- and object-level anomaly metrics of seed 004 (one definition for evaluate, bench and tests).
+"""Pixel- and object-level anomaly metrics of anomalies by synthesis (docs/methods.md#mask-metrics) (one
+definition for evaluate, bench and tests).
 
 - Pixel AUC-PR: average precision of per-pixel scores against the ground-truth mask, pooled over the
   frames that contain anomalies.

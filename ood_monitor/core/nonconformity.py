@@ -1,4 +1,4 @@
-"""Nonconformity scores of the VAE detectors (seed 000): higher = stranger.
+"""Nonconformity scores of the VAE detectors (docs/methods.md#vae-detectors): higher = stranger.
 
 The run-time score is the KL divergence between the encoder's posterior N(mu, sigma^2) and the prior
 N(0, I), summed over the k latent dimensions with the highest mean KL on training data (the dimensions
@@ -135,7 +135,7 @@ class Nonconformity:
 
 
 def as_score(score: ScoreFn | Sequence[int]) -> ScoreFn:
-    """A score callable; a plain list of dims means the KL over those dims (seed 000)."""
+    """A score callable; a plain list of dims means the KL over those dims (arXiv 2409.00880)."""
     return score if callable(score) else Nonconformity("kl", tuple(int(d) for d in score))
 
 

@@ -1,9 +1,10 @@
-"""Per-pixel discrepancy between a camera frame and its in-distribution re-synthesis (seed 004's analysis).
+"""Per-pixel discrepancy between a camera frame and its in-distribution re-synthesis
+(docs/methods.md#segment-pooling).
 
-The learned term is seed 004's: 1 - cosine similarity of dense features, upsampled to the image. Without
-downloadable foundation models the features come from any torch encoder we have (DC-AE, the β-VAE, or a
-fixed random conv net), behind one pluggable interface: a callable NCHW float [0, 1] -> feature maps.
-Colour (CIE Lab distance) and structure (1 - local SSIM) terms catch what a small encoder misses. Every
+The learned term is the one of anomalies by synthesis: 1 - cosine similarity of dense features, upsampled to
+the image. Without downloadable foundation models the features come from any torch encoder we have (DC-AE, the
+β-VAE, or a fixed random conv net), behind one pluggable interface: a callable NCHW float [0, 1] -> feature
+maps. Colour (CIE Lab distance) and structure (1 - local SSIM) terms catch what a small encoder misses. Every
 term is in [0, 1] and the map is their weighted mean, so a threshold keeps its meaning across weights.
 """
 from __future__ import annotations
@@ -267,7 +268,7 @@ def make_feature_extractor(kind: str, models_dir: str | Path = "models",
     if kind == "none":
         return None, "none"
     if kind == "random":
-        return random_conv_features(), "random conv (16-32-64, seed 0)"
+        return random_conv_features(), "random conv (16-32-64, RNG seeded with 0)"
     if kind == "vae":
         return vae_features(root / "vae_image"), f"vae ({root / 'vae_image'})"
     return dcae_features(root / "dcae", device), f"dcae ({root / 'dcae'})"

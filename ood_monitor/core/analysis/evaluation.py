@@ -1,6 +1,6 @@
 """Anomaly-mask evaluation as the pipeline runs it: camera frame -> prepared model-size frame ->
 synthesizer -> analysis, scored against the ground truth brought to the same crop and size (pixel
-AUC-PR over frames with anomalies; F* over ground-truth objects, seed 004's definitions)."""
+AUC-PR over frames with anomalies; F* over ground-truth objects, docs/methods.md#mask-metrics)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

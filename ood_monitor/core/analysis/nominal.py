@@ -1,11 +1,11 @@
 """What the synthesizer gets wrong on nominal frames, so that the analysis discounts it.
 
 A re-synthesis is never exact: trees, grass texture and the image border come back different on every
-frame, anomaly or not. Seed 004's analysis thresholds the raw discrepancy, so these regions compete with
-real anomalies: on the demo data the false-positive objects of F* are vegetation and grass components,
-and small anomalies on the trail sit at the same raw level. `NominalDiscrepancy` is fitted on nominal
-frames (a calibration split, synthesized by the deployed synthesizer) and turns the discrepancy into a
-standardized excess over what is usual
+frame, anomaly or not. The published analysis (docs/methods.md#segment-pooling) thresholds the raw
+discrepancy, so these regions compete with real anomalies: on the demo data the false-positive objects of F*
+are vegetation and grass components, and small anomalies on the trail sit at the same raw level.
+`NominalDiscrepancy` is fitted on nominal frames (a calibration split, synthesized by the deployed
+synthesizer) and turns the discrepancy into a standardized excess over what is usual
 
     n = clip((z_loc + z_app) / (2 * z_scale), 0, 1),
     z_loc = (d - mean_xy) / std_xy            per pixel position (the camera is mounted: sky on top,

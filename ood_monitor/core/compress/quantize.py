@@ -1,4 +1,5 @@
-"""Post-training quantization: int8 for CPU, fp16 for GPU (seed 000's recipe).
+"""Post-training quantization: int8 for CPU, fp16 for GPU (the recipe of arXiv 2409.00880,
+docs/methods.md#compression).
 
 int8 path, chosen by measurement on this project's 2-core Xeon (AVX-512 VNNI + AMX, shared and busy),
 image encoder 128x128, batch 1, 2 threads, median ms/frame from `ood-monitor bench compress` (rows
@@ -12,15 +13,16 @@ LeakyReLU (no quantized kernel for it) and pays per-op dispatch at batch 1. ONNX
 ONNX Runtime / TensorRT backends deploy, so the measured artefact is the shipped one. Per-channel
 weights measured no faster and no more accurate here, so per-tensor is the default.
 
-The first convolution block (conv + activation) stays fp32, as seed 004's selected-layer recipe leaves
-first and last layers: with 3 input channels an int8 QLinearConv cannot use the VNNI/AMX dot products
-(it took 132 us of the int8 trunk's 336 us, against 70 us in fp32) and the raw pixels would need an extra
-QuantizeLinear. Measured on this machine, trunk only, batch 1, 1 thread (the node's setting), ONNX Runtime
-1.32: fp32 0.41 ms | all-layer int8 0.34 ms (1.2x) | first block fp32 0.25 ms (1.65x), same scores.
+The first convolution block (conv + activation) stays fp32, as the selected-layer recipe
+(docs/methods.md#selected-layer-quantization) leaves first and last layers: with 3 input channels an int8
+QLinearConv cannot use the VNNI/AMX dot products (it took 132 us of the int8 trunk's 336 us, against 70 us in
+fp32) and the raw pixels would need an extra QuantizeLinear. Measured on this machine, trunk only, batch 1, 1
+thread (the node's setting), ONNX Runtime 1.32: fp32 0.41 ms | all-layer int8 0.34 ms (1.2x) | first block
+fp32 0.25 ms (1.65x), same scores.
 
 Only the trunk (convolutions + first dense layer: all the compute) is quantized. The tail stays fp32:
 it is a few thousand multiply-adds, carries MC dropout's mask inputs, and its logvar head feeds the KL
-score directly, where int8 rounding would move scores most (seed 003: check, never assume).
+score directly, where int8 rounding would move scores most (arXiv 2602.01459: check, never assume).
 """
 from __future__ import annotations
 

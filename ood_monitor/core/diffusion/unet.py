@@ -1,7 +1,7 @@
-"""Pixel-space DDPM baseline: a small ε-prediction U-Net, T = 1000, that seed 004's speed-ups are
-measured against.
+"""Pixel-space DDPM baseline: a small ε-prediction U-Net, T = 1000, that the efficient anomalies-by-synthesis
+speed-ups are measured against.
 
-Why smaller than seed 004's U-Net (channels 64·(1,2,4,8), 63 M parameters, v-prediction): that network
+Why smaller than that report's U-Net (channels 64·(1,2,4,8), 63 M parameters, v-prediction): that network
 takes 0.77 s per step at 128x128 on this 2-core CPU, so DDPM-1000 would be 13 minutes per frame and
 could neither be trained here nor benchmarked on more than one frame. Channels (32, 64, 96, 128) with one
 residual block per level and attention only at 16x16 (2.5 M parameters) take about 95 ms per step on
