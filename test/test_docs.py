@@ -4,6 +4,7 @@ links exist."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,44 @@ def test_every_methods_pointer_lands_on_a_heading():
     assert not missing, f"docs/methods.md has no heading for {missing}"
 
 
-@pytest.mark.parametrize("name", ["methods.md"])
+@pytest.mark.parametrize("name", ["methods.md", "design.md", "benchmarks.md", "parameters.md"])
 def test_linked_docs_exist(name):
     assert (ROOT / "docs" / name).is_file()
+
+
+def test_readme_is_short_and_links_the_docs():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250, "README.md is for newcomers: move detail into docs/"
+    for doc in ("methods.md", "design.md", "benchmarks.md", "parameters.md"):
+        assert f"(docs/{doc})" in text and (ROOT / "docs" / doc).is_file(), doc
+    assert "config/nav2_costmap_example.yaml" in text and "## Limitations" in text
+
+
+def readme_commands() -> list[str]:
+    """The `ood-monitor ...` examples in the README's code blocks, continuation lines joined, optional
+    `[...]` parts and comments dropped, `a|b|c` alternatives reduced to the first."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    commands = []
+    for line in (ln.strip() for block in blocks for ln in block.splitlines()):
+        if not line.startswith("ood-monitor "):
+            continue
+        line = line.split("#", 1)[0]
+        while re.search(r"\[[^\[\]]*\]", line):
+            line = re.sub(r"\[[^\[\]]*\]", "", line)
+        commands.append(re.sub(r"(\S+?)\|\S+", r"\1", line).strip())
+    return commands
+
+
+def test_readme_examples_parse_with_their_required_options():
+    """Every README example names the options its command requires (argparse would refuse it)."""
+    from ood_monitor.cli.main import build_parser
+
+    commands = readme_commands()
+    assert any(c.startswith("ood-monitor compress") for c in commands)
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"README example does not parse: {command}")
