@@ -14,11 +14,10 @@ synthesizer) and turns the discrepancy into a standardized excess over what is u
                                               vegetation, grass, trail, sky ... wherever they are)
 
 so a pixel counts as anomalous when its discrepancy is high *for that place and that kind of surface*.
-z_scale is calibrated like confidence_gain (scripts/tune_analysis.py --current-only on seeds 11/12): 23
-puts the decision point at confidence 0.5 with the shipped gain, as without statistics. Measured, shipped
-analysis otherwise unchanged, object F*: tuning seeds 11/12 0.950 -> 0.961; eight other seeds mean
-0.938 -> 0.968 (worst 0.865 -> 0.923), pixel AUC-PR 0.944 -> 0.922; the demo test split 0.780 -> 0.881.
-Position-only or appearance-only normalisation each gave part of the gain (position alone lost more AUC-PR).
+z_scale is calibrated like confidence_gain (scripts/tune_analysis.py --current-only on tuning seeds): 23
+puts the decision point at confidence 0.5 with the shipped gain, as without statistics. Position-only or
+appearance-only normalisation each gives part of the gain, so both are used (figures:
+docs/benchmarks.md#anomaly-masks).
 """
 from __future__ import annotations
 
