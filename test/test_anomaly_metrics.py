@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ood_monitor.core.anomaly_metrics import (
+from ood_monitor.core.mask_metrics import (
     FStar,
     PixelAucPr,
     average_precision,

@@ -196,7 +196,7 @@ def png_folder(path: Path, n: int, seed: int) -> Path:
 @pytest.mark.parametrize("kind,extra", [("image", []), ("flow", ["--hvae-ratio", "0.5"])])
 def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str],
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("ood_monitor.data.frames")
+    pytest.importorskip("ood_monitor.data.labeled_frames")
     train, cal = png_folder(tmp_path / "train", 40, 0), png_folder(tmp_path / "cal", 30, 1)
     out = tmp_path / "models" / f"vae_{kind}"
     assert cli("train", "vae", "--kind", kind, "--data", str(train), "--out", str(out), "--size", "32",

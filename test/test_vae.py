@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ood_monitor.core.frames import FrameConfig, prepare_frame
+from ood_monitor.core.model_input import FrameConfig, prepare_frame
 from ood_monitor.core.nonconformity import Nonconformity, kl_score, latent_kl, latent_stats, select_dims
 from ood_monitor.core.vae import BetaVAE, HierarchicalVAE, HvaeConfig, VaeConfig, build_model
 from ood_monitor.core.vae.beta_vae import gaussian_kl
@@ -308,7 +308,7 @@ def test_collect_images_and_flow_restarts_at_stamp_gaps() -> None:
 
 
 def test_load_frames_from_image_folder(tmp_path: Path) -> None:
-    pytest.importorskip("ood_monitor.data.frames")
+    pytest.importorskip("ood_monitor.data.labeled_frames")
     import cv2
 
     from ood_monitor.core.vae.dataset import load_frames

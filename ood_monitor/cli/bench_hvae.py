@@ -72,7 +72,7 @@ def train_and_score(ratio: float | None, sweep: SweepConfig, train, test, flow_s
     import torch
 
     from ood_monitor.cli.train_cmd import default_widths
-    from ood_monitor.core.evaluation import Labels, frame_table
+    from ood_monitor.core.detector_evaluation import Labels, frame_table
     from ood_monitor.core.nonconformity import Nonconformity, encode
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.train import TrainConfig, choose_dims, train_vae
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames
 
     torch.set_num_threads(max(1, args.threads))

@@ -13,7 +13,7 @@ the model is loaded, which adds the torch runtime's lazily loaded kernels and al
 
 AUC-PR and F* are the product's: every synthesis goes through the analysis stage as analysis_node
 runs it with --params (core/analysis: feature/colour/structure discrepancy, superpixel pooling,
-confidence) and is scored with core/anomaly_metrics; the nominal statistics stay off (they are fitted
+confidence) and is scored with core/mask_metrics; the nominal statistics stay off (they are fitted
 to one synthesizer's errors, and the rows compare synthesizers). The plain per-pixel RGB L2 distance
 (Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what the
 synthesis alone gives.
@@ -99,8 +99,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def load_test_frames(path: str, n_objects: int, n_nominal: int, size: int = 128) -> dict[str, np.ndarray]:
     """Evenly spread object-anomaly frames (non-empty masks) and nominal frames, prepared like ood/image."""
-    from ood_monitor.core.frames import FrameConfig, crop_window, prepare_frame
-    from ood_monitor.data.frames import iter_frames, load_classes
+    from ood_monitor.core.model_input import FrameConfig, crop_window, prepare_frame
+    from ood_monitor.data.labeled_frames import iter_frames, load_classes
 
     cfg = FrameConfig(size, size)
     objects, nominal = [], []
@@ -191,7 +191,7 @@ def quality(outputs: np.ndarray, data: dict, n_obj: int, analyzer) -> dict:
     """Pixel AUC-PR and F* of the analysis stage's confidence, RGB-distance figures, PSNR/SSIM."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr, average_precision
+    from ood_monitor.core.mask_metrics import FStar, PixelAucPr, average_precision
 
     obj_out, nom_out = outputs[:n_obj], outputs[n_obj:]
     imgs, masks = data["object_images"][:len(obj_out)], data["object_masks"][:len(obj_out)]

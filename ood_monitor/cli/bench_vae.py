@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.cli.bench_preprocess import camera_frames
     from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, time_ms, write_report
     from ood_monitor.core.detector import VaeDetector
-    from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
     from ood_monitor.core.uncertainty import full_pass_scores
     from ood_monitor.core.vae.dataset import model_input

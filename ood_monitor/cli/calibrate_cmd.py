@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC, load_frames
     from ood_monitor.core.vae.io import load_encoder, write_card
 

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_split(path: str, card, limit: int | None):
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC, load_frames
 
     cfg = card.config
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         variant_card,
     )
     from ood_monitor.core.compress.guard import evaluate_variant
-    from ood_monitor.core.metrics import frame_metrics
+    from ood_monitor.core.detector_metrics import frame_metrics
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.vae.io import load_encoder
 

@@ -108,9 +108,9 @@ def evaluate_model(model: Path, data: Path, out: Path, sources: dict, params: Pa
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import score_threshold
     from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.evaluation import Labels, alarm_table, frame_table, group_masks
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.detector_evaluation import Labels, alarm_table, frame_table, group_masks
     from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import load_frames
     from ood_monitor.core.vae.io import load_encoder
 
@@ -142,7 +142,7 @@ def evaluate_model(model: Path, data: Path, out: Path, sources: dict, params: Pa
 def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(anomaly ids, ignored ids) of the semantic labels: from the class colour file and anomaly names
     the user gave, else from the dataset's classes.json (none: F* has no objects to score)."""
-    from ood_monitor.data.frames import load_classes
+    from ood_monitor.data.labeled_frames import load_classes
 
     if labels is not None:
         label_set = labels.resolve(data)
@@ -162,11 +162,11 @@ def evaluate_masks(args: argparse.Namespace) -> dict | None:
     from itertools import islice
 
     from ood_monitor.core import plots
-    from ood_monitor.core.analysis.evaluation import MaskEvaluation, evaluate_masks, heat, overlay
+    from ood_monitor.core.analysis.mask_evaluation import MaskEvaluation, evaluate_masks, heat, overlay
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
-    from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.core.model_input import FrameConfig
+    from ood_monitor.data.labeled_frames import iter_frames
 
     if str(args.synthesizer) == "none":
         return None

@@ -20,7 +20,7 @@ from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_featur
 from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
-from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.model_input import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import sensor_qos

@@ -20,10 +20,10 @@ from ood_monitor.core.runtime.onnx_export import DropoutSpec, MaskedTail, draw_m
 from ood_monitor.core.vae.dataset import FrameSet
 from ood_monitor.core.vae.io import ModelCard, save_model, sha256_bytes, write_card
 
+from .detector_quantization import quantize_onnx_int8
 from .distill import DistillConfig, distill, layer_sparsity, mean_posterior_kl, student_from
 from .guard import GuardVerdict, update_config, write_verdict
 from .prune import conv_param_count, param_count, prune_channels
-from .quantize import quantize_onnx_int8
 
 METHODS = ("int8", "fp16", "prune", "kd")
 # Pruned layers keep channel counts that are multiples of 4: odd counts (9, 45, 27 channels after global

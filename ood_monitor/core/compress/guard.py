@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ood_monitor.core.metrics import aupr_out, auroc
+from ood_monitor.core.detector_metrics import aupr_out, auroc
 
 DEFAULT_TOLERANCE = 2.0  # AUPR-out points (percent)
 GUARD_KEY = "guard"

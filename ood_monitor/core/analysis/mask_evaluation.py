@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from ood_monitor.core.analysis import Analyzer
-from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr
-from ood_monitor.core.frames import FrameConfig, crop_window, prepare_frame
+from ood_monitor.core.mask_metrics import FStar, PixelAucPr
+from ood_monitor.core.model_input import FrameConfig, crop_window, prepare_frame
 
 
 def prepare_label(label: np.ndarray, cfg: FrameConfig) -> np.ndarray:
