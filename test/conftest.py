@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """The demo dataset at scale 0.1 (every split and OOD kind, a few seconds to generate)."""
-    from ood_monitor.data.demo import DemoConfig, generate
+    from ood_monitor.demo_world.generator import DemoConfig, generate
 
     out = tmp_path_factory.mktemp("demo") / "data"
     generate(DemoConfig(out=out, scale=0.1, seed=3, jobs=1), log=None)

@@ -199,7 +199,7 @@ def png_folder(path: Path, n: int, seed: int) -> Path:
 @pytest.mark.parametrize("kind,extra", [("image", []), ("flow", ["--hvae-ratio", "0.5"])])
 def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str],
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("ood_monitor.data.frames")
+    pytest.importorskip("ood_monitor.data.labeled_frames")
     train, cal = png_folder(tmp_path / "train", 40, 0), png_folder(tmp_path / "cal", 30, 1)
     out = tmp_path / "models" / f"vae_{kind}"
     assert cli("train", "vae", "--kind", kind, "--data", str(train), "--out", str(out), "--size", "32",
@@ -269,7 +269,7 @@ def test_models_trained_on_the_demo_world_say_so_once_on_other_footage(tmp_path:
 
     demo = tmp_path / "demo"
     (demo / "bags" / "train").mkdir(parents=True)
-    (demo / "dataset.json").write_text(json.dumps({"generator": "ood_monitor.data.demo"}))
+    (demo / "dataset.json").write_text(json.dumps({"generator": "ood_monitor.demo_world.generator"}))
     own = png_folder(tmp_path / "own", 2, 0)
     assert data_origin(demo / "bags" / "train") == DEMO_WORLD and data_origin(own) == str(own.resolve())
     card_data = {"origin": DEMO_WORLD}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ood_monitor.cli import evaluate_cmd
-from ood_monitor.core.evaluation import episode_ids, sequence_ids
+from ood_monitor.core.detector_evaluation import episode_ids, sequence_ids
 from ood_monitor.core.plots import episode_bands
 from ood_monitor.core.vae.io import ModelFileError
 from ood_monitor.fleet.scoring import ScoreTable

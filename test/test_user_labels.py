@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ood_monitor.cli.main import main as cli
-from ood_monitor.core.frames import FrameConfig
+from ood_monitor.core.model_input import FrameConfig
 from ood_monitor.data import bags
-from ood_monitor.data.frames import iter_frames
+from ood_monitor.data.labeled_frames import iter_frames
 from ood_monitor.data.labels import (
     UNLABELLED,
     ClassInfo,

@@ -40,8 +40,8 @@ def nominal_frames(args: argparse.Namespace, size: int):
     """Prepared model-size frames of the nominal part of --data."""
     from itertools import islice
 
-    from ood_monitor.core.frames import FrameConfig, prepare_frame
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.core.model_input import FrameConfig, prepare_frame
+    from ood_monitor.data.labeled_frames import iter_frames
 
     cfg = FrameConfig(size, size)
     frames = (f for f in iter_frames(args.data, image_topic=args.image_topic, labels=label_spec(args))

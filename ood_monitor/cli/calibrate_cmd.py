@@ -72,7 +72,7 @@ def score_recordings(args: argparse.Namespace, encoder, card) -> tuple:
 
     from ood_monitor.cli.provenance import note_if_foreign
     from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC, load_frames
 
     topic = args.image_topic or card.data.get("image_topic", DEFAULT_IMAGE_TOPIC)

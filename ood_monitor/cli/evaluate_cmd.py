@@ -157,7 +157,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     recording, in order)."""
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import score_threshold
-    from ood_monitor.core.evaluation import alarm_table, frame_table, group_masks, stream_labels
+    from ood_monitor.core.detector_evaluation import alarm_table, frame_table, group_masks, stream_labels
 
     name, card = scorer.name, scorer.card
     configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,
@@ -199,7 +199,7 @@ def per_source_results(table, labels, traces: dict, configs: dict) -> list[dict]
     missed (what a fleet report ranks by)."""
     import numpy as np
 
-    from ood_monitor.core.metrics import alarm_metrics
+    from ood_monitor.core.detector_metrics import alarm_metrics
 
     rows = []
     for src in dict.fromkeys(table.source.tolist()):
@@ -242,7 +242,7 @@ def write_scores_csv(path: Path, table, labels, traces: dict) -> Path:
 def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(anomaly ids, ignored ids) of the semantic labels: from the class colour file and anomaly names
     the user gave, else from the dataset's classes.json (none: F* has no objects to score)."""
-    from ood_monitor.data.frames import load_classes
+    from ood_monitor.data.labeled_frames import load_classes
 
     if labels is not None:
         label_set = labels.resolve(data)
@@ -270,7 +270,7 @@ def fstar_note(data: str, anomaly_ids: tuple[int, ...], semantic_frames: int) ->
 def mask_frames(paths: list[Path], sources: dict, skip: dict[str, str], seen: dict[str, int]):
     """Frames with a non-empty ground-truth mask, recording after recording (unreadable ones skipped:
     the scoring pass reported them); counts those with a semantic class image in seen["semantic"]."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     for path in paths:
         if str(path) in skip:
@@ -291,10 +291,10 @@ def evaluate_masks(args: argparse.Namespace, paths: list[Path] | None = None, sk
     from itertools import islice
 
     from ood_monitor.core import plots
-    from ood_monitor.core.analysis.evaluation import MaskEvaluation, evaluate_masks, heat, overlay
+    from ood_monitor.core.analysis.mask_evaluation import MaskEvaluation, evaluate_masks, heat, overlay
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
-    from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
 
     if str(args.synthesizer) == "none":
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-DEMO_GENERATOR = "ood_monitor.data.demo"
+DEMO_GENERATOR = "ood_monitor.demo_world.generator"
 DEMO_WORLD = "demo world"
 _noted: set[tuple[str, str]] = set()
 

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--select-k", type=int, default=8, help="latent dims the score uses")
     v.add_argument("--score", choices=SCORES, default=None,
-                   help="nonconformity: kl (seed 000, one-sided), a two-sided deviation from the "
+                   help="nonconformity (docs/methods.md#vae-detectors): kl (latent KL of arXiv 2409.00880, "
+                        "one-sided), a two-sided deviation from the "
                         "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
                         "plus the fine-texture term (kl_texture); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ood_monitor.cli.label_options import label_spec
     from ood_monitor.cli.provenance import data_origin
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.texture import min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale, load_frames

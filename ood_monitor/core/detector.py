@@ -24,7 +24,8 @@ from ood_monitor.core.vae.io import CONFIG, ModelCard, ModelFileError, load_enco
 @dataclass(frozen=True)
 class FrameScore:
     """One frame's result; `uncertainty` is the MC-dropout std of the score (NaN when MC is off) and
-    `uncertain` is seed 001's rule: the score's confidence interval straddles the p-value threshold."""
+    `uncertain` is the ignore rule of arXiv 2403.01076: the score's confidence interval straddles the p-value
+    threshold."""
 
     score: float
     p_value: float

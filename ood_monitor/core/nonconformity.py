@@ -1,9 +1,8 @@
-"""Nonconformity scores of the VAE detectors (seed 000): higher = stranger.
+"""Nonconformity scores of the VAE detectors (docs/methods.md#vae-detectors): higher = stranger.
 
 The run-time score is the KL divergence between the encoder's posterior N(mu, sigma^2) and the prior
 N(0, I), summed over the k latent dimensions with the highest mean KL on training data (the dimensions
-the model actually uses; collapsed ones only add noise). It needs the encoder alone. Reconstruction
-error is kept for offline comparison; it needs the decoder.
+the model actually uses; collapsed ones only add noise). It needs the encoder alone.
 
 The KL is one-sided: a frame whose posterior is *closer* to the prior than usual (a frozen camera's
 all-zero flow, rain or sensor noise that the encoder answers with wide, uninformative posteriors) scores
@@ -151,7 +150,7 @@ class Nonconformity:
 
 
 def as_score(score: ScoreFn | Sequence[int]) -> ScoreFn:
-    """A score callable; a plain list of dims means the KL over those dims (seed 000)."""
+    """A score callable; a plain list of dims means the KL over those dims (arXiv 2409.00880)."""
     return score if callable(score) else Nonconformity("kl", tuple(int(d) for d in score))
 
 
@@ -166,15 +165,3 @@ def encode(encoder: nn.Module, batches: Callable[[slice], np.ndarray], n: int, b
         mus.append(mu.numpy())
         logvars.append(logvar.numpy())
     return np.concatenate(mus), np.concatenate(logvars)
-
-
-@torch.no_grad()
-def reconstruction_error(model: nn.Module, batches: Callable[[slice], np.ndarray], n: int,
-                         batch: int = 256) -> np.ndarray:
-    """Mean squared error between input and the reconstruction from the posterior mean: (N,)."""
-    model.eval()
-    errs = []
-    for start in range(0, n, batch):
-        x = torch.from_numpy(batches(slice(start, min(n, start + batch))))
-        errs.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).double().numpy())
-    return np.concatenate(errs)

@@ -1,11 +1,11 @@
 """vae_detector_node: ood/image or ood/flow -> ood/score/<detector> (ood_msgs/OODScore).
 
 One node class, launched once per detector: `detector: image` runs the β-VAE encoder on ood/image
-(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets seed 000's KL
-nonconformity score, an inductive conformal p-value against the model's stored calibration scores and
-the martingale / CUSUM alarm; optional cached MC dropout (seed 001) adds the score's uncertainty.
-The model must exist, match the input and carry calibration scores, or the node refuses to start
-with a message saying which file and what to run.
+(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets the latent KL score
+(docs/methods.md#vae-detectors) nonconformity score, an inductive conformal p-value against the model's stored
+calibration scores and the martingale / CUSUM alarm; optional cached MC dropout
+(docs/methods.md#mc-dropout-ignore-rule) adds the score's uncertainty. The model must exist, match the input
+and carry calibration scores, or the node refuses to start with a message saying which file and what to run.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ PARAMETERS = {
     "input_width": (128, "frame size the preprocess node produces; the model must match"),
     "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
     "mc_z": (1.96, "z of the MC-dropout confidence interval of the score"),
-    "ignore_uncertain": (True, "seed 001: a frame whose score interval straddles the threshold keeps the previous is_ood"),
+    "ignore_uncertain": (True, "ignore-uncertain rule (MC dropout on quantized nets, arXiv 2403.01076): a frame "
+                                "whose score interval straddles the threshold keeps the previous is_ood"),
     "alarm_test": ("martingale", "which test sets is_ood: martingale | cusum | pvalue"),
     "martingale": ("", "mixture (simple mixture) | power; empty: the model's calibrated setting"),
     "epsilon": (0.0, "power martingale epsilon; 0: the model's calibrated setting"),
@@ -71,7 +72,8 @@ def is_variant(model_dir) -> bool:
 
 
 def check_card(card, model_dir, kind: str, size: tuple[int, int]) -> None:
-    """The model must be of this detector's kind and input size (the checks VaeDetector.from_model_dir makes)."""
+    """The model must be of this detector's kind and input size (the checks VaeDetector.from_model_dir
+    makes)."""
     if card.kind != kind:
         raise ModelFileError(f"{model_dir}/config.json is a {card.kind} model but a {kind} detector was requested")
     if (card.config.height, card.config.width) != tuple(size):

@@ -7,8 +7,8 @@ KL warm-up (`kl_warmup` epochs) ramps the KL weight linearly from 0 to 1 over th
 the image VAE can fall into posterior collapse in its first epochs (KL ~ 0, every frame encoded as the
 prior), and a collapsed encoder scores every frame alike. Validation always uses the full objective.
 
-Augmentation (seed 003: it is what keeps OOD detection robust under quantization) is deliberately mild:
-brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
+Augmentation (arXiv 2602.01459: it is what keeps OOD detection robust under quantization) is deliberately
+mild: brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
 global illumination shifts are normal, which is exactly what it must detect.
 """
 from __future__ import annotations
