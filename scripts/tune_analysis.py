@@ -4,7 +4,7 @@ Each anomaly frame is prepared and synthesized once, as `ood-monitor evaluate` d
 frames with a non-empty ground-truth mask, the first --max-mask-frames; groups `object` = category object,
 `all` = every such frame), and cached as .npz. The sweep then re-runs only the cheap analysis over the cache
 (discrepancy terms cached per blur, superpixel labels per segmenter) and reports, per setting, F*, its τ and
-pixel AUC-PR of each group (seed 004's definitions, core/anomaly_metrics.py), ranked by the object F*.
+pixel AUC-PR of each group (docs/methods.md#mask-metrics, core/mask_metrics.py), ranked by the object F*.
 
     ood-monitor data demo --out /tmp/tune_data --seed 11 --scale 0.5
     ood-monitor data demo --out /tmp/tune_data12 --seed 12 --scale 0.5   # optional: more objects
@@ -40,7 +40,7 @@ from ood_monitor.core.analysis.discrepancy import (
 )
 from ood_monitor.core.analysis.pooling import pool_labels
 from ood_monitor.core.analysis.segmenters import FelzenszwalbSegmenter, SlicSegmenter
-from ood_monitor.core.anomaly_metrics import TAUS, FStar, PixelAucPr
+from ood_monitor.core.mask_metrics import TAUS, FStar, PixelAucPr
 
 WEIGHTS_F, WEIGHTS_C, WEIGHTS_S = (0.0, 0.25, 0.5, 1.0, 2.0), (0.0, 0.5, 1.0), (0.0, 0.25, 0.5, 1.0)
 GAINS, BLURS = (2.0, 3.0, 5.0, 8.0), (0.5, 1.0, 2.0)
@@ -60,10 +60,10 @@ def build_cache(args: argparse.Namespace, data: Path) -> list[dict]:
     if not files:
         from itertools import islice
 
-        from ood_monitor.core.analysis.evaluation import prepare_label
+        from ood_monitor.core.analysis.mask_evaluation import prepare_label
         from ood_monitor.core.diffusion.synthesizer import Synthesizer
-        from ood_monitor.core.frames import FrameConfig, prepare_frame
-        from ood_monitor.data.frames import iter_frames
+        from ood_monitor.core.model_input import FrameConfig, prepare_frame
+        from ood_monitor.data.labeled_frames import iter_frames
 
         synth = Synthesizer.from_model_dir(args.synthesizer)
         cfg = FrameConfig(synth.image_size, synth.image_size)

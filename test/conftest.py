@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """The demo dataset at scale 0.1 (every split and OOD kind, a few seconds to generate)."""
-    from ood_monitor.data.demo import DemoConfig, generate
+    from ood_monitor.demo_world.generator import DemoConfig, generate
 
     out = tmp_path_factory.mktemp("demo") / "data"
     generate(DemoConfig(out=out, scale=0.1, seed=3, jobs=1), log=None)
@@ -30,7 +30,7 @@ def tiny_image_model(demo_dataset, tmp_path_factory):
     bags = demo_dataset / "bags"
     model = tmp_path_factory.mktemp("tiny") / "vae_image"
     assert cli(["train", "vae", "--kind", "image", "--data", str(bags / "train"), "--out", str(model), "--size", "32",
-                "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "2", "--batch", "32",
+                "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "2", "--min-steps", "0", "--batch", "32",
                 "--select-k", "3", "--threads", "2", "--score", "kl_texture"]) == 0
     assert cli(["calibrate", "--model", str(model), "--data", str(bags / "calibration")]) == 0
     return model

@@ -299,7 +299,7 @@ def test_tiny_sam_onnx_export_matches_torch(tiny_sam, tmp_path):
     assert strict.segment(img) == []  # nothing passes an impossible IoU filter
 
 
-def test_sam_segmenter_uses_seed_004_defaults(tiny_sam):
+def test_sam_segmenter_uses_published_defaults(tiny_sam):
     seg = SamSegmenter(tiny_sam, TINY)
     g = seg.generator
     assert (g.pred_iou_thresh, g.stability_score_thresh, len(g.point_grids[0])) == (0.88, 0.95, 32 * 32)

@@ -1,11 +1,12 @@
-"""Pixel AUC-PR and F* (seed 004's definitions) on hand-built cases."""
+"""Pixel AUC-PR and F* (the definitions of anomalies by synthesis, docs/methods.md#mask-metrics) on hand-built
+cases."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ood_monitor.core.anomaly_metrics import (
+from ood_monitor.core.mask_metrics import (
     FStar,
     PixelAucPr,
     average_precision,

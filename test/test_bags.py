@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ood_monitor.data import bags
-from ood_monitor.data.frames import LabeledFrame, iter_frames
+from ood_monitor.data.labeled_frames import LabeledFrame, iter_frames
 
 STAMP = 1_700_000_123_456_789_012
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from ood_monitor.cli import data_cmd
-from ood_monitor.data import anomalies, bags, demo
-from ood_monitor.data.frames import LabeledFrame, iter_frames, load_classes
+from ood_monitor.data import bags
+from ood_monitor.data.labeled_frames import LabeledFrame, iter_frames, load_classes
+from ood_monitor.demo_world import anomalies
+from ood_monitor.demo_world import generator as demo
 
 SEED = 3
 WIDTH, HEIGHT = 320, 240

@@ -1,12 +1,14 @@
 """ROS-free VaeDetector (core/detector): loading, input validation, train/serve parity, alarms."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
 from ood_monitor.core.conformal import AlarmConfig
 from ood_monitor.core.detector import VaeDetector, score_frameset
 from ood_monitor.core.nonconformity import Nonconformity, encode, latent_stats
@@ -45,8 +47,9 @@ def model_dir(tmp_path: Path, kind: str = "image", calibrate: bool = True, score
     save_model(path, model, card)
     if calibrate:
         encoder, card = load_encoder(path)
-        scores = np.sort(score_frameset(encoder, card, frameset(kind, 200, seed=1)))
-        card.calibration = {"scores": scores.tolist(), "selected_dims": card.selected_dims, "score": score}
+        stream = score_frameset(encoder, card, frameset(kind, 200, seed=1))
+        card.calibration = {"scores": np.sort(stream).tolist(), "selected_dims": card.selected_dims, "score": score}
+        card.alarm = calibrate_alarms(stream).to_dict(AlarmTarget())
         write_card(path, card)
     return path
 
@@ -196,11 +199,11 @@ def png_folder(path: Path, n: int, seed: int) -> Path:
 @pytest.mark.parametrize("kind,extra", [("image", []), ("flow", ["--hvae-ratio", "0.5"])])
 def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str],
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("ood_monitor.data.frames")
+    pytest.importorskip("ood_monitor.data.labeled_frames")
     train, cal = png_folder(tmp_path / "train", 40, 0), png_folder(tmp_path / "cal", 30, 1)
     out = tmp_path / "models" / f"vae_{kind}"
     assert cli("train", "vae", "--kind", kind, "--data", str(train), "--out", str(out), "--size", "32",
-               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "2", "--batch", "16",
+               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "2", "--min-steps", "0", "--batch", "16",
                "--select-k", "3", "--threads", "2", *extra) == 0
     card = read_card(out)
     assert card.architecture == ("hvae" if extra else "beta_vae") and card.kind == kind
@@ -220,3 +223,58 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
     det = VaeDetector.from_model_dir(out, kind=kind, expect_size=(32, 32))
     frame = np.zeros((32, 32, 3), np.uint8) if kind == "image" else np.zeros((32, 32, 2), np.float32)
     assert np.isfinite(det.score_frame(frame).score)
+
+
+def test_calibrate_takes_several_recordings_and_stores_alarm_thresholds(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    train = png_folder(tmp_path / "train", 40, 0)
+    out = tmp_path / "vae"
+    assert cli("train", "vae", "--kind", "image", "--data", str(train), "--out", str(out), "--size", "32",
+               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "1", "--min-steps", "0",
+               "--batch", "16", "--select-k", "3", "--threads", "2", "--score", "kl_deviation") == 0
+    a, b = png_folder(tmp_path / "day1", 30, 5), png_folder(tmp_path / "day2", 30, 6)
+    assert cli("calibrate", "--model", str(out), "--data", str(a), str(b), "--false-alarms-per-1000", "5",
+               "--blocks", "4") == 0
+    card = read_card(out)
+    assert card.calibration["frames"] == 60 and [s["path"] for s in card.calibration["sources"]] == [str(a), str(b)]
+    alarm = card.alarm
+    assert alarm["target_false_alarms_per_1000"] == 5.0 and alarm["heldout"]["frames"] == 60
+    assert alarm["martingale_threshold"] >= np.log(200) and alarm["window"] >= 1
+    printed = capsys.readouterr().out
+    assert "coverage:" in printed and f"martingale window {alarm['window']}" in printed
+    det = VaeDetector.from_model_dir(out)  # the stored thresholds are what a detector runs by default
+    assert (det.monitor.cfg.window, det.monitor.cfg.martingale_threshold) == (alarm["window"],
+                                                                              alarm["martingale_threshold"])
+
+
+def test_small_recordings_get_enough_optimizer_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from ood_monitor.cli.train_cmd import schedule_for
+
+    args = argparse.Namespace(val_split=0.1, batch=64, epochs=30, patience=5, kl_warmup=2.0, min_steps=800)
+    small = schedule_for(200, args)  # 180 training frames: 3 steps an epoch, 90 steps by the defaults
+    assert small["epochs"] * 3 >= 800 and small["patience"] == math.ceil(5 * 800 / 90)
+    assert small["kl_warmup"] == pytest.approx(2.0 * 800 / 90)
+    assert "small data: 200 frames give 3 steps an epoch" in capsys.readouterr().out
+    assert schedule_for(5000, args) == {"epochs": 30, "patience": 5, "kl_warmup": 2.0}  # enough steps already
+    assert capsys.readouterr().out == ""
+
+
+def test_models_trained_on_the_demo_world_say_so_once_on_other_footage(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ood_monitor.cli.provenance import DEMO_WORLD, data_origin, note_if_foreign
+
+    demo = tmp_path / "demo"
+    (demo / "bags" / "train").mkdir(parents=True)
+    (demo / "dataset.json").write_text(json.dumps({"generator": "ood_monitor.demo_world.generator"}))
+    own = png_folder(tmp_path / "own", 2, 0)
+    assert data_origin(demo / "bags" / "train") == DEMO_WORLD and data_origin(own) == str(own.resolve())
+    card_data = {"origin": DEMO_WORLD}
+    assert note_if_foreign("models/vae_image", card_data, demo / "bags" / "train") is None
+    assert "trained on the rendered demo world" in note_if_foreign("models/vae_image", card_data, own)
+    assert note_if_foreign("models/vae_image", card_data, own) is None  # once
+    assert note_if_foreign("models/vae_image", {}, own) is None  # a card without an origin says nothing
+    assert capsys.readouterr().out.count("note:") == 1

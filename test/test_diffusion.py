@@ -12,10 +12,15 @@ from ood_monitor.core.diffusion import train as tr
 from ood_monitor.core.diffusion.dcae import DcaeConfig, build_dcae
 from ood_monitor.core.diffusion.dit import Dit, DitConfig
 from ood_monitor.core.diffusion.guided_ddim import GuidanceConfig, guided_sample
-from ood_monitor.core.diffusion.quantize import QuantizedWeight, layer_names, model_size_mb, quantize
 from ood_monitor.core.diffusion.schedules import ScheduleConfig, make_scheduler, plan_timesteps
 from ood_monitor.core.diffusion.synthesizer import ModelFileError, Synthesizer, load_model, save_model
 from ood_monitor.core.diffusion.unet import UNet, UNetConfig
+from ood_monitor.core.diffusion.weight_quantization import (
+    QuantizedWeight,
+    layer_names,
+    model_size_mb,
+    quantize,
+)
 
 TINY_DIT = DitConfig(latent_channels=4, latent_size=8, patch=2, width=32, depth=1, heads=2)
 TINY_UNET = UNetConfig(image_size=32, channels=(8, 16), groups=4, attention_heads=2)

@@ -12,18 +12,22 @@ import pytest
 import yaml
 
 from ood_monitor.cli import evaluate_cmd
-from ood_monitor.core.conformal import AlarmConfig
-from ood_monitor.core.evaluation import episode_ids, sequence_ids
+from ood_monitor.core.detector_evaluation import episode_ids, sequence_ids
 from ood_monitor.core.plots import episode_bands
+from ood_monitor.core.vae.io import ModelFileError
 from ood_monitor.fleet.scoring import ScoreTable
 
 FRAME_NS = 66_666_667  # 15 fps
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
 
 
+STORED = {"martingale": "mixture", "epsilon": 0.5, "window": 5, "martingale_threshold": 9.5, "cusum_delta": 2.0,
+          "cusum_threshold": 25.0, "p_floor": 0.005}  # what `calibrate` stores (AlarmConfig fields)
+
+
 def stub_scorer(tmp_path: Path, alarm: dict | None = None) -> SimpleNamespace:
     """What evaluate_model needs of a loaded model: a card (kind, score, stored alarm) and calibration scores."""
-    card = SimpleNamespace(kind="image", score="kl_texture", extra={"alarm": alarm} if alarm else {})
+    card = SimpleNamespace(kind="image", score="kl_texture", alarm_settings=lambda path: {**STORED, **(alarm or {})})
     calibration = np.sort(np.random.default_rng(1).normal(0.0, 1.0, 500))
     return SimpleNamespace(name="vae_stub", path=tmp_path / "vae_stub", card=card, calibration=calibration)
 
@@ -83,27 +87,29 @@ def test_back_to_back_episodes_get_their_own_delay_and_band(tmp_path):
     assert (tmp_path / "timeline_vae_stub.png").stat().st_size > 10_000
 
 
-def test_alarm_settings_shipped_yaml_then_model_then_params(tmp_path):
+def test_alarm_settings_are_the_node_s_parameter_file_then_the_model_s_calibration(tmp_path):
     shipped = yaml.safe_load(SHIPPED.read_text())["/**/vae_image_detector"]["ros__parameters"]
-    configs, gap, origin = evaluate_cmd.alarm_settings("image", {}, None, ["martingale"])
-    cfg = configs["martingale"]
-    assert (cfg.window, cfg.martingale_threshold) == (shipped["window"], shipped["martingale_threshold"])
-    assert (cfg.window, cfg.martingale_threshold) != (AlarmConfig().window, AlarmConfig().martingale_threshold)
-    assert gap == shipped["max_gap_s"] and origin["window"].endswith("default.yaml")
-    configs, _, origin = evaluate_cmd.alarm_settings("image", {"martingale_threshold": 4.5}, None, ["cusum"])
-    assert configs["cusum"].martingale_threshold == 4.5 and configs["cusum"].test == "cusum"
-    assert origin["martingale_threshold"] == "model config.json alarm" and origin["window"].endswith("default.yaml")
+    configs, gap, origin = evaluate_cmd.alarm_settings("image", lambda: STORED, None, ["martingale"])
+    cfg = configs["martingale"]  # the shipped file leaves the thresholds calibrated (0): the model's
+    assert (cfg.window, cfg.martingale_threshold, cfg.cusum_threshold) == (5, 9.5, 25.0)
+    assert gap == shipped["max_gap_s"] and origin["window"] == "model config.json alarm"
     params = tmp_path / "p.yaml"
-    params.write_text(yaml.safe_dump({"/**/vae_image_detector": {"ros__parameters": {"window": 7, "max_gap_s": 0.25}}}))
-    configs, gap, origin = evaluate_cmd.alarm_settings("image", {"martingale_threshold": 4.5, "window": 3}, params,
-                                                       ["martingale"])
-    cfg = configs["martingale"]
-    assert (cfg.window, cfg.martingale_threshold, gap) == (7, 4.5, 0.25)  # file over model; names it lacks: model,
-    assert cfg.cusum_threshold == AlarmConfig().cusum_threshold  # else the node's built-in defaults
-    assert origin["window"] == str(params) and origin["cusum_threshold"] == "node default"
-    params.write_text(yaml.safe_dump({"/**/vae_image_detector": {"ros__parameters": {"window": 0}}}))
-    with pytest.raises(ValueError, match="window"):
-        evaluate_cmd.alarm_settings("image", {}, params, ["martingale"])
+    params.write_text(yaml.safe_dump({"/**/vae_image_detector": {"ros__parameters": {"window": 7, "max_gap_s": 0.25,
+                                                                                     "cusum_threshold": 0.0}}}))
+    configs, gap, origin = evaluate_cmd.alarm_settings("image", lambda: STORED, params, ["cusum"])
+    cfg = configs["cusum"]
+    assert (cfg.test, cfg.window, cfg.martingale_threshold, cfg.cusum_threshold, gap) == ("cusum", 7, 9.5, 25.0, 0.25)
+    assert origin["window"] == str(params) and origin["cusum_threshold"] == "model config.json alarm"
+
+    def uncalibrated() -> dict:
+        raise ModelFileError("config.json has no calibrated alarm thresholds")
+
+    with pytest.raises(ModelFileError, match="no calibrated alarm thresholds"):
+        evaluate_cmd.alarm_settings("image", uncalibrated, params, ["martingale"])
+    every = {k: v for k, v in {**STORED, "window": 3}.items()}
+    params.write_text(yaml.safe_dump({"/**/vae_image_detector": {"ros__parameters": every}}))
+    configs, _, _ = evaluate_cmd.alarm_settings("image", uncalibrated, params, ["martingale"])  # all given
+    assert configs["martingale"].window == 3
 
 
 def test_model_stored_alarm_settings_are_used_without_params(tmp_path):

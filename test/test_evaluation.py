@@ -8,7 +8,7 @@ import pytest
 
 from ood_monitor.cli.main import main as cli
 from ood_monitor.core.conformal import AlarmConfig
-from ood_monitor.core.evaluation import Labels, alarm_table, frame_table
+from ood_monitor.core.detector_evaluation import Labels, alarm_table, frame_table
 
 
 def sequence_labels() -> tuple[np.ndarray, Labels]:
@@ -92,7 +92,7 @@ def test_evaluate_masks_run_the_analysis_node_settings_of_params(tmp_path):
 def test_mask_overlays_are_spread_over_every_evaluated_frame():
     import numpy as np
 
-    from ood_monitor.core.analysis.evaluation import MaskEvaluation
+    from ood_monitor.core.analysis.mask_evaluation import MaskEvaluation
 
     ev = MaskEvaluation((1,), keep=6)
     zero, gt = np.zeros((4, 4), np.float32), np.eye(4, dtype=bool)

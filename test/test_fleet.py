@@ -119,7 +119,8 @@ def test_train_vae_on_two_ray_workers_gives_a_loadable_model_like_the_local_run(
 
     common = ["train", "vae", "--kind", "image", "--data", str(demo_dataset / "bags" / "train"), "--size", "32",
               "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "4", "--batch", "16",
-              "--select-k", "3", "--threads", "1", "--score", "kl_deviation", "--val-split", "0.2", "--patience", "10"]
+              "--select-k", "3", "--threads", "1", "--score", "kl_deviation", "--val-split", "0.2", "--patience", "10",
+              "--min-steps", "1"]
     assert cli([*common, "--out", str(tmp_path / "local")]) == 0
     assert cli([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
     local = json.loads((tmp_path / "local" / "config.json").read_text())

@@ -1,11 +1,11 @@
-"""Detection metrics (core/metrics) against scikit-learn and hand-made alarm sequences."""
+"""Detection metrics (core/detector_metrics) against scikit-learn and hand-made alarm sequences."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ood_monitor.core.metrics import (
+from ood_monitor.core.detector_metrics import (
     alarm_metrics,
     aupr_in,
     aupr_out,

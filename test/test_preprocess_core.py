@@ -7,7 +7,13 @@ import pytest
 from skimage import data as skdata
 
 from ood_monitor.core.flow import FlowConfig, FlowEstimator
-from ood_monitor.core.frames import FrameConfig, crop_window, image_tensor, image_transform, prepare_frame
+from ood_monitor.core.model_input import (
+    FrameConfig,
+    crop_window,
+    image_tensor,
+    image_transform,
+    prepare_frame,
+)
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.core.stage_stats import StageStats
 

@@ -14,7 +14,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from ood_monitor.data.bags import read_messages
-from ood_monitor.data.frames import iter_frames
+from ood_monitor.data.labeled_frames import iter_frames
 from ood_monitor.ros.bag_bridge import BagPlayer, BagRecorder, PlaybackConfig
 from ood_monitor.ros.image import image_to_array
 

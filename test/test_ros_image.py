@@ -368,7 +368,7 @@ class DelegatingBridge:
     def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
         DelegatingBridge.calls += 1
         return np.array(img._numpy_decode(
-            img._byte_buffer(msg.data), ENCODINGS[msg.encoding], msg.width, msg.height, msg.step,
+            img.byte_buffer(msg.data), ENCODINGS[msg.encoding], msg.width, msg.height, msg.step,
             bool(msg.is_bigendian),
         ))
 

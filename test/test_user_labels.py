@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ood_monitor.cli.main import main as cli
-from ood_monitor.core.frames import FrameConfig
+from ood_monitor.core.model_input import FrameConfig
 from ood_monitor.data import bags
-from ood_monitor.data.frames import iter_frames
+from ood_monitor.data.labeled_frames import iter_frames
 from ood_monitor.data.labels import (
     UNLABELLED,
     ClassInfo,
@@ -200,7 +200,7 @@ def test_train_vae_command_drops_anomalous_frames(rugd: Path, tmp_path: Path, ca
     model = tmp_path / "vae"
     args = ["train", "vae", "--kind", "image", "--data", str(rugd / "frames" / "creek"), "--out", str(model),
             "--labels", str(rugd / "annotations" / "creek"), "--anomaly-classes", "pole", "--size", "16",
-            "--latent", "4", "--widths", "8", "--hidden", "16", "--epochs", "1", "--batch", "8", "--select-k", "2",
+            "--latent", "4", "--widths", "8", "--hidden", "16", "--epochs", "1", "--min-steps", "0", "--batch", "8", "--select-k", "2",
             "--threads", "1", "--val-split", "0.25"]
     assert cli(args) == 0
     assert "dropping 4 frames labelled OOD" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ood_monitor.core.frames import FrameConfig, prepare_frame
+from ood_monitor.core.model_input import FrameConfig, prepare_frame
 from ood_monitor.core.nonconformity import Nonconformity, kl_score, latent_kl, latent_stats, select_dims
 from ood_monitor.core.vae import BetaVAE, HierarchicalVAE, HvaeConfig, VaeConfig, build_model
 from ood_monitor.core.vae.beta_vae import gaussian_kl
@@ -165,7 +165,10 @@ def test_two_sided_score_numbers_and_validation() -> None:
     assert post.center == (1.0, -1.0) and post.scale == (2.0, 0.5)
     # ((3 - 1) / 2)^2 + ((0 + 1) / 0.5)^2 = 1 + 4
     assert post(np.array([[3.0, 7.0]]), np.array([[0.0, 7.0]]))[0] == pytest.approx(5.0)
-    assert Nonconformity.from_stats("posterior_deviation", [1], stats).scale == (1.0, 1e-3)  # std floor
+    # a dim that never varied on training data is floored at 5% of the median selected std (1e-3 at least)
+    assert Nonconformity.from_stats("posterior_deviation", [1], stats).scale == (1.0, 0.025)
+    flat = {**stats, "mu_std": [0.0, 0.0]}
+    assert Nonconformity.from_stats("posterior_deviation", [1], flat).scale == (1e-3, 1e-3)
     kl_dev = Nonconformity.from_stats("kl_deviation", [0], stats)
     assert kl_dev(np.array([[0.0, 0.0]]), np.zeros((1, 2)))[0] == pytest.approx(9.0)  # KL 0 vs mean 3, std 1
     with pytest.raises(ValueError, match="training"):
@@ -256,7 +259,7 @@ def test_missing_calibration_says_what_to_run(tmp_path: Path) -> None:
 def test_card_keeps_the_score_and_refuses_mismatched_calibration(tmp_path: Path) -> None:
     _, path = saved_model(tmp_path)
     card = read_card(path)
-    assert card.score == "kl" and card.nonconformity.method == "kl"  # seed 000's default
+    assert card.score == "kl" and card.nonconformity.method == "kl"  # arXiv 2409.00880's score
     mu, logvar = training_posteriors()
     card.score, card.latent_stats = "posterior_deviation", latent_stats(np.tile(mu, 2)[:, :6], np.tile(logvar, 2)[:, :6])
     card.calibration = {"scores": [1.0, 2.0], "selected_dims": [0, 2, 4], "score": "posterior_deviation"}
@@ -308,7 +311,7 @@ def test_collect_images_and_flow_restarts_at_stamp_gaps() -> None:
 
 
 def test_load_frames_from_image_folder(tmp_path: Path) -> None:
-    pytest.importorskip("ood_monitor.data.frames")
+    pytest.importorskip("ood_monitor.data.labeled_frames")
     import cv2
 
     from ood_monitor.core.vae.dataset import load_frames

@@ -12,6 +12,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
 from ood_monitor.core.detector import score_frameset
 from ood_monitor.core.vae import VaeConfig, build_model
 from ood_monitor.core.vae.dataset import FrameSet
@@ -45,6 +46,7 @@ def make_model(tmp_path: Path, kind: str, calibration: list[float] | None = None
                       np.array(["none"] * 100, object), np.zeros(100, np.int64), np.arange(100), "h")
         calibration = np.sort(score_frameset(encoder, card, fs)).tolist()
     card.calibration = {"scores": calibration, "selected_dims": card.selected_dims}
+    card.alarm = calibrate_alarms(np.asarray(calibration)).to_dict(AlarmTarget())
     write_card(path, card)
     return path
 
@@ -161,3 +163,26 @@ def test_onnxruntime_backend_scores_like_torch_and_keeps_mc_dropout(ros, tmp_pat
     for s in ort_scores:
         ref = torch_scores[s.header.stamp.sec * 10**9 + s.header.stamp.nanosec]
         assert s.score == pytest.approx(ref.score, rel=1e-4) and s.uncertainty > 0
+
+
+def test_alarm_settings_come_from_the_model_unless_set(ros, tmp_path):
+    """Without parameters the node runs the thresholds `calibrate` stored; an explicit one wins; a model
+    calibrated before alarm thresholds were stored makes the node refuse to start."""
+    model = make_model(tmp_path, "image")
+    stored = read_card(model).alarm
+    node = start(ros, model, "image")
+    cfg = node.detector.monitor.cfg
+    assert (cfg.window, cfg.martingale_threshold, cfg.cusum_threshold) == (
+        stored["window"], stored["martingale_threshold"], stored["cusum_threshold"])
+    assert f"window {stored['window']}" in node.diagnostic_values()["alarm"]
+    other = start(ros, model, "image", window=7, martingale_threshold=12.5)
+    assert (other.detector.monitor.cfg.window, other.detector.monitor.cfg.martingale_threshold) == (7, 12.5)
+    assert other.detector.monitor.cfg.cusum_threshold == stored["cusum_threshold"]
+    card = read_card(model)
+    card.alarm = {}
+    write_card(model, card)
+    with pytest.raises(ModelFileError, match="no calibrated alarm thresholds: run `ood-monitor calibrate"):
+        start(ros, model, "image")
+    fixed = start(ros, model, "image", martingale="mixture", epsilon=0.5, window=4, martingale_threshold=8.0,
+                  cusum_delta=2.0, cusum_threshold=20.0, p_floor=0.005)  # every setting given: no need for it
+    assert fixed.detector.monitor.cfg.window == 4

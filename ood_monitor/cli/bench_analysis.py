@@ -30,8 +30,8 @@ from ood_monitor.core.analysis.segmenters import (
     build_sam,
     make_segmenter,
 )
-from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr
 from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, write_report
+from ood_monitor.core.mask_metrics import FStar, PixelAucPr
 
 DEFAULT_DATA = "demo_data/images/test"
 ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
@@ -84,9 +84,9 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
     kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
     if kind == "oracle":
         return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE
-    from ood_monitor.core.analysis.evaluation import prepare_label
+    from ood_monitor.core.analysis.mask_evaluation import prepare_label
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
-    from ood_monitor.core.frames import FrameConfig, prepare_frame
+    from ood_monitor.core.model_input import FrameConfig, prepare_frame
 
     synth = Synthesizer.from_model_dir(model)
     cfg = FrameConfig(synth.image_size, synth.image_size)
@@ -101,7 +101,7 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
 
 def object_frames(path: str, limit: int) -> list:
     """Frames of the 'object' category that carry a ground-truth mask and a semantic image."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     frames = (f for f in iter_frames(path) if f.category == "object" and f.mask is not None
               and f.semantic is not None and f.mask.any())
@@ -110,7 +110,7 @@ def object_frames(path: str, limit: int) -> list:
 
 def anomaly_class_ids(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(anomalous class ids, ignored ids: the 'unknown' class) from the dataset's classes.json."""
-    from ood_monitor.data.frames import load_classes
+    from ood_monitor.data.labeled_frames import load_classes
 
     classes = load_classes(path)
     return (tuple(c.id for c in classes.values() if c.anomaly),

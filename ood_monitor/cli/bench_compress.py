@@ -1,10 +1,10 @@
-"""`ood-monitor bench compress`: seed 000's table on our data, every row measured in one run: size,
-CPU ms/frame (batch 1, same threads for all, rows timed in interleaved rounds so a busy shared CPU
-slows every row alike), GPU ms/frame when CUDA exists, AUROC and AUPR-out on the labelled eval split
-and the delta to fp32. All float and int8 rows run on ONNX Runtime; `fp32-torch` (today's node) and
-`int8-torchao` (the int8 path not chosen, see core/compress/quantize.py) and `int8-all-layers` (the
-first conv block quantized too) are there for comparison. Threads default to 1, the detector node's
-`inference_threads` in config/default.yaml."""
+"""`ood-monitor bench compress`: the compression table of arXiv 2409.00880 (docs/methods.md#compression) on
+our data, every row measured in one run: size, CPU ms/frame (batch 1, same threads for all, rows timed in
+interleaved rounds so a busy shared CPU slows every row alike), GPU ms/frame when CUDA exists, AUROC and
+AUPR-out on the labelled eval split and the delta to fp32. All float and int8 rows run on ONNX Runtime;
+`fp32-torch` (today's node) and `int8-torchao` (the int8 path not chosen, see core/compress/detector_quantization.py) and
+`int8-all-layers` (the first conv block quantized too) are there for comparison. Threads default to 1, the
+detector node's `inference_threads` in config/default.yaml."""
 from __future__ import annotations
 
 import argparse
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         int8_variant,
         scoring_card,
     )
-    from ood_monitor.core.compress.quantize import quantize_torch_fx
-    from ood_monitor.core.metrics import aupr_out, auroc
+    from ood_monitor.core.compress.detector_quantization import quantize_torch_fx
+    from ood_monitor.core.detector_metrics import aupr_out, auroc
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.vae.io import load_encoder
 

@@ -22,7 +22,7 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stress", action="store_true", help="a long run (default 300 s) to expose leaks and backlogs")
     p.add_argument("--seconds", type=float, default=None, help="run time (default 60; --stress 300; --quick 30)")
     p.add_argument("--interval", type=float, default=10.0, help="sampling window in seconds (default 10)")
-    p.add_argument("--plot", type=Path, default=None, help="memory/latency plot PNG (default next to --json)")
+    p.add_argument("--plot", type=Path, default=None, help="memory/latency plot PNG (default: next to --json; none without either)")
     p.set_defaults(func=run)
     return p
 
@@ -126,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
     for name, v in summary["latency"].items():
         print(f"latency {name}: p95 {v['early_p95_ms']:.1f} -> {v['late_p95_ms']:.1f} ms "
               f"({'flat' if v['flat'] else 'GROWING'})")
-    plot_path = args.plot or (Path(args.json).with_suffix(".png") if args.json else Path("bench_pipeline.png"))
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    plot(plot_path, rows)
+    # The plot goes where the report goes (or where --plot says), never into the working directory.
+    plot_path = args.plot or (Path(args.json).with_suffix(".png") if args.json else None)
+    if plot_path is not None:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot(plot_path, rows)
     write_report(rows, machine_info(), args.json, rate_hz=args.rate_hz, seconds=seconds, stages=args.stages,
-                 summary=summary, nodes=nodes, plot=str(plot_path))
-    print(f"no leak: {summary['no_leak']}, no backlog: {summary['no_backlog']}; plot {plot_path}")
+                 summary=summary, nodes=nodes, plot=str(plot_path) if plot_path else None)
+    print(f"no leak: {summary['no_leak']}, no backlog: {summary['no_backlog']}; "
+          + (f"plot {plot_path}" if plot_path else "no plot (give --json or --plot)"))
     return 0

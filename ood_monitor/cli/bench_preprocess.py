@@ -10,7 +10,7 @@ import numpy as np
 
 from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, write_report
 from ood_monitor.core.flow import FlowConfig
-from ood_monitor.core.frames import FrameConfig
+from ood_monitor.core.model_input import FrameConfig
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 
 VARIANTS = {"128px": (128, "raw"), "256px": (256, "raw"), "128px-jpeg": (128, "jpeg")}
@@ -30,7 +30,7 @@ def camera_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) ->
     from itertools import chain, islice
     from pathlib import Path
 
-    from ood_monitor.data.demo import DemoConfig, plan_splits, render_drive
+    from ood_monitor.demo_world.generator import DemoConfig, plan_splits, render_drive
 
     cfg = DemoConfig(out=Path("."), seed=seed, width=width, height=height)
     drives = (render_drive(spec, cfg.camera, cfg.fps) for spec in plan_splits(cfg)["calibration"])

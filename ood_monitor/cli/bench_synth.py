@@ -1,9 +1,10 @@
-"""`ood-monitor bench synth`: seed 004's Table 1 on our data — pixel DDPM-1000 baseline, pixel DDIM-k,
-latent DiT + guided DDIM (both guidance kinds) and selected/all-layer int8 — every row on the same test
-frames in one run: s/image, peak memory, model size, PSNR/SSIM on nominal frames, discrepancy inside vs
-outside the ground-truth mask, pixel AUC-PR and F*, speed-up vs the baseline.
+"""`ood-monitor bench synth`: Table 1 of the efficient anomalies-by-synthesis report
+(docs/methods.md#anomalies-by-synthesis) on our data — pixel DDPM-1000 baseline, pixel DDIM-k, latent DiT +
+guided DDIM (both guidance kinds) and selected/all-layer int8 — every row on the same test frames in one run:
+s/image, peak memory, model size, PSNR/SSIM on nominal frames, discrepancy inside vs outside the ground-truth
+mask, pixel AUC-PR and F*, speed-up vs the baseline.
 
-Peak memory (`peak_mem_mb`, `mem_ratio`) is what seed 004's GPU-memory column measures: the tensors'
+Peak memory (`peak_mem_mb`, `mem_ratio`) is what that report's GPU-memory column measures: the tensors'
 peak, weights included — torch.cuda.max_memory_allocated on GPU, the weights plus the torch profiler's
 peak of live tensor bytes on CPU (one extra synthesis after the timed ones). Each variant runs in a
 fresh process, which also gives `peak_rss_mb`: the growth of the RSS high-water mark from just before
@@ -12,7 +13,7 @@ the model is loaded, which adds the torch runtime's lazily loaded kernels and al
 
 AUC-PR and F* are the product's: every synthesis goes through the analysis stage as analysis_node
 runs it with --params (core/analysis: feature/colour/structure discrepancy, superpixel pooling,
-confidence) and is scored with core/anomaly_metrics; the nominal statistics stay off (they are fitted
+confidence) and is scored with core/mask_metrics; the nominal statistics stay off (they are fitted
 to one synthesizer's errors, and the rows compare synthesizers). The plain per-pixel RGB L2 distance
 (Gaussian-blurred) is kept beside them (`auc_pr_rgb`, inside/outside ratio) to show what the
 synthesis alone gives.
@@ -62,7 +63,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 
 
 def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = stages.add_parser("synth", help="diffusion synthesizer: seed 004 Table 1 (DDPM/DDIM/latent DiT/int8)")
+    p = stages.add_parser("synth", help="diffusion synthesizer: DDPM / DDIM / latent DiT / int8 "
+                                        "(docs/methods.md#anomalies-by-synthesis)")
     p.add_argument("--data", default="demo_data/bags/test", help="test bag or image folder with masks")
     p.add_argument("--models", default="models", help="folder holding pixel_ddpm/ and latent_dit/")
     p.add_argument("--objects", type=int, default=4, help="object-anomaly frames (AUC-PR, F*, inside/outside)")
@@ -97,8 +99,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def load_test_frames(path: str, n_objects: int, n_nominal: int, size: int = 128) -> dict[str, np.ndarray]:
     """Evenly spread object-anomaly frames (non-empty masks) and nominal frames, prepared like ood/image."""
-    from ood_monitor.core.frames import FrameConfig, crop_window, prepare_frame
-    from ood_monitor.data.frames import iter_frames, load_classes
+    from ood_monitor.core.model_input import FrameConfig, crop_window, prepare_frame
+    from ood_monitor.data.labeled_frames import iter_frames, load_classes
 
     cfg = FrameConfig(size, size)
     objects, nominal = [], []
@@ -189,7 +191,7 @@ def quality(outputs: np.ndarray, data: dict, n_obj: int, analyzer) -> dict:
     """Pixel AUC-PR and F* of the analysis stage's confidence, RGB-distance figures, PSNR/SSIM."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr, average_precision
+    from ood_monitor.core.mask_metrics import FStar, PixelAucPr, average_precision
 
     obj_out, nom_out = outputs[:n_obj], outputs[n_obj:]
     imgs, masks = data["object_images"][:len(obj_out)], data["object_masks"][:len(obj_out)]

@@ -1,6 +1,6 @@
 """`ood-monitor bench vae`: per-frame cost of the detector stage with the shipped models, side by side
 in one run: one deterministic encoder pass, 30 MC-dropout samples with the cached trunk (`mc30`) and
-without (`mc30-uncached`, 30 full passes as one batch: seed 001's cost), and the whole per-frame
+without (`mc30-uncached`, 30 full passes as one batch: the cost in arXiv 2403.01076), and the whole per-frame
 `pipeline` (640x480 frame -> preprocess + DIS flow -> image and flow encoders -> conformal alarms)."""
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.cli.bench_preprocess import camera_frames
     from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, time_ms, write_report
     from ood_monitor.core.detector import VaeDetector
-    from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
     from ood_monitor.core.uncertainty import full_pass_scores
     from ood_monitor.core.vae.dataset import model_input

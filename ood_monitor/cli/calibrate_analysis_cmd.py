@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ood_monitor.cli.label_options import add_label_options, label_spec
 
+RECOMMENDED_FRAMES = 100
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate-analysis", help="fit the anomaly-mask analysis's nominal discrepancy statistics",
@@ -38,8 +40,8 @@ def nominal_frames(args: argparse.Namespace, size: int):
     """Prepared model-size frames of the nominal part of --data."""
     from itertools import islice
 
-    from ood_monitor.core.frames import FrameConfig, prepare_frame
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.core.model_input import FrameConfig, prepare_frame
+    from ood_monitor.data.labeled_frames import iter_frames
 
     cfg = FrameConfig(size, size)
     frames = (f for f in iter_frames(args.data, image_topic=args.image_topic, labels=label_spec(args))
@@ -69,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: fewer than 2 nominal frames (frames labelled OOD or masked are skipped)")
     print(f"{len(images)} nominal frames from {args.data}; synthesizer {args.synthesizer}; features {features}",
           flush=True)
+    if len(images) < RECOMMENDED_FRAMES:
+        print(f"WARNING: {len(images)} frames for per-position statistics and {args.clusters} colour clusters: "
+              f"with fewer than {RECOMMENDED_FRAMES} frames the nominal spread is under-estimated and masks get "
+              f"noisier (more nominal frames, or a smaller --every, help)", flush=True)
     start, pairs = time.perf_counter(), []
     for n, image in enumerate(images, 1):
         pairs.append((image, analyzer.discrepancy(image, synth.synthesize(image))))

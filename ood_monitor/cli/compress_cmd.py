@@ -1,7 +1,8 @@
 """`ood-monitor compress`: int8 / fp16 / pruned / distilled variants of a trained VAE detector, each
 written as its own model folder (models/<name>-<variant>) with its measured metrics, its own
-calibration scores (re-scored on the calibration split by the variant itself) and seed 003's guard
-verdict against the fp32 parent, which the detector node enforces."""
+calibration scores (re-scored on the calibration split by the variant itself) and the quantization guard
+(arXiv 2602.01459, docs/methods.md#quantization-guard) verdict against the fp32 parent, which the detector
+node enforces."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_split(path: str, card, limit: int | None):
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC, load_frames
 
     cfg = card.config
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         variant_card,
     )
     from ood_monitor.core.compress.guard import evaluate_variant
-    from ood_monitor.core.metrics import frame_metrics
+    from ood_monitor.core.detector_metrics import frame_metrics
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.vae.io import load_encoder
 

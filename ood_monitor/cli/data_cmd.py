@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ood_monitor.data.demo import DemoConfig, generate
+    from ood_monitor.demo_world.generator import DemoConfig, generate
 
     config = DemoConfig(
         out=args.out, scale=args.scale, seed=args.seed, width=args.width, height=args.height,

@@ -62,7 +62,7 @@ def step(i: int, n: int, text: str) -> None:
 
 def ensure_dataset(out: Path, scale: float, seed: int) -> dict:
     """Generate the demo data unless a dataset with the same parameters is already there."""
-    from ood_monitor.data.demo import GENERATOR_VERSION, DemoConfig, generate
+    from ood_monitor.demo_world.generator import GENERATOR_VERSION, DemoConfig, generate
 
     meta = out / "dataset.json"
     if meta.exists():
@@ -106,9 +106,9 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
 
 def live_alarms(result_bag: Path, test_bag: Path) -> dict:
     """Alarm metrics of the scores the live nodes published, against the bag's labels."""
-    from ood_monitor.core.metrics import alarm_metrics
+    from ood_monitor.core.detector_metrics import alarm_metrics
     from ood_monitor.data.bags import read_messages
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
     from ood_monitor.ros.live import stamp_of
 
     labels = {f.stamp_ns: f for f in iter_frames(test_bag)}

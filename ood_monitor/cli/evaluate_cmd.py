@@ -83,44 +83,27 @@ def shipped_params() -> Path | None:
     return next((c for c in candidates(SHIPPED_PARAMS) if c.is_file()), None)
 
 
-def card_alarm(card) -> dict:
-    """Alarm settings `calibrate` stored with the model (config.json "alarm": AlarmConfig fields and
-    max_gap_s); {} for a model calibrated before thresholds were stored."""
-    stored = getattr(card, "alarm", None)
-    if stored is None:
-        stored = card.extra.get("alarm") if isinstance(getattr(card, "extra", None), dict) else None
-    return dict(stored or {})
+def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> tuple[dict, float, dict[str, str]]:
+    """The alarm settings the detector node would run: the parameter file's explicit values (`params`, or
+    without it the shipped config/default.yaml that `ood-monitor run` and the launch files load), and for
+    the settings it leaves calibrated (0, "" or absent) the model's stored ones (`stored()`: the card's
+    `alarm_settings`, ModelFileError when it has none). Returns ({test: AlarmConfig}, max_gap_s,
+    {name: where it came from})."""
+    from ood_monitor.core.alarm_calibration import resolve_alarm
 
-
-def alarm_settings(kind: str, stored: dict, params: Path | None, tests: list[str]
-                   ) -> tuple[dict, float, dict[str, str]]:
-    """The alarm settings the detector node would run, one layer over the other: the node's built-in
-    defaults; the shipped config/default.yaml section `vae_<kind>_detector` (only without `params`, as
-    `ood-monitor run` and the launch files load it); the settings stored with the model (`stored`, see
-    `card_alarm`); the `params` file's section. Returns ({test: AlarmConfig}, max_gap_s, {name: where it
-    came from})."""
-    from ood_monitor.core.conformal import AlarmConfig
-
-    names = (*ALARM_FIELDS, "max_gap_s")
-    values: dict = {"max_gap_s": NODE_MAX_GAP_S}
-    origin = {name: "node default" for name in names}
-    layers = []
-    if params is None:
-        shipped = shipped_params()
-        if shipped is not None:
-            layers.append((str(shipped), node_parameters(shipped, f"vae_{kind}_detector")))
-    layers.append(("model config.json alarm", stored))
-    if params is not None:
-        layers.append((str(params), node_parameters(params, f"vae_{kind}_detector")))
-    for where, layer in layers:
-        for name in names:
-            if name in layer:
-                values[name], origin[name] = layer[name], where
-    max_gap_s = float(values.pop("max_gap_s"))
+    source = params if params is not None else shipped_params()
+    section = node_parameters(source, f"vae_{kind}_detector") if source is not None else {}
+    explicit = {k: section[k] for k in ALARM_FIELDS if section.get(k) not in (None, "", 0)}
+    origin = {k: (str(source) if k in explicit else "model config.json alarm") for k in ALARM_FIELDS}
+    max_gap_s = float(section.get("max_gap_s", NODE_MAX_GAP_S))
+    origin["max_gap_s"] = str(source) if "max_gap_s" in section else "node default"
     if max_gap_s <= 0:
         raise ValueError(f"max_gap_s must be positive, got {max_gap_s} (from {origin['max_gap_s']})")
+    if "pvalue_threshold" not in explicit:
+        explicit["pvalue_threshold"] = 0.01  # the node's default; not calibrated
+        origin["pvalue_threshold"] = "node default"
     try:
-        configs = {t: AlarmConfig(test=t, **values) for t in tests}
+        configs = {t: resolve_alarm(t, explicit, stored) for t in tests}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"alarm settings for the {kind} detector ({origin}): {exc}") from exc
     return configs, max_gap_s, origin
@@ -177,10 +160,11 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     recording, in order)."""
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import score_threshold
-    from ood_monitor.core.evaluation import alarm_table, frame_table, group_masks, stream_labels
+    from ood_monitor.core.detector_evaluation import alarm_table, frame_table, group_masks, stream_labels
 
     name, card = scorer.name, scorer.card
-    configs, max_gap_s, origin = alarm_settings(card.kind, card_alarm(card), params, tests)
+    configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,
+                                                 tests)
     labels = stream_labels(table.is_ood, table.category, table.kind, table.episode, table.stamp_ns, max_gap_s,
                            table.source)
     scores = table.score
@@ -218,7 +202,7 @@ def per_source_results(table, labels, traces: dict, configs: dict) -> list[dict]
     missed (what a fleet report ranks by)."""
     import numpy as np
 
-    from ood_monitor.core.metrics import alarm_metrics
+    from ood_monitor.core.detector_metrics import alarm_metrics
 
     rows = []
     for src in dict.fromkeys(table.source.tolist()):
@@ -261,7 +245,7 @@ def write_scores_csv(path: Path, table, labels, traces: dict) -> Path:
 def class_ids(data: Path, labels: LabelSpec | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(anomaly ids, ignored ids) of the semantic labels: from the class colour file and anomaly names
     the user gave, else from the dataset's classes.json (none: F* has no objects to score)."""
-    from ood_monitor.data.frames import load_classes
+    from ood_monitor.data.labeled_frames import load_classes
 
     if labels is not None:
         label_set = labels.resolve(data)
@@ -289,7 +273,7 @@ def fstar_note(data: str, anomaly_ids: tuple[int, ...], semantic_frames: int) ->
 def mask_frames(paths: list[Path], sources: dict, skip: dict[str, str], seen: dict[str, int]):
     """Frames with a non-empty ground-truth mask, recording after recording (unreadable ones skipped:
     the scoring pass reported them); counts those with a semantic class image in seen["semantic"]."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     for path in paths:
         if str(path) in skip:
@@ -310,10 +294,10 @@ def evaluate_masks(args: argparse.Namespace, paths: list[Path] | None = None, sk
     from itertools import islice
 
     from ood_monitor.core import plots
-    from ood_monitor.core.analysis.evaluation import MaskEvaluation, evaluate_masks, heat, overlay
+    from ood_monitor.core.analysis.mask_evaluation import MaskEvaluation, evaluate_masks, heat, overlay
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
-    from ood_monitor.core.frames import FrameConfig
     from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
 
     if str(args.synthesizer) == "none":
         return None
@@ -427,6 +411,7 @@ def masks_markdown(m: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ood_monitor.cli.provenance import note_if_foreign
     from ood_monitor.fleet.engines import ScoringJob, score_sources
     from ood_monitor.fleet.inputs import describe
     from ood_monitor.fleet.scoring import ModelScorer
@@ -435,6 +420,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tests = [t.strip() for t in args.tests.split(",") if t.strip()]
     scorers = [ModelScorer(m) for m in args.models]
+    for scorer in scorers:
+        for path in paths:
+            note_if_foreign(scorer.path, scorer.card.data, path)  # prints once per model and origin
     sources = frame_sources(args)
     job = ScoringJob([str(s.path) for s in scorers], sources["image_topic"], sources["mask_topic"],
                      sources["labels"], getattr(args, "batch", 64))

@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder tail (MC dropout)")
     v.add_argument("--recon-sigma", type=float, default=0.1,
                    help="std of the Gaussian reconstruction likelihood: larger = stronger KL pressure")
-    v.add_argument("--epochs", type=int, default=30)
+    v.add_argument("--epochs", type=int, default=30,
+                   help="epochs; raised (with --patience) when that would be fewer than --min-steps steps")
+    v.add_argument("--min-steps", type=int, default=800,
+                   help="fewest optimizer steps a training run gets: small recordings get more epochs")
     v.add_argument("--batch", type=int, default=64)
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (contiguous blocks)")
@@ -53,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--select-k", type=int, default=8, help="latent dims the score uses")
     v.add_argument("--score", choices=SCORES, default=None,
-                   help="nonconformity: kl (seed 000, one-sided), a two-sided deviation from the "
+                   help="nonconformity (docs/methods.md#vae-detectors): kl (latent KL of arXiv 2409.00880, "
+                        "one-sided), a two-sided deviation from the "
                         "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
                         "plus the fine-texture term (kl_texture); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ood_monitor.cli.label_options import label_spec
-    from ood_monitor.core.frames import FrameConfig
+    from ood_monitor.cli.provenance import data_origin
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.texture import min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale
@@ -100,9 +105,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = HvaeConfig(**common, ratio=args.hvae_ratio) if arch == "hvae" else VaeConfig(**common)
     if not 1 <= args.select_k <= cfg.latent:
         raise ValueError(f"--select-k must be in [1, {cfg.latent}], got {args.select_k}")
-    tcfg = TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, val_split=args.val_split,
-                       patience=args.patience, seed=args.seed, time_limit_s=args.time_limit, kl_warmup=args.kl_warmup,
-                       augment=AugmentConfig(enabled=args.augment))
 
     data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])
     print(f"reading {args.kind} frames from {describe(data)} ({args.size}x{args.size}) ...", flush=True)
@@ -122,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if score == "kl_texture" and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
         raise ValueError(f"score kl_texture needs an image model and at least {min_frames(cfg.latent)} "
                          f"frames (got {args.kind}, {len(frames)} frames): pick another --score")
+    tcfg = TrainConfig(**schedule_for(len(frames), args), batch=args.batch, lr=args.lr, val_split=args.val_split,
+                       seed=args.seed, time_limit_s=args.time_limit, augment=AugmentConfig(enabled=args.augment))
     flow_scale = 1.0
     if args.kind == "flow":
         flow_scale = args.flow_scale or auto_flow_scale(frames.raw)
@@ -143,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
     dims, usage, stats, texture = choose_dims(model.encoder, frames, flow_scale, args.select_k)
     print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
           f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
+    informative = int((usage[dims] > 0.5).sum())
+    if informative < len(dims):
+        print(f"WARNING: only {informative} of the {len(dims)} selected latent dims carry more than 0.5 nats on the "
+              f"training frames: the latent part of the score is weak (posterior collapse). More frames, "
+              f"--kl-warmup or a lower --beta help", flush=True)
     card = ModelCard(architecture=arch, config=cfg, flow_scale=float(flow_scale),
                      data={"source": ", ".join(map(str, data)), "image_topic": args.image_topic, "hash": frames.data_hash,
-                           "frames": len(frames)},
+                           "frames": len(frames), "origin": ", ".join(sorted({data_origin(p) for p in data}))},
                      training={**result.to_dict(), "settings": {
                          "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
                          "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment, "kl_warmup": tcfg.kl_warmup,
@@ -156,5 +165,22 @@ def run(args: argparse.Namespace) -> int:
     save_model(args.out, model, card)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
     print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "
-          f"ood-monitor calibrate --model {args.out} --data DIR/bags/calibration")
+          f"ood-monitor calibrate --model {args.out} --data <nominal recordings not used for training>")
     return 0
+
+
+def schedule_for(frames: int, args: argparse.Namespace) -> dict:
+    """Epochs, patience and KL warm-up for this many frames: at least `--min-steps` optimizer steps, the
+    patience and warm-up stretched by the same factor (a 200-frame recording gives 3 steps an epoch, and
+    the defaults stopped after ~90 steps, before the latent had organised). Says what it did."""
+    train_frames = max(1, int(round(frames * (1.0 - args.val_split))))
+    per_epoch = math.ceil(train_frames / args.batch)
+    factor = max(1.0, args.min_steps / (per_epoch * args.epochs))
+    epochs = int(math.ceil(args.epochs * factor))
+    patience = int(math.ceil(args.patience * factor))
+    warmup = args.kl_warmup * factor
+    if factor > 1.0:
+        print(f"small data: {frames} frames give {per_epoch} steps an epoch; training up to {epochs} epochs "
+              f"(>= {args.min_steps} steps), patience {patience}, KL warm-up {warmup:g} epochs "
+              f"(--min-steps changes this)", flush=True)
+    return {"epochs": epochs, "patience": patience, "kl_warmup": warmup}

@@ -1,4 +1,5 @@
-"""Inductive conformal anomaly detection over a frame stream (seed 000 and its lineage).
+"""Inductive conformal anomaly detection over a frame stream (arXiv 2409.00880 and its lineage;
+docs/methods.md#conformal-martingales).
 
 A frame's nonconformity score becomes a p-value against the scores of a separate calibration split:
 p = (#{cal >= s} + 1) / (n + 1), floored at `p_floor` (0.005 in the reference) so the martingale stays

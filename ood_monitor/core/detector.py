@@ -24,7 +24,8 @@ from ood_monitor.core.vae.io import CONFIG, ModelCard, ModelFileError, load_enco
 @dataclass(frozen=True)
 class FrameScore:
     """One frame's result; `uncertainty` is the MC-dropout std of the score (NaN when MC is off) and
-    `uncertain` is seed 001's rule: the score's confidence interval straddles the p-value threshold."""
+    `uncertain` is the ignore rule of arXiv 2403.01076: the score's confidence interval straddles the p-value
+    threshold."""
 
     score: float
     p_value: float
@@ -62,7 +63,8 @@ class VaeDetector:
     def from_model_dir(cls, path: str | Path, alarm: AlarmConfig | None = None, mc_samples: int = 0,
                        device: str = "cpu", z: float = 1.96, kind: str | None = None,
                        expect_size: tuple[int, int] | None = None) -> VaeDetector:
-        """Load encoder + calibration from a model directory. `kind` and `expect_size` (height, width)
+        """Load encoder + calibration from a model directory (alarm: the calibrated settings stored there
+        unless given). `kind` and `expect_size` (height, width)
         check the model against what the pipeline will feed it; mismatches raise ModelFileError."""
         encoder, card = load_encoder(path)
         cfg_path = Path(path) / CONFIG
@@ -74,7 +76,10 @@ class VaeDetector:
             raise ModelFileError(f"{cfg_path} is for {card.config.height}x{card.config.width} input but frames "
                                  f"are prepared at {h}x{w}: set the preprocess size to match or retrain "
                                  f"with --size ({train_hint(path, card.kind)})")
-        return cls(encoder, card, card.calibration_scores(path), alarm, mc_samples, z, device)
+        calibration = card.calibration_scores(path)
+        if alarm is None:
+            alarm = AlarmConfig(**card.alarm_settings(path))
+        return cls(encoder, card, calibration, alarm, mc_samples, z, device)
 
     @property
     def kind(self) -> str:

@@ -1,9 +1,8 @@
-"""Nonconformity scores of the VAE detectors (seed 000): higher = stranger.
+"""Nonconformity scores of the VAE detectors (docs/methods.md#vae-detectors): higher = stranger.
 
 The run-time score is the KL divergence between the encoder's posterior N(mu, sigma^2) and the prior
 N(0, I), summed over the k latent dimensions with the highest mean KL on training data (the dimensions
-the model actually uses; collapsed ones only add noise). It needs the encoder alone. Reconstruction
-error is kept for offline comparison; it needs the decoder.
+the model actually uses; collapsed ones only add noise). It needs the encoder alone.
 
 The KL is one-sided: a frame whose posterior is *closer* to the prior than usual (a frozen camera's
 all-zero flow, rain or sensor noise that the encoder answers with wide, uninformative posteriors) scores
@@ -39,12 +38,25 @@ def latent_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1.0)
 
 
-def select_dims(mean_kl: np.ndarray, k: int) -> list[int]:
-    """Indices of the k dims with the highest mean training KL, most informative first."""
+def select_dims(mean_kl: np.ndarray, k: int, usable: np.ndarray | None = None) -> list[int]:
+    """Indices of the k dims with the highest mean training KL, most informative first; dims not
+    `usable` (see `stuck_dims`) come last, whatever their KL."""
     mean_kl = np.asarray(mean_kl, dtype=np.float64)
     if not 1 <= k <= mean_kl.size:
         raise ValueError(f"select k in [1, {mean_kl.size}], got {k}")
-    return [int(i) for i in np.argsort(-mean_kl, kind="stable")[:k]]
+    usable = np.ones(mean_kl.size, bool) if usable is None else np.asarray(usable, bool)
+    order = np.lexsort((-mean_kl, ~usable))  # usable first, then by KL descending
+    return [int(i) for i in order[:k]]
+
+
+def stuck_dims(stats: dict[str, list[float]], logvar_range: tuple[float, float], margin: float = 0.5) -> np.ndarray:
+    """Dims whose posterior log-variance sits at the encoder's clamp on training data: their KL is large
+    (a clamped variance is far from the prior) but carries no information about the frame, and its
+    near-zero spread made any change look enormous. Boolean (D,)."""
+    lv = np.asarray(stats["logvar_mean"], np.float64)
+    lv_std = np.asarray(stats["logvar_std"], np.float64)
+    lo, hi = logvar_range
+    return ((lv <= lo + margin) | (lv >= hi - margin)) & (lv_std < margin)
 
 
 def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -> np.ndarray:
@@ -113,7 +125,10 @@ class Nonconformity:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
         names = ("mu", "logvar") if method == "posterior_deviation" else ("kl",)
         center = [stats[f"{n}_mean"][d] for n in names for d in dims]
-        scale = [max(stats[f"{n}_std"][d], min_std) for n in names for d in dims]
+        raw = np.array([stats[f"{n}_std"][d] for n in names for d in dims], np.float64)
+        # a dimension that barely varies on training data would turn any change into a huge z: its
+        # scale is floored at a fraction of the typical selected dimension's
+        scale = [float(v) for v in np.maximum(raw, max(min_std, 0.05 * float(np.median(raw))))]
         return cls(method, dims, tuple(center), tuple(scale), texture if method == "kl_texture" else None)
 
     def texture_of(self, frames: np.ndarray) -> np.ndarray | None:
@@ -135,7 +150,7 @@ class Nonconformity:
 
 
 def as_score(score: ScoreFn | Sequence[int]) -> ScoreFn:
-    """A score callable; a plain list of dims means the KL over those dims (seed 000)."""
+    """A score callable; a plain list of dims means the KL over those dims (arXiv 2409.00880)."""
     return score if callable(score) else Nonconformity("kl", tuple(int(d) for d in score))
 
 
@@ -150,15 +165,3 @@ def encode(encoder: nn.Module, batches: Callable[[slice], np.ndarray], n: int, b
         mus.append(mu.numpy())
         logvars.append(logvar.numpy())
     return np.concatenate(mus), np.concatenate(logvars)
-
-
-@torch.no_grad()
-def reconstruction_error(model: nn.Module, batches: Callable[[slice], np.ndarray], n: int,
-                         batch: int = 256) -> np.ndarray:
-    """Mean squared error between input and the reconstruction from the posterior mean: (N,)."""
-    model.eval()
-    errs = []
-    for start in range(0, n, batch):
-        x = torch.from_numpy(batches(slice(start, min(n, start + batch))))
-        errs.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).double().numpy())
-    return np.concatenate(errs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ood_monitor.core.flow import FlowConfig, FlowEstimator
-from ood_monitor.core.frames import FrameConfig, prepare_frame, to_gray
+from ood_monitor.core.model_input import FrameConfig, prepare_frame, to_gray
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""MC-dropout uncertainty of the nonconformity score (seed 001) with the static computation cached.
+"""MC-dropout uncertainty of the nonconformity score (arXiv 2403.01076,
+docs/methods.md#mc-dropout-ignore-rule) with the static computation cached.
 
-Seed 001 runs N full stochastic passes (about 35x one pass). Dropout sits only in the encoder's last
+The paper runs N full stochastic passes (about 35x one pass). Dropout sits only in the encoder's last
 layers (the `tail`), so everything before it (the `trunk`: all convolutions) is deterministic and the
 same in every pass. We run the trunk once, repeat its activation N times as one batch and run only the
 tail on that batch: one trunk pass plus one small batched dense pass instead of N full passes. The
@@ -9,7 +10,7 @@ distribution is exactly that of N full passes, because the trunk consumes no ran
 The API is two callables, trunk(x) -> features and tail(features) -> (mu, logvar), so the trunk can be
 a quantized module or another backend (ONNX Runtime, TensorRT) while the tail keeps its dropout.
 
-Seed 001's ignore rule: a frame whose confidence interval mean +- z * std straddles the decision
+The paper's ignore rule: a frame whose confidence interval mean +- z * std straddles the decision
 threshold is `uncertain` and can be ignored instead of acted on.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ class McEstimate:
     samples: np.ndarray
 
     def straddles(self, threshold: float) -> bool:
-        """Seed 001's rule: the interval contains the decision threshold, so the call is uncertain."""
+        """The ignore rule of arXiv 2403.01076: the interval contains the decision threshold, so the call is
+        uncertain."""
         return bool(self.low <= threshold <= self.high)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ood_monitor.core.frames import FrameConfig
+from ood_monitor.core.model_input import FrameConfig
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 
 DEFAULT_BATCH = 64
@@ -164,9 +164,9 @@ def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", ba
 def score_source(path: str | Path, scorers: list[Any], image_topic: str = "/camera/image_raw",
                  mask_topic: str | None = None, labels: Any = None, batch: int = DEFAULT_BATCH,
                  progress: Callable[[str], None] | None = None) -> list[ScoreTable]:
-    """`score_frames` over a bag or image folder (`ood_monitor.data.frames.iter_frames`). Raises
+    """`score_frames` over a bag or image folder (`ood_monitor.data.labeled_frames.iter_frames`). Raises
     FileNotFoundError / ValueError naming the source when it cannot be read."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     topics = {"mask_topic": mask_topic} if mask_topic else {}
     return score_frames(iter_frames(path, image_topic=image_topic, labels=labels, **topics), scorers,

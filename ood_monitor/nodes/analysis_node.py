@@ -20,11 +20,11 @@ from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_featur
 from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
-from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.model_input import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stage_parameters
+from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
 # Analysis defaults come from the dataclasses (one source: evaluate, bench and the node run the same).
@@ -151,7 +151,7 @@ class AnalysisNode(StageNode):
     def on_synthesis(self, msg: SynthesisResult) -> None:
         """Analyse one frame pair and publish; anything malformed is refused without raising."""
         start = time.perf_counter()
-        self.stats.on_input(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        self.stats.on_input(stamp_ns(msg.header))
         try:
             image = to_rgb8(image_to_array(msg.input), msg.input.encoding)
             synth = to_rgb8(image_to_array(msg.synthesized), msg.synthesized.encoding)

@@ -34,7 +34,7 @@ from ood_monitor.ros.image import ImageConversionError, image_to_array
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.pointcloud import xyz_cloud
 from ood_monitor.ros.qos import sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stage_parameters
+from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import AnomalyMask
 
 try:
@@ -190,7 +190,7 @@ class NavBridgeNode(StageNode):
 
     def on_anomaly(self, msg: AnomalyMask) -> None:
         start = time.perf_counter()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg.header)
         self.stats.on_input(stamp)
         try:
             mask, conf = self._decode(msg)

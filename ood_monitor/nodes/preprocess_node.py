@@ -15,7 +15,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ood_monitor.core.flow import DIS_PRESETS, FlowConfig
-from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.model_input import FrameConfig, image_transform
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.ros.image import (
     ImageConversionError,

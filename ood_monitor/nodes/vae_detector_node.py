@@ -1,11 +1,11 @@
 """vae_detector_node: ood/image or ood/flow -> ood/score/<detector> (ood_msgs/OODScore).
 
 One node class, launched once per detector: `detector: image` runs the β-VAE encoder on ood/image
-(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets seed 000's KL
-nonconformity score, an inductive conformal p-value against the model's stored calibration scores and
-the martingale / CUSUM alarm; optional cached MC dropout (seed 001) adds the score's uncertainty.
-The model must exist, match the input and carry calibration scores, or the node refuses to start
-with a message saying which file and what to run.
+(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets the latent KL score
+(docs/methods.md#vae-detectors) nonconformity score, an inductive conformal p-value against the model's stored
+calibration scores and the martingale / CUSUM alarm; optional cached MC dropout
+(docs/methods.md#mc-dropout-ignore-rule) adds the score's uncertainty. The model must exist, match the input
+and carry calibration scores, or the node refuses to start with a message saying which file and what to run.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 
 from sensor_msgs.msg import Image
 
+from ood_monitor.core.alarm_calibration import resolve_alarm
 from ood_monitor.core.conformal import MARTINGALES, TESTS, AlarmConfig, ConformalMonitor
 from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
@@ -42,16 +43,19 @@ PARAMETERS = {
     "input_width": (128, "frame size the preprocess node produces; the model must match"),
     "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
     "mc_z": (1.96, "z of the MC-dropout confidence interval of the score"),
-    "ignore_uncertain": (True, "seed 001: a frame whose score interval straddles the threshold keeps the previous is_ood"),
+    "ignore_uncertain": (True, "ignore-uncertain rule (MC dropout on quantized nets, arXiv 2403.01076): a frame "
+                                "whose score interval straddles the threshold keeps the previous is_ood"),
     "alarm_test": ("martingale", "which test sets is_ood: martingale | cusum | pvalue"),
-    "martingale": ("mixture", "mixture (simple mixture) | power"),
-    "epsilon": (0.5, "power martingale epsilon"),
-    "window": (20, "sliding window of p-values for the martingale"),
-    "martingale_threshold": (10.0, "alarm when log martingale exceeds this"),
-    "cusum_delta": (2.0, "CUSUM drift subtracted from -log p each frame"),
-    "cusum_threshold": (20.0, "alarm when the CUSUM statistic exceeds this"),
+    "martingale": ("", "mixture (simple mixture) | power; empty: the model's calibrated setting"),
+    "epsilon": (0.0, "power martingale epsilon; 0: the model's calibrated setting"),
+    "window": (0, "sliding window of p-values for the martingale; 0: the window `ood-monitor calibrate` chose"),
+    "martingale_threshold": (0.0, "alarm when the log martingale exceeds this; 0: the threshold `ood-monitor "
+                                  "calibrate` chose for its false-alarm target"),
+    "cusum_delta": (0.0, "CUSUM drift subtracted from -log p each frame; 0: the model's calibrated setting"),
+    "cusum_threshold": (0.0, "alarm when the CUSUM statistic exceeds this; 0: the threshold `ood-monitor "
+                             "calibrate` chose"),
     "pvalue_threshold": (0.01, "alarm test pvalue: a frame with p below this is OOD"),
-    "p_floor": (0.005, "p-values are clipped at this floor (keeps the martingale finite)"),
+    "p_floor": (0.0, "p-values are clipped at this floor (keeps the martingale finite); 0: the model's setting"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
     **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }
@@ -68,7 +72,8 @@ def is_variant(model_dir) -> bool:
 
 
 def check_card(card, model_dir, kind: str, size: tuple[int, int]) -> None:
-    """The model must be of this detector's kind and input size (the checks VaeDetector.from_model_dir makes)."""
+    """The model must be of this detector's kind and input size (the checks VaeDetector.from_model_dir
+    makes)."""
     if card.kind != kind:
         raise ModelFileError(f"{model_dir}/config.json is a {card.kind} model but a {kind} detector was requested")
     if (card.config.height, card.config.width) != tuple(size):
@@ -76,20 +81,24 @@ def check_card(card, model_dir, kind: str, size: tuple[int, int]) -> None:
                              f"frames are prepared at {size[0]}x{size[1]}")
 
 
-def alarm_config(p: dict) -> AlarmConfig:
-    return AlarmConfig(test=p["alarm_test"], martingale=p["martingale"], epsilon=p["epsilon"], window=p["window"],
-                       martingale_threshold=p["martingale_threshold"], cusum_delta=p["cusum_delta"],
-                       cusum_threshold=p["cusum_threshold"], pvalue_threshold=p["pvalue_threshold"],
-                       p_floor=p["p_floor"])
+def alarm_config(p: dict, card, model_dir) -> AlarmConfig:
+    """Parameters set explicitly win; the rest are the thresholds `ood-monitor calibrate` stored with the
+    model (ModelFileError, so the node refuses to start, when it stored none)."""
+    return resolve_alarm(p["alarm_test"], p, lambda: card.alarm_settings(model_dir))
+
+
+def alarm_summary(cfg: AlarmConfig) -> str:
+    return (f"{cfg.test}; martingale {cfg.martingale} window {cfg.window} threshold {cfg.martingale_threshold:g}; "
+            f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}")
 
 
 class VaeDetectorNode(StageNode):
     PARAMETERS = PARAMETERS
     TUNABLE = {
-        "alarm_test": lambda v: v in TESTS, "martingale": lambda v: v in MARTINGALES,
-        "epsilon": lambda v: 0 < v < 1, "window": lambda v: v >= 1, "martingale_threshold": lambda v: v > 0,
-        "cusum_delta": lambda v: v > 0, "cusum_threshold": lambda v: v > 0,
-        "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 < v < 1,
+        "alarm_test": lambda v: v in TESTS, "martingale": lambda v: v in MARTINGALES or v == "",
+        "epsilon": lambda v: 0 <= v < 1, "window": lambda v: v >= 0, "martingale_threshold": lambda v: v >= 0,
+        "cusum_delta": lambda v: v == 0 or v > 1, "cusum_threshold": lambda v: v >= 0,
+        "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 <= v < 1,
         "mc_z": lambda v: v > 0, "ignore_uncertain": lambda v: isinstance(v, bool),
     }
 
@@ -104,7 +113,8 @@ class VaeDetectorNode(StageNode):
         elif name == "ignore_uncertain":
             self.ignore_uncertain = value
         else:
-            self.detector.monitor = ConformalMonitor(self.detector.monitor.cal, alarm_config(self.p))
+            alarm = alarm_config(self.p, self.detector.card, self.model_dir)
+            self.detector.monitor = ConformalMonitor(self.detector.monitor.cal, alarm)
             self.last_is_ood = False
 
     def setup(self, p: dict) -> None:
@@ -116,8 +126,9 @@ class VaeDetectorNode(StageNode):
                              f"one of {BACKENDS}")
         default_topic, self.encoding = DETECTORS[self.detector_name]
         self.model_dir = resolve_model_dir(p["model_dir"] or f"models/vae_{self.detector_name}")
-        alarm = alarm_config(p)
-        self.detector = self._load_detector(p, alarm)
+        self.detector = self._load_detector(p)
+        alarm = alarm_config(p, self.detector.card, self.model_dir)
+        self.detector.monitor = ConformalMonitor(self.detector.monitor.cal, alarm)
         self.ignore_uncertain = p["ignore_uncertain"]
         self.max_gap_ns = int(p["max_gap_s"] * 1e9)
         self.last_stamp: int | None = None
@@ -131,9 +142,10 @@ class VaeDetectorNode(StageNode):
         self.get_logger().info(
             f"{self.detector_name} detector on {topic}: {self.model_dir} ({card.config.height}x{card.config.width}, "
             f"{len(card.selected_dims)} latent dims, score {card.score}, {self.detector.monitor.cal.size} calibration scores), "
-            f"alarm {alarm.test}, MC dropout {p['mc_samples'] or 'off'}")
+            f"alarm {alarm.test} (martingale window {alarm.window}, threshold {alarm.martingale_threshold:g}; "
+            f"CUSUM threshold {alarm.cusum_threshold:g}), MC dropout {p['mc_samples'] or 'off'}")
 
-    def _load_detector(self, p: dict, alarm: AlarmConfig) -> VaeDetector:
+    def _load_detector(self, p: dict) -> VaeDetector:
         """torch fp32 loads the encoder directly; other backends/precisions (and compressed variants) go
         through core.runtime, which refuses a variant the OOD guard flagged unless force_compressed."""
         size = (p["input_height"], p["input_width"])
@@ -142,7 +154,7 @@ class VaeDetectorNode(StageNode):
                 import torch
 
                 torch.set_num_threads(p["inference_threads"])
-            return VaeDetector.from_model_dir(self.model_dir, alarm, mc_samples=p["mc_samples"],
+            return VaeDetector.from_model_dir(self.model_dir, AlarmConfig(), mc_samples=p["mc_samples"],
                                               device=self._device(p["device"]), z=p["mc_z"],
                                               kind=self.detector_name, expect_size=size)
         from ood_monitor.core.runtime import load_detector_backend
@@ -152,7 +164,7 @@ class VaeDetectorNode(StageNode):
                                                   p["engine_cache_dir"] or None, p["force_compressed"],
                                                   p["inference_threads"])
         check_card(card, self.model_dir, self.detector_name, size)
-        return VaeDetector(BackendEncoder(trunk, tail), card, card.calibration_scores(self.model_dir), alarm,
+        return VaeDetector(BackendEncoder(trunk, tail), card, card.calibration_scores(self.model_dir), AlarmConfig(),
                            mc_samples=p["mc_samples"], z=p["mc_z"])
 
     def _device(self, device: str) -> str:
@@ -170,6 +182,7 @@ class VaeDetectorNode(StageNode):
                 "model": str(self.model_dir), "model_sha256": card.weights_sha256[:16],
                 "calibration_scores": str(self.detector.monitor.cal.size),
                 "mc_samples": str(self.detector.mc.samples if self.detector.mc else 0),
+                "alarm": alarm_summary(self.detector.monitor.cfg),
                 **{k: str(v) for k, v in self.counts.items()}}
 
     def on_frame(self, msg: Image) -> None:

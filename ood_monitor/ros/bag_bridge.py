@@ -16,6 +16,8 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosgraph_msgs.msg import Clock
 
+from ood_monitor.ros.stage_node import stamp_ns
+
 
 def message_class(msgtype: str):
     """'sensor_msgs/msg/Image' -> the rclpy class; a clear error when its package is missing."""
@@ -127,7 +129,7 @@ class BagPlayer:
         header = getattr(msg, "header", None)
         if header is None:
             return
-        stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
+        stamp = stamp_ns(header)
         if self._pass_origin is None:
             self._pass_origin = (stamp, self.node.get_clock().now().nanoseconds)
         bag0, now0 = self._pass_origin

@@ -163,7 +163,7 @@ def _check_step(info: ImageEncoding, width: int, height: int, step: int) -> None
         )
 
 
-def _byte_buffer(data: Any) -> np.ndarray:
+def byte_buffer(data: Any) -> np.ndarray:
     """`data` (bytes, array.array, list of ints or uint8 ndarray) as a 1-D uint8 array, without copying
     buffers."""
     if isinstance(data, np.ndarray):
@@ -204,7 +204,7 @@ def image_to_array(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, allow_nonf
     width, height, step = _int_field(msg, "width"), _int_field(msg, "height"), _int_field(msg, "step")
     _check_size(info, width, height, max_pixels)
     _check_step(info, width, height, step)
-    buf = _byte_buffer(getattr(msg, "data", None))
+    buf = byte_buffer(getattr(msg, "data", None))
     if buf.size != step * height:
         raise ImageConversionError(
             f"data has {buf.size} bytes, expected {step * height} (step {step} x height {height})"
@@ -415,7 +415,7 @@ def compressed_to_array(
         raise ImageConversionError(f"desired must be one of {_DESIRED}, got {desired!r}")
     fmt = getattr(msg, "format", "")
     decoded_order = _decoded_order(fmt)
-    buf = _byte_buffer(getattr(msg, "data", None))
+    buf = byte_buffer(getattr(msg, "data", None))
     if buf.size == 0:
         raise ImageConversionError(f"compressed image (format {fmt!r}) has no data")
     size = _encoded_size(buf)

@@ -33,7 +33,10 @@ def latency_topic_classes() -> dict[str, type]:
 
 
 def stamp_of(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    """A stamped message's header stamp in nanoseconds (ros/stage_node.stamp_ns)."""
+    from ood_monitor.ros.stage_node import stamp_ns
+
+    return stamp_ns(msg.header)
 
 
 class LatencyProbe:

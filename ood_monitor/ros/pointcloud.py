@@ -16,6 +16,8 @@ import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
+from ood_monitor.ros.image import ImageConversionError, byte_buffer
+
 _HOST_BIGENDIAN = sys.byteorder == "big"
 
 _DATATYPES: dict[int, np.dtype] = {
@@ -78,7 +80,10 @@ def pointcloud_to_structured(msg: Any) -> np.ndarray:
     names, formats, offsets = _fields_layout(msg.fields, point_step)
     if row_step < width * point_step:
         raise PointCloudConversionError(f"row_step {row_step} < width*point_step {width * point_step}")
-    data = _byte_buffer(msg.data)
+    try:
+        data = byte_buffer(msg.data)
+    except ImageConversionError as exc:
+        raise PointCloudConversionError(str(exc)) from None
     if data.size != row_step * height:
         raise PointCloudConversionError(f"data has {data.size} bytes, expected {row_step * height}")
     order = ">" if msg.is_bigendian else "<"
@@ -208,14 +213,6 @@ def _header_for(header: Any, frame_id: str | None) -> Any:
     if frame_id is None:
         return header
     return type(header)(stamp=header.stamp, frame_id=frame_id)
-
-
-def _byte_buffer(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-    if isinstance(data, (list, tuple)):
-        return np.array(data, dtype=np.uint8)
-    return np.frombuffer(data, dtype=np.uint8)
 
 
 def _create_with_sensor_msgs_py(header: Any, fields: list[PointField], points: np.ndarray) -> PointCloud2 | None:

@@ -1,5 +1,6 @@
-"""Analysis step of anomaly-by-synthesis (seed 004): input vs synthesized frame -> pooled anomaly map,
-binary mask and regions. ROS-free; the analysis node, the bench and the evaluator all call `Analyzer`."""
+"""Analysis step of anomalies by synthesis (docs/methods.md#segment-pooling): input vs synthesized frame ->
+pooled anomaly map, binary mask and regions. ROS-free; the analysis node, the bench and the evaluator all call
+`Analyzer`."""
 from __future__ import annotations
 
 import time
@@ -56,7 +57,7 @@ class AnalysisResult:
 
 class Analyzer:
     """discrepancy -> (nominal normalisation) -> segment pooling -> threshold + regions. `segmenter=None`
-    skips pooling; `nominal=None` pools the raw discrepancy (seed 004's analysis as published)."""
+    skips pooling; `nominal=None` pools the raw discrepancy (the analysis as published)."""
 
     def __init__(self, cfg: AnalysisConfig | None = None, segmenter: Segmenter | None = None,
                  extractor: FeatureExtractor | None = None, nominal: NominalDiscrepancy | None = None) -> None:

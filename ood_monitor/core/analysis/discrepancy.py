@@ -1,9 +1,10 @@
-"""Per-pixel discrepancy between a camera frame and its in-distribution re-synthesis (seed 004's analysis).
+"""Per-pixel discrepancy between a camera frame and its in-distribution re-synthesis
+(docs/methods.md#segment-pooling).
 
-The learned term is seed 004's: 1 - cosine similarity of dense features, upsampled to the image. Without
-downloadable foundation models the features come from any torch encoder we have (DC-AE, the β-VAE, or a
-fixed random conv net), behind one pluggable interface: a callable NCHW float [0, 1] -> feature maps.
-Colour (CIE Lab distance) and structure (1 - local SSIM) terms catch what a small encoder misses. Every
+The learned term is the one of anomalies by synthesis: 1 - cosine similarity of dense features, upsampled to
+the image. Without downloadable foundation models the features come from any torch encoder we have (DC-AE, the
+β-VAE, or a fixed random conv net), behind one pluggable interface: a callable NCHW float [0, 1] -> feature
+maps. Colour (CIE Lab distance) and structure (1 - local SSIM) terms catch what a small encoder misses. Every
 term is in [0, 1] and the map is their weighted mean, so a threshold keeps its meaning across weights.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.metrics import structural_similarity
 from torch import nn
 
 FeatureExtractor = Callable[[torch.Tensor], list[torch.Tensor]]
 """NCHW float tensor in [0, 1] -> list of (N, C_i, H_i, W_i) feature maps (any scales)."""
 
 LAB_SCALE = 20.0  # ΔE76 of 20 (a clearly different colour) maps to discrepancy 1
-SSIM_C1, SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,9 @@ def structure_term(a: np.ndarray, b: np.ndarray, sigma: float = 2.0, blur_sigma:
     """1 - local SSIM of the grey images, clipped to [0, 1]: texture and edge changes at equal colour."""
     ga = _blur(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), blur_sigma).astype(np.float32)
     gb = _blur(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), blur_sigma).astype(np.float32)
-    mu_a, mu_b = _blur(ga, sigma), _blur(gb, sigma)
-    var_a = _blur(ga * ga, sigma) - mu_a * mu_a
-    var_b = _blur(gb * gb, sigma) - mu_b * mu_b
-    cov = _blur(ga * gb, sigma) - mu_a * mu_b
-    ssim = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / (
-        (mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
-    return np.clip(1.0 - ssim, 0.0, 1.0)
+    _, ssim = structural_similarity(ga, gb, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
+                                    data_range=255.0, full=True)
+    return np.clip(1.0 - ssim, 0.0, 1.0).astype(np.float32)
 
 
 def to_tensor(images: Sequence[np.ndarray], size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -267,7 +264,7 @@ def make_feature_extractor(kind: str, models_dir: str | Path = "models",
     if kind == "none":
         return None, "none"
     if kind == "random":
-        return random_conv_features(), "random conv (16-32-64, seed 0)"
+        return random_conv_features(), "random conv (16-32-64, RNG seeded with 0)"
     if kind == "vae":
         return vae_features(root / "vae_image"), f"vae ({root / 'vae_image'})"
     return dcae_features(root / "dcae", device), f"dcae ({root / 'dcae'})"

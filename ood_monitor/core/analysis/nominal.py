@@ -1,11 +1,11 @@
 """What the synthesizer gets wrong on nominal frames, so that the analysis discounts it.
 
 A re-synthesis is never exact: trees, grass texture and the image border come back different on every
-frame, anomaly or not. Seed 004's analysis thresholds the raw discrepancy, so these regions compete with
-real anomalies: on the demo data the false-positive objects of F* are vegetation and grass components,
-and small anomalies on the trail sit at the same raw level. `NominalDiscrepancy` is fitted on nominal
-frames (a calibration split, synthesized by the deployed synthesizer) and turns the discrepancy into a
-standardized excess over what is usual
+frame, anomaly or not. The published analysis (docs/methods.md#segment-pooling) thresholds the raw
+discrepancy, so these regions compete with real anomalies: on the demo data the false-positive objects of F*
+are vegetation and grass components, and small anomalies on the trail sit at the same raw level.
+`NominalDiscrepancy` is fitted on nominal frames (a calibration split, synthesized by the deployed
+synthesizer) and turns the discrepancy into a standardized excess over what is usual
 
     n = clip((z_loc + z_app) / (2 * z_scale), 0, 1),
     z_loc = (d - mean_xy) / std_xy            per pixel position (the camera is mounted: sky on top,
@@ -14,11 +14,10 @@ standardized excess over what is usual
                                               vegetation, grass, trail, sky ... wherever they are)
 
 so a pixel counts as anomalous when its discrepancy is high *for that place and that kind of surface*.
-z_scale is calibrated like confidence_gain (scripts/tune_analysis.py --current-only on seeds 11/12): 23
-puts the decision point at confidence 0.5 with the shipped gain, as without statistics. Measured, shipped
-analysis otherwise unchanged, object F*: tuning seeds 11/12 0.950 -> 0.961; eight other seeds mean
-0.938 -> 0.968 (worst 0.865 -> 0.923), pixel AUC-PR 0.944 -> 0.922; the demo test split 0.780 -> 0.881.
-Position-only or appearance-only normalisation each gave part of the gain (position alone lost more AUC-PR).
+z_scale is calibrated like confidence_gain (scripts/tune_analysis.py --current-only on tuning seeds): 23
+puts the decision point at confidence 0.5 with the shipped gain, as without statistics. Position-only or
+appearance-only normalisation each gives part of the gain, so both are used (figures:
+docs/benchmarks.md#anomaly-masks).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Segment pooling (seed 004): the discrepancy map averaged inside image segments.
+"""Segment pooling (anomalies by synthesis, docs/methods.md#segment-pooling): the discrepancy map averaged
+inside image segments.
 
 A synthesizer changes an anomaly unevenly (edges more than the middle); averaging over the segment that
 holds it fills the whole object, and averages noise away elsewhere. Segments are sorted by area, largest
@@ -42,5 +43,5 @@ def pool_labels(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def pool_segments(values: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-    """Seed 004's pooling of `values` (HxW) over boolean segment masks."""
+    """The paper's pooling of `values` (HxW) over boolean segment masks."""
     return pool_labels(values, disjoint_labels(masks, values.shape))

@@ -32,7 +32,7 @@ class Segmenter(ABC):
         """Boolean HxW masks of the image's segments."""
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
-        """Disjoint int32 label image (-1 = no segment), seed 004's area ordering."""
+        """Disjoint int32 label image (-1 = no segment), area ordering of anomalies by synthesis."""
         return disjoint_labels(self.segment(rgb), rgb.shape[:2])
 
 
@@ -203,7 +203,7 @@ def load_sam(checkpoint: str | Path, model_type: str | SamArchitecture = "vit_b"
 
 @dataclass(frozen=True)
 class AutoMaskConfig:
-    """Seed 004's automatic-mask settings."""
+    """The automatic-mask settings of anomalies by synthesis (arXiv 2505.22805)."""
 
     points_per_side: int = 32
     pred_iou_thresh: float = 0.88

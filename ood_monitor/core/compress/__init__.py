@@ -1,8 +1,8 @@
-"""Compression of VAE detectors (seed 000) with seed 003's guard: int8 (CPU), fp16 (GPU), structured
-pruning, pruning-aware distillation. `build_variants` makes every variant of one parent in memory;
-`ood-monitor compress` scores, guards and saves them, `ood-monitor bench compress` times them side by
-side. Every float variant is exported to ONNX and run through the same backend as int8, so timing
-differences come from the model, not from the runtime."""
+"""Compression of VAE detectors (docs/methods.md#compression) with the quantization guard
+(docs/methods.md#quantization-guard): int8 (CPU), fp16 (GPU), structured pruning, pruning-aware distillation.
+`build_variants` makes every variant of one parent in memory; `ood-monitor compress` scores, guards and saves
+them, `ood-monitor bench compress` times them side by side. Every float variant is exported to ONNX and run
+through the same backend as int8, so timing differences come from the model, not from the runtime."""
 from __future__ import annotations
 
 import copy
@@ -15,25 +15,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
 from ood_monitor.core.runtime import onnx_callables
 from ood_monitor.core.runtime.onnx_export import DropoutSpec, MaskedTail, draw_masks, export_encoder
 from ood_monitor.core.vae.dataset import FrameSet
 from ood_monitor.core.vae.io import ModelCard, save_model, sha256_bytes, write_card
 
+from .detector_quantization import quantize_onnx_int8
 from .distill import DistillConfig, distill, layer_sparsity, mean_posterior_kl, student_from
 from .guard import GuardVerdict, update_config, write_verdict
 from .prune import conv_param_count, param_count, prune_channels
-from .quantize import quantize_onnx_int8
 
 METHODS = ("int8", "fp16", "prune", "kd")
 # Pruned layers keep channel counts that are multiples of 4: odd counts (9, 45, 27 channels after global
 # ranking) waste ONNX Runtime's blocked convolutions; measured on the demo image model, ORT fp32, 1 thread:
 # the kd student 1.25x -> 1.52x the parent, globally pruned 0.5 1.63x -> 2.14x. (8 was faster still for the
-# pruned model, but moved seed 000's highest-sparsity layer to the second conv, whose removal makes every
-# later layer run at twice the resolution: 1.15x.)
+# pruned model, but moved the highest-sparsity layer (arXiv 2409.00880) to the second conv, whose removal
+# makes every later layer run at twice the resolution: 1.15x.)
 ROUND_TO = 4
-# The kd student starts from a parent pruned at 0.7: seed 000 then removes the sparsest conv (on the demo
-# image model the second one either way) and the narrower layers pay for the higher resolution after it.
+# The kd student starts from a parent pruned at 0.7: the pruning-aware rule then removes the sparsest conv
+# (on the demo image model the second one either way) and the narrower layers pay for the higher
+# resolution after it.
 # Measured by `bench compress --ratios 0.5` (ORT, 1 thread, rows interleaved): kd from 0.5 1.18x the
 # parent with ΔAUROC -0.008; from 0.7 1.73x with -0.002.
 KD_RATIO = 0.7
@@ -162,8 +164,8 @@ def pruned_variant(parent: nn.Module, ratio: float, train: FrameSet, flow_scale:
 
 
 def kd_variant(parent: nn.Module, ratio: float, train: FrameSet, flow_scale: float, cfg: DistillConfig) -> Variant:
-    """Seed 000: prune (globally ranked, so layers lose different shares), remove the conv layer with the
-    highest sparsity, then distill the student from the parent."""
+    """arXiv 2409.00880: prune (globally ranked, so layers lose different shares), remove the conv layer with
+    the highest sparsity, then distill the student from the parent."""
     pruned = prune_channels(parent, ratio, global_ranking=True, round_to=ROUND_TO)
     sparsity = layer_sparsity(pruned, parent)
     remove = max(range(len(sparsity)), key=lambda i: (round(sparsity[i], 6), i))  # ties: the later, cheaper layer
@@ -240,7 +242,11 @@ def variant_card(parent: ModelCard, variant: Variant, cal: FrameSet, train: Fram
     encode = variant.encoder_fn(threads)
     card = scoring_card(parent, variant, train, threads)
     ids = cal.subset(~cal.is_ood) if cal.is_ood.any() else cal
-    scores = np.sort(frame_scores(encode, ids, card))
+    stream = frame_scores(encode, ids, card)
+    scores = np.sort(stream)
+    if parent.alarm:  # the variant's own p-values: its thresholds are chosen again, for the parent's target
+        target = AlarmTarget.from_settings(parent.alarm)
+        card.alarm = calibrate_alarms(stream, None, target).to_dict(target)
     card.calibration = {"scores": [float(s) for s in scores], "source": ids.source, "hash": ids.data_hash,
                         "frames": len(scores), "selected_dims": card.selected_dims, "score": card.score,
                         "command": command, "scored_by": variant.name}

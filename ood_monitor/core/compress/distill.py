@@ -1,12 +1,13 @@
-"""Seed 000's pruning-aware knowledge distillation and the distillation loop pruning fine-tunes with.
+"""Pruning-aware (arXiv 2409.00880, docs/methods.md#compression) knowledge distillation and the distillation
+loop pruning fine-tunes with.
 
 The detector reads nothing but the encoder's posterior (mu, logvar), so a student is trained to match
 the teacher's posterior, KL(q_teacher(z|x) || q_student(z|x)) summed over latent dims, on in-distribution
 training frames: no decoder and no reconstruction target, and the latent dims the parent's score
 selected keep their meaning, so its dims and statistics stay valid for the variant.
 
-Pruning-aware step (seed 000): after pruning, the layer with the highest sparsity (share of its weights
-removed) is taken as the one contributing least and removed: the student has one stride-2 conv fewer,
+Pruning-aware step (arXiv 2409.00880): after pruning, the layer with the highest sparsity (share of its
+weights removed) is taken as the one contributing least and removed: the student has one stride-2 conv fewer,
 so the layers after it run at twice the resolution and the dense layer sees a 4x larger feature map.
 """
 from __future__ import annotations
@@ -55,9 +56,9 @@ def posterior_kl(teacher: tuple[torch.Tensor, torch.Tensor], student: tuple[torc
 def perturb(x: torch.Tensor, share: float, gen: torch.Generator, clip: bool = True) -> torch.Tensor:
     """`share` of the rows get one random off-distribution change: gain and offset, Gaussian noise, or a
     1-D box blur. The detector scores OOD frames, which a student distilled on nominal frames alone
-    never saw; matching the teacher there too is what keeps the scores' ranking (seed 003: augmentation
-    keeps OOD detection robust under compression). On the demo image model, pruned + distilled for
-    3 minutes: ΔAUROC -0.074 without, -0.033 with."""
+    never saw; matching the teacher there too is what keeps the scores' ranking (arXiv 2602.01459:
+    augmentation keeps OOD detection robust under compression). On the demo image model, pruned + distilled
+    for 3 minutes: ΔAUROC -0.074 without, -0.033 with."""
     out = x.clone()
     rows = torch.nonzero(torch.rand(len(x), generator=gen) < share).flatten().tolist()
     for i in rows:

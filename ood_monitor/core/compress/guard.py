@@ -1,8 +1,8 @@
-"""Quantization-OOD guard (seed 003): compression can keep a model's loss and still ruin its OOD
-separation, so every compressed variant is scored against its fp32 parent on the same labelled frames
-(AUROC and AUPR-out) and flagged when it loses more than `tolerance` AUPR-out points (default 2). The
-verdict is written into the variant's config.json, where the loader reads it and refuses a flagged
-variant unless forced."""
+"""Quantization-OOD guard (arXiv 2602.01459, docs/methods.md#quantization-guard): compression can keep a
+model's loss and still ruin its OOD separation, so every compressed variant is scored against its fp32 parent
+on the same labelled frames (AUROC and AUPR-out) and flagged when it loses more than `tolerance` AUPR-out
+points (default 2). The verdict is written into the variant's config.json, where the loader reads it and
+refuses a flagged variant unless forced."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ood_monitor.core.metrics import aupr_out, auroc
+from ood_monitor.core.detector_metrics import aupr_out, auroc
 
 DEFAULT_TOLERANCE = 2.0  # AUPR-out points (percent)
 GUARD_KEY = "guard"

@@ -1,10 +1,11 @@
-"""Anomaly-by-synthesis (seed 004): a diffusion model trained only on nominal frames re-synthesizes
-the input; what it changes is what it has not seen. DC-AE + latent DiT with similarity-guided DDIM is
-the fast path; the pixel U-Net with DDPM-1000 is the baseline every speed-up is measured against."""
+"""Anomalies by synthesis (docs/methods.md#anomalies-by-synthesis): a diffusion model trained only on nominal
+frames re-synthesizes the input; what it changes is what it has not seen. DC-AE + latent DiT with
+similarity-guided DDIM is the fast path; the pixel U-Net with DDPM-1000 is the baseline every speed-up is
+measured against."""
 from .guided_ddim import GUIDANCE_KINDS, GuidanceConfig, guided_sample
-from .quantize import PRECISIONS, quantize
 from .schedules import ScheduleConfig, make_scheduler, plan_timesteps
 from .synthesizer import ModelFileError, Synthesizer, load_model, save_model
+from .weight_quantization import PRECISIONS, quantize
 
 __all__ = [
     "GUIDANCE_KINDS", "PRECISIONS", "GuidanceConfig", "ModelFileError", "ScheduleConfig", "Synthesizer",

@@ -1,4 +1,5 @@
-"""Similarity-guided sampling (seed 004, Algorithm 1) and its gradient-free variant.
+"""Similarity-guided sampling (Algorithm 1 of the efficient anomalies-by-synthesis report,
+docs/methods.md#similarity-guided-ddim) and its gradient-free variant.
 
 Both edit the noise prediction of any ε-model before the scheduler's update (DDIM with η = 0, or
 DDPM for the 1000-step baseline):

@@ -23,9 +23,9 @@ from torch import nn
 from .dcae import DcaeConfig, build_dcae, decode, encode
 from .dit import Dit, DitConfig
 from .guided_ddim import GUIDANCE_KINDS, GuidanceConfig, guided_sample
-from .quantize import PRECISIONS, model_size_mb, quantize
 from .schedules import ScheduleConfig, make_scheduler
 from .unet import UNet, UNetConfig
+from .weight_quantization import PRECISIONS, model_size_mb, quantize
 
 FORMAT = "ood_monitor.diffusion/1"
 WEIGHTS = "model.safetensors"

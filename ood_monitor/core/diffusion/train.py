@@ -58,8 +58,8 @@ def load_images(path: str | Path, size: int = 128, limit: int | None = None, log
                 image_topic: str = "/camera/image_raw") -> np.ndarray:
     """(N, size, size, 3) uint8 frames of a bag or image folder, prepared like ood/image; frames labelled
     OOD (`labels`: anomaly pixels in their label image) are skipped unless `keep_ood`."""
-    from ood_monitor.core.frames import FrameConfig, prepare_frame
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.core.model_input import FrameConfig, prepare_frame
+    from ood_monitor.data.labeled_frames import iter_frames
 
     if not Path(path).exists():
         raise FileNotFoundError(f"data not found: {path}")

@@ -1,12 +1,11 @@
-"""Pixel-space DDPM baseline: a small ε-prediction U-Net, T = 1000, that seed 004's speed-ups are
-measured against.
+"""Pixel-space DDPM baseline: a small ε-prediction U-Net, T = 1000, that the efficient
+anomalies-by-synthesis speed-ups are measured against.
 
-Why smaller than seed 004's U-Net (channels 64·(1,2,4,8), 63 M parameters, v-prediction): that network
-takes 0.77 s per step at 128x128 on this 2-core CPU, so DDPM-1000 would be 13 minutes per frame and
-could neither be trained here nor benchmarked on more than one frame. Channels (32, 64, 96, 128) with one
-residual block per level and attention only at 16x16 (2.5 M parameters) take about 95 ms per step on
-one idle core, so DDPM-1000 is about 1.6 minutes per frame (several times that when the cores are shared). It
-predicts ε (not v) so that Algorithm 1's μ₀ and the guided samplers are the same code for every model.
+Why smaller than that report's U-Net (channels 64·(1,2,4,8), v-prediction): on a 2-core CPU that
+network makes DDPM-1000 take over ten minutes per frame, so it could neither be trained here nor
+benchmarked on more than one frame. Channels (32, 64, 96, 128) with one residual block per level and
+attention only at 16x16 (2.5 M parameters) bring DDPM-1000 to one or two minutes per frame. It predicts
+ε (not v) so that Algorithm 1's μ₀ and the guided samplers are the same code for every model.
 """
 from __future__ import annotations
 

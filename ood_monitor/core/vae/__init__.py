@@ -1,4 +1,5 @@
-"""VAE detectors (seed 000's β-VAE and flow VAE, seed 002's hierarchical VAE) and their files.
+"""VAE detectors (β-VAE and flow VAE of arXiv 2409.00880, hierarchical VAE of arXiv 2506.10089;
+docs/methods.md) and their files.
 
 `ARCHITECTURES` maps the name stored in a model's config.json to its (model class, config class), so
 loading a model never needs anything but that JSON and the safetensors weights.

@@ -1,4 +1,5 @@
-"""β-VAE for images (3 channels) or dense optical flow (2 channels): seed 000's detector pair.
+"""β-VAE for images (3 channels) or dense optical flow (2 channels): the detector pair of arXiv 2409.00880
+(docs/methods.md#vae-detectors).
 
 The encoder is a module of its own because the deployed graph is encoder-only (the KL score needs no
 decoder). It is split into a deterministic `trunk` (convolutions and the first dense layer) and a

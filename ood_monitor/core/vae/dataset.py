@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ood_monitor.core.frames import FrameConfig, image_tensor
+from ood_monitor.core.model_input import FrameConfig, image_tensor
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ def collect(frames: Iterable[Any], kind: str, frame_cfg: FrameConfig, source: st
 def load_frames(path: str | Path, kind: str, frame_cfg: FrameConfig, image_topic: str = DEFAULT_IMAGE_TOPIC,
                 limit: int | None = None, progress: Callable[[str], None] | None = None,
                 labels: LabelSpec | None = None, mask_topic: str | None = None) -> FrameSet:
-    """`collect` over `ood_monitor.data.frames.iter_frames` (a rosbag2 bag or a folder of images);
+    """`collect` over `ood_monitor.data.labeled_frames.iter_frames` (a rosbag2 bag or a folder of images);
     `labels` / `mask_topic` say where the ground truth is (see `iter_frames`)."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     if not Path(path).exists():
         raise FileNotFoundError(f"data not found: {path}")

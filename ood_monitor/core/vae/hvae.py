@@ -1,9 +1,10 @@
-"""Two-level hierarchical VAE (seed 002): a fixed latent budget split between levels by a ratio r.
+"""Two-level hierarchical VAE (arXiv 2506.10089, docs/methods.md#hierarchical-vae): a fixed latent budget
+split between levels by a ratio r.
 
 Inference path x -> z1 -> z2 (bottom-up), generative path z2 ~ N(0, I) -> p(z1 | z2) -> x. The budget
 `latent` is split as d1 = round(r * latent) dimensions for the bottom level z1 (what the decoder sees:
 too few lose information) and d2 = latent - d1 for the top level z2 (too few and the top level's
-prior attenuates the signal), which is the trade-off seed 002 tunes.
+prior attenuates the signal), which is the trade-off that paper tunes.
 
 The encoder reports z1's posterior *standardised by its conditional prior*: KL is invariant under the
 affine map z -> (z - mu_p) / sigma_p applied to both Gaussians, so KL(q(z1|x) || p(z1|z2)) equals the

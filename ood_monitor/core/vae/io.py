@@ -47,7 +47,8 @@ class ModelCard:
     `ood-monitor calibrate` has run; `selected_dims` are the latent dims the score uses, `score` the
     nonconformity method (core/nonconformity.SCORES) and `latent_stats` the per-dimension training
     statistics the two-sided methods standardise with; `texture` the fitted texture head of image models
-    (core/texture.py), which the `kl_texture` score adds."""
+    (core/texture.py), which the `kl_texture` score adds; `alarm` the martingale/CUSUM settings `calibrate`
+    chose for a false-alarm target on held-out nominal blocks, with what it measured."""
 
     architecture: str
     config: VaeConfig
@@ -62,6 +63,7 @@ class ModelCard:
     score: str = "kl"
     latent_stats: dict = field(default_factory=dict)
     texture: dict = field(default_factory=dict)
+    alarm: dict = field(default_factory=dict)  # alarm settings chosen by `calibrate` (core/alarm_calibration.py)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
 
     @property
@@ -86,7 +88,7 @@ class ModelCard:
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
                 "training": self.training, "selected_dims": list(self.selected_dims),
                 "latent_kl": list(self.latent_kl), "score": self.score, "latent_stats": self.latent_stats,
-                "texture": self.texture, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
+                "texture": self.texture, "alarm": self.alarm, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = CONFIG) -> ModelCard:
@@ -102,7 +104,7 @@ class ModelCard:
                        latent_kl=[float(v) for v in d.get("latent_kl", [])], calibration=d.get("calibration"),
                        weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
                        score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {},
-                       texture=d.get("texture") or {})
+                       texture=d.get("texture") or {}, alarm=d.get("alarm") or {})
             card.extra = {k: v for k, v in d.items() if k not in card.to_dict()}
             if card.selected_dims:
                 card.nonconformity  # noqa: B018 -- validates score method and statistics
@@ -125,6 +127,17 @@ class ModelCard:
             raise ModelFileError(f"{path} was calibrated with another score than {self.score!r}: "
                                  f"{calibrate_hint(model_dir)}")
         return np.sort(arr)
+
+    def alarm_settings(self, model_dir: str | Path) -> dict:
+        """The calibrated alarm settings (AlarmConfig fields without `test`), or ModelFileError saying
+        how to calibrate them."""
+        from ood_monitor.core.conformal import AlarmConfig
+
+        fields = set(AlarmConfig.__dataclass_fields__) - {"test"}
+        if not self.alarm or not fields <= set(self.alarm):
+            raise ModelFileError(f"{Path(model_dir) / CONFIG} has no calibrated alarm thresholds: "
+                                 f"{calibrate_hint(model_dir)}")
+        return {k: self.alarm[k] for k in fields}
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -7,8 +7,8 @@ KL warm-up (`kl_warmup` epochs) ramps the KL weight linearly from 0 to 1 over th
 the image VAE can fall into posterior collapse in its first epochs (KL ~ 0, every frame encoded as the
 prior), and a collapsed encoder scores every frame alike. Validation always uses the full objective.
 
-Augmentation (seed 003: it is what keeps OOD detection robust under quantization) is deliberately mild:
-brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
+Augmentation (arXiv 2602.01459: it is what keeps OOD detection robust under quantization) is deliberately
+mild: brightness/contrast jitter large enough to cover camera exposure changes would teach the image VAE that
 global illumination shifts are normal, which is exactly what it must detect.
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_monitor.core.nonconformity import encode, latent_stats, select_dims
+from ood_monitor.core.nonconformity import encode, latent_stats, select_dims, stuck_dims
 from ood_monitor.core.texture import TextureHead, min_frames
 
+from .beta_vae import LOGVAR_RANGE
 from .dataset import FrameSet
 
 
@@ -250,4 +251,4 @@ def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int
     texture head (images; None for flow)."""
     stats, texture = training_stats(encoder, data, flow_scale)
     usage = np.asarray(stats["kl_mean"])
-    return select_dims(usage, k), usage, stats, texture
+    return select_dims(usage, k, ~stuck_dims(stats, LOGVAR_RANGE)), usage, stats, texture

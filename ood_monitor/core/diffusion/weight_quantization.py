@@ -1,9 +1,10 @@
-"""Selected-layer weight quantization (seed 004 §3.3) of a denoiser, and all-layer for comparison.
+"""Selected-layer weight quantization (efficient anomalies-by-synthesis report §3.3,
+docs/methods.md#selected-layer-quantization) of a denoiser, and all-layer for comparison.
 
 "selected": only the layers that carry the compute — attention QKV and output projections, MLP linears
 (`fc1`, `fc2`) and the U-Net's main residual convolutions (`conv1`, `conv2`). Left in fp32: norms,
 biases, timestep/patch/position embeddings, adaLN modulation, skip and up/down-sampling convolutions
-and the first and last layers, which seed 004 found (and the literature agrees) are the sensitive ones.
+and the first and last layers, which that report found (and the literature agrees) are the sensitive ones.
 "all": every Linear and Conv2d.
 
 Weight-only: int8 keeps symmetric per-output-channel int8 weights + fp32 scales and dequantizes in the

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ood_monitor.data.scene import ANOMALY_CLASS_BASE, Billboard, Sprite, TrailPath, load_photo
+from ood_monitor.demo_world.scene import ANOMALY_CLASS_BASE, Billboard, Sprite, TrailPath, load_photo
 
 OBJECT_KINDS = ("object", "small_objects")
 GLOBAL_KINDS = ("night", "fog", "rain", "snow", "overexposure", "lens_dirt", "sensor_noise", "motion_blur")

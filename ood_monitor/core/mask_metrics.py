@@ -1,4 +1,5 @@
-"""Pixel- and object-level anomaly metrics of seed 004 (one definition for evaluate, bench and tests).
+"""Pixel- and object-level anomaly metrics of anomalies by synthesis (docs/methods.md#mask-metrics) (one
+definition for evaluate, bench and tests).
 
 - Pixel AUC-PR: average precision of per-pixel scores against the ground-truth mask, pooled over the
   frames that contain anomalies.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from sklearn.metrics import average_precision_score
 
 REFERENCE_AREA = 688 * 550
 REFERENCE_MIN_OBJECT_PX = 500
@@ -26,19 +28,12 @@ def min_object_px(height: int, width: int) -> int:
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Step-wise average precision (sklearn's definition) with ties grouped; NaN without positives."""
+    """scikit-learn's average precision (step-wise, ties grouped) over all pixels; NaN without positives."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
-    positives = int(labels.sum())
-    if positives == 0:
+    if not labels.any():
         return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each distinct score
-    tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall_gain = np.diff(np.r_[0, tp]) / positives
-    return float(np.sum(precision * recall_gain))
+    return float(average_precision_score(labels, scores))
 
 
 @dataclass

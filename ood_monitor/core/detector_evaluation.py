@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ood_monitor.core.conformal import AlarmConfig, monitor_sequence
-from ood_monitor.core.metrics import alarm_metrics, frame_metrics
+from ood_monitor.core.detector_metrics import alarm_metrics, frame_metrics
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ood_monitor.data import anomalies, bags
-from ood_monitor.data.frames import LabeledFrame
-from ood_monitor.data.scene import (
+from ood_monitor.data import bags
+from ood_monitor.data.labeled_frames import LabeledFrame
+from ood_monitor.demo_world import anomalies
+from ood_monitor.demo_world.scene import (
     ANOMALY_CLASS_BASE,
     GRASS,
     SKY,
@@ -440,7 +441,7 @@ def generate(config: DemoConfig, log: Callable[[str], None] | None = print) -> d
     else:
         summaries = {s: generate_split(config, s, plans[s], progress) for s in order}
     dataset = {
-        "generator": "ood_monitor.data.demo",
+        "generator": "ood_monitor.demo_world.generator",
         "generator_version": GENERATOR_VERSION,
         "seed": config.seed,
         "scale": config.scale,

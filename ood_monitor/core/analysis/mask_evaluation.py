@@ -1,6 +1,6 @@
 """Anomaly-mask evaluation as the pipeline runs it: camera frame -> prepared model-size frame ->
 synthesizer -> analysis, scored against the ground truth brought to the same crop and size (pixel
-AUC-PR over frames with anomalies; F* over ground-truth objects, seed 004's definitions)."""
+AUC-PR over frames with anomalies; F* over ground-truth objects, docs/methods.md#mask-metrics)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from ood_monitor.core.analysis import Analyzer
-from ood_monitor.core.anomaly_metrics import FStar, PixelAucPr
-from ood_monitor.core.frames import FrameConfig, crop_window, prepare_frame
+from ood_monitor.core.mask_metrics import FStar, PixelAucPr
+from ood_monitor.core.model_input import FrameConfig, crop_window, prepare_frame
 
 
 def prepare_label(label: np.ndarray, cfg: FrameConfig) -> np.ndarray:

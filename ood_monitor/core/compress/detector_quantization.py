@@ -1,26 +1,20 @@
-"""Post-training quantization: int8 for CPU, fp16 for GPU (seed 000's recipe).
+"""Post-training quantization: int8 for CPU, fp16 for GPU (the recipe of arXiv 2409.00880,
+docs/methods.md#compression).
 
-int8 path, chosen by measurement on this project's 2-core Xeon (AVX-512 VNNI + AMX, shared and busy),
-image encoder 128x128, batch 1, 2 threads, median ms/frame from `ood-monitor bench compress` (rows
-interleaved in one run; the `measure_int8_paths` trunk-only comparison agrees):
-  torch fp32 1.08 | torch.ao FX static int8 (fbgemm) 0.72 | ONNX Runtime fp32 0.57 |
-  ONNX Runtime static QDQ int8 (per-tensor U8S8) 0.42  (AUROC 0.685 vs 0.687 fp32).
-torch.ao's x86 engine measured ~10x slower than fbgemm here and onednn no faster than fp32.
-ONNX Runtime's QDQ graph wins: its int8 convolutions fuse bias and LeakyReLU and keep activations
-quantized between layers (MLAS VNNI kernels), while torch.ao's FX graph dequantizes around every
-LeakyReLU (no quantized kernel for it) and pays per-op dispatch at batch 1. ONNX is also what the
-ONNX Runtime / TensorRT backends deploy, so the measured artefact is the shipped one. Per-channel
-weights measured no faster and no more accurate here, so per-tensor is the default.
+int8 is ONNX Runtime static QDQ (per-tensor U8S8 by default). Why this path rather than torch.ao's FX
+int8: ONNX Runtime's int8 convolutions fuse bias and LeakyReLU and keep activations quantized between
+layers, while torch.ao's graph dequantizes around every LeakyReLU (no quantized kernel for it) and pays
+per-op dispatch at batch 1; and ONNX is what the ONNX Runtime / TensorRT backends deploy, so the
+measured artefact is the shipped one. `measure_int8_paths` and `ood-monitor bench compress` compare the
+paths on the machine at hand (figures: docs/benchmarks.md#compression).
 
-The first convolution block (conv + activation) stays fp32, as seed 004's selected-layer recipe leaves
-first and last layers: with 3 input channels an int8 QLinearConv cannot use the VNNI/AMX dot products
-(it took 132 us of the int8 trunk's 336 us, against 70 us in fp32) and the raw pixels would need an extra
-QuantizeLinear. Measured on this machine, trunk only, batch 1, 1 thread (the node's setting), ONNX Runtime
-1.32: fp32 0.41 ms | all-layer int8 0.34 ms (1.2x) | first block fp32 0.25 ms (1.65x), same scores.
+The first convolution block (conv + activation) stays fp32, as the selected-layer recipe
+(docs/methods.md#selected-layer-quantization) leaves first and last layers: with 3 input channels an int8
+convolution cannot use the VNNI/AMX dot products, and the raw pixels would need an extra QuantizeLinear.
 
 Only the trunk (convolutions + first dense layer: all the compute) is quantized. The tail stays fp32:
 it is a few thousand multiply-adds, carries MC dropout's mask inputs, and its logvar head feeds the KL
-score directly, where int8 rounding would move scores most (seed 003: check, never assume).
+score directly, where int8 rounding would move scores most (arXiv 2602.01459: check, never assume).
 """
 from __future__ import annotations
 
@@ -101,11 +95,6 @@ def quantize_torch_fx(module: nn.Module, calibration: np.ndarray, engine: str = 
         for start in range(0, len(calibration), 32):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[start:start + 32], np.float32)))
     return convert_fx(prepared).eval()
-
-
-def to_fp16(module: nn.Module) -> nn.Module:
-    """An fp16 copy (GPU precision; on CPU only for measuring what fp16 rounding does to scores)."""
-    return copy.deepcopy(module).half().eval()
 
 
 def measure_int8_paths(encoder: nn.Module, frames: np.ndarray, threads: int = 2, repeats: int = 100

@@ -1,13 +1,14 @@
 """Detection metrics, one definition for evaluate, bench and tests (DESIGN.md, "Metrics").
 
 Frame level: AUROC, AUPR-in (in-distribution positive), AUPR-out (OOD positive), FPR at 95% TPR, all with
-OOD as the positive class and higher score = more OOD; AUPR is average precision (step-wise, ties
-grouped), as scikit-learn computes it. Alarm level: detection delay in frames from an episode's OOD
+OOD as the positive class and higher score = more OOD; AUPR is scikit-learn's average precision
+(step-wise, ties grouped). Alarm level: detection delay in frames from an episode's OOD
 onset to its first alarm, and false alarms per 1000 in-distribution frames.
 """
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import average_precision_score
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +47,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     s, y = _check(scores, labels)
-    tps, fps = _curve(s, y)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 def aupr_out(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,295 @@
+"""Alarm thresholds chosen for a false-alarm target on nominal data the score calibration never saw.
+
+A fixed martingale threshold does not transfer between cameras: what log M can reach depends on how
+many calibration frames there are (the smallest conformal p-value is 1/(n+1)), and what nominal frames
+reach depends on how well the calibration covers the camera's ordinary variation (later stretches of a
+drive are not exchangeable with earlier ones). So `calibrate` chooses the thresholds on the data:
+
+1. The nominal frames are cut into contiguous blocks (temporal drift stays *between* blocks, where it
+   shows). Each block is scored against the others as calibration (cross-fitting), so every frame gets
+   the p-value a new frame of that kind of footage would get, and every block's alarm statistics are
+   traced as the node traces them (window, CUSUM, restarts at sequence boundaries).
+2. For each candidate window, the martingale threshold is the larger of the theoretical bound under
+   exchangeability (log M > log(1000 / r) has probability <= r / 1000 per frame, by Markov's inequality
+   on E[M] = 1) and the held-out traces' own level (at most r per 1000 held-out frames above it). CUSUM
+   likewise, with Kingman's bound exp(-theta h) for its stationary tail.
+3. Detection power left: the shortest run of frames at the p-value floor that crosses each threshold,
+   and the largest log M a window can reach at all. The window that catches the shortest episode wins.
+   If no window can cross its threshold, the data cannot support the target and calibration refuses.
+
+The coverage check — the fraction of held-out nominal frames with p < 0.05, which is 5 % when the
+calibration covers the footage — is reported, with a warning when it is far above.
+Method: inductive conformal anomaly detection with martingales (docs/methods.md#conformal-martingales).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ood_monitor.core.conformal import (
+    AlarmConfig,
+    log_mixture_martingale,
+    log_power_martingale,
+    monitor_sequence,
+)
+
+WINDOWS = (2, 3, 4, 5, 6, 8, 10, 15, 20)
+NOMINAL_P = 0.5  # a typical nominal frame's p-value, for the "shortest episode" estimate
+MIN_BLOCK_FRAMES = 8
+
+
+class AlarmCalibrationError(ValueError):
+    """The nominal data cannot support the requested false-alarm target (the message says why, with numbers)."""
+
+
+@dataclass(frozen=True)
+class AlarmTarget:
+    """What to calibrate for: `false_alarms_per_1000` alarmed frames per 1000 nominal frames, over
+    `blocks` contiguous blocks, trying `windows` for the martingale."""
+
+    false_alarms_per_1000: float = 1.0
+    blocks: int = 5
+    windows: tuple[int, ...] = WINDOWS
+    martingale: str = "mixture"
+    epsilon: float = 0.5
+    cusum_delta: float = 2.0
+    p_floor: float = 0.005
+    coverage_alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.false_alarms_per_1000 < 1000.0:
+            raise ValueError(f"false alarms per 1000 frames must be in (0, 1000), got {self.false_alarms_per_1000}")
+        if self.blocks < 2:
+            raise ValueError(f"alarm calibration needs at least 2 blocks, got {self.blocks}")
+        if not self.windows or min(self.windows) < 1:
+            raise ValueError("martingale windows must be >= 1")
+
+    @classmethod
+    def from_settings(cls, stored: dict) -> AlarmTarget:
+        """The target a stored alarm section (AlarmCalibration.to_dict) was calibrated for."""
+        return cls(false_alarms_per_1000=float(stored.get("target_false_alarms_per_1000", 1.0)),
+                   blocks=int(stored.get("heldout", {}).get("blocks", 5)),
+                   martingale=stored.get("martingale", "mixture"), epsilon=float(stored.get("epsilon", 0.5)),
+                   cusum_delta=float(stored.get("cusum_delta", 2.0)), p_floor=float(stored.get("p_floor", 0.005)))
+
+    @property
+    def rate(self) -> float:
+        return self.false_alarms_per_1000 / 1000.0
+
+
+@dataclass
+class AlarmCalibration:
+    """Chosen settings (AlarmConfig fields) and what was measured on the held-out blocks."""
+
+    settings: dict
+    heldout_frames: int
+    coverage: float
+    block_coverage: list[float]
+    heldout_false_alarms_per_1000: dict[str, float]
+    shortest_episode: dict[str, int | None]
+    reachable_log_martingale: float
+    p_min: float
+    windows: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def alarm_config(self, test: str = "martingale") -> AlarmConfig:
+        return AlarmConfig(test=test, **self.settings)
+
+    def to_dict(self, target: AlarmTarget) -> dict:
+        return {**self.settings, "target_false_alarms_per_1000": target.false_alarms_per_1000,
+                "heldout": {"frames": self.heldout_frames, "blocks": len(self.block_coverage),
+                            "coverage_p05": self.coverage, "block_coverage_p05": self.block_coverage,
+                            "false_alarms_per_1000": self.heldout_false_alarms_per_1000},
+                "power": {"shortest_episode_frames": self.shortest_episode,
+                          "reachable_log_martingale": self.reachable_log_martingale, "p_min": self.p_min},
+                "windows": self.windows, "warnings": self.warnings}
+
+
+def block_ids(sequence: np.ndarray, blocks: int) -> np.ndarray:
+    """Contiguous block number of each frame: `blocks` nearly equal stretches of the stream, never
+    spanning two sequences (a sequence shorter than a block is a block of its own)."""
+    sequence = np.asarray(sequence)
+    n = sequence.size
+    by_position = np.arange(n) * blocks // max(n, 1)
+    change = np.r_[True, (sequence[1:] != sequence[:-1]) | (by_position[1:] != by_position[:-1])]
+    return np.cumsum(change) - 1
+
+
+def cusum_theta(delta: float) -> float:
+    """Adjustment coefficient of the CUSUM increment X = E - delta, E ~ Exp(1) (the -log p of an exact
+    p-value): the theta > 0 with E[exp(theta X)] = exp(-theta delta) / (1 - theta) = 1 (bisection)."""
+    if delta <= 1.0:
+        raise ValueError(f"CUSUM delta must exceed 1 (the mean of -log p under no change), got {delta}")
+    lo, hi = 1e-9, 1.0 - 1e-12
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if -mid * delta - math.log1p(-mid) < 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def log_martingale(log_ps: np.ndarray, target: AlarmTarget) -> float:
+    s, n = float(np.sum(log_ps)), len(log_ps)
+    return log_mixture_martingale(s, n) if target.martingale == "mixture" else log_power_martingale(s, n, target.epsilon)
+
+
+def martingale_run(window: int, run: int, p_min: float, target: AlarmTarget) -> float:
+    """log M of a window holding `run` p-values at the floor and the rest typical nominal ones."""
+    logs = np.r_[np.full(run, math.log(p_min)), np.full(window - run, math.log(NOMINAL_P))]
+    return log_martingale(logs, target)
+
+
+def shortest_martingale_run(window: int, threshold: float, p_min: float, target: AlarmTarget) -> int | None:
+    """Fewest consecutive floor p-values that push log M over `threshold` (None: not even a full window)."""
+    for run in range(1, window + 1):
+        if martingale_run(window, run, p_min, target) > threshold:
+            return run
+    return None
+
+
+def shortest_cusum_run(threshold: float, delta: float, p_min: float) -> int | None:
+    step = -math.log(p_min) - delta
+    return None if step <= 0 else int(math.floor(threshold / step)) + 1
+
+
+def level_with_budget(trace: np.ndarray, allowed: int) -> float:
+    """Smallest threshold with at most `allowed` trace values strictly above it."""
+    ordered = np.sort(np.asarray(trace, np.float64))[::-1]
+    return float(ordered[allowed]) if allowed < ordered.size else float("-inf")
+
+
+def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float) -> np.ndarray:
+    """Each frame's conformal p-value against the frames of every other block (cross-fitting)."""
+    from ood_monitor.core.conformal import p_values
+
+    p = np.empty(scores.size)
+    for b in np.unique(blocks):
+        held = blocks == b
+        p[held] = p_values(np.sort(scores[~held]), scores[held], floor)
+    return p
+
+
+def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig) -> dict[str, np.ndarray]:
+    """log M and (uncapped) CUSUM over each held-out block, as the node would run them with the other
+    blocks as calibration; restarts at every block boundary."""
+    cfg_uncapped = AlarmConfig(**{**asdict(cfg), "cusum_threshold": 1e12})
+    out = {"log_martingale": np.empty(scores.size), "cusum": np.empty(scores.size)}
+    for b in np.unique(blocks):
+        held = blocks == b
+        trace = monitor_sequence(scores[~held], scores[held], cfg_uncapped)
+        out["log_martingale"][held] = trace["log_martingale"]
+        out["cusum"][held] = trace["cusum"]
+    return out
+
+
+def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
+                     target: AlarmTarget | None = None) -> AlarmCalibration:
+    """Choose martingale window/threshold and CUSUM threshold for `target` on nominal `scores` (stream
+    order; `sequence` changes where the stream restarts, e.g. between recordings)."""
+    target = target or AlarmTarget()
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1 or not np.all(np.isfinite(scores)):
+        raise AlarmCalibrationError("nominal scores must be a 1-D array of finite numbers")
+    sequence = np.zeros(scores.size, np.int64) if sequence is None else np.asarray(sequence)
+    n_blocks = min(target.blocks, scores.size // MIN_BLOCK_FRAMES)
+    blocks = block_ids(sequence, max(n_blocks, 1))
+    sizes = np.bincount(blocks)
+    if n_blocks < 2 or sizes.min() < MIN_BLOCK_FRAMES // 2:
+        raise AlarmCalibrationError(
+            f"{scores.size} nominal frames ({len(sizes)} blocks of {sizes.min()}..{sizes.max()} frames): alarm "
+            f"calibration needs at least 2 blocks of {MIN_BLOCK_FRAMES}+ frames; record more nominal footage")
+    warnings: list[str] = []
+    if n_blocks < target.blocks:
+        warnings.append(f"{scores.size} nominal frames: {n_blocks} blocks instead of {target.blocks}")
+    p = heldout_pvalues(scores, blocks, target.p_floor)
+    low = p < target.coverage_alpha
+    coverage = float(low.mean())
+    block_coverage = [float(low[blocks == b].mean()) for b in np.unique(blocks)]
+    if coverage > 2 * target.coverage_alpha:
+        warnings.append(f"coverage: {coverage:.1%} of held-out nominal frames have p < {target.coverage_alpha} "
+                        f"(exchangeable data: {target.coverage_alpha:.0%}); the calibration does not cover "
+                        f"this footage's nominal variation; blocks {fmt_blocks(block_coverage)}: record "
+                        f"nominal footage from more places, times and days")
+    odd = unusual_blocks(low, blocks, target.coverage_alpha)
+    if odd:
+        warnings.append(f"blocks not exchangeable: block(s) {', '.join(map(str, odd))} of {len(block_coverage)} have "
+                        f"far more p < {target.coverage_alpha} than chance allows ({fmt_blocks(block_coverage)}): "
+                        f"those stretches look unlike the rest of the nominal footage")
+    n = scores.size
+    p_min = max(target.p_floor, 1.0 / (n + 1.0))
+    allowed = int(math.floor(target.rate * n))
+    if n * target.rate < 1.0:
+        warnings.append(f"{n} held-out frames can show a false-alarm rate down to {1000.0 / n:.1f} per 1000 only: "
+                        f"the {target.false_alarms_per_1000:g} per 1000 target rests on the exchangeability "
+                        f"bound (record {int(math.ceil(1.0 / target.rate))}+ nominal frames to check it)")
+    base = AlarmConfig(martingale=target.martingale, epsilon=target.epsilon, cusum_delta=target.cusum_delta,
+                       p_floor=target.p_floor)
+    bound = math.log(1.0 / target.rate)
+    rows, best = [], None
+    for window in target.windows:
+        trace = heldout_traces(scores, blocks, AlarmConfig(**{**asdict(base), "window": window}))
+        threshold = max(bound, level_with_budget(trace["log_martingale"], allowed))
+        run = shortest_martingale_run(window, threshold, p_min, target)
+        reach = martingale_run(window, window, p_min, target)
+        rows.append({"window": window, "threshold": round(threshold, 4), "reachable": round(reach, 4),
+                     "shortest_episode": run})
+        if run is not None and (best is None or run < best[1]):
+            best = (window, run, threshold, trace)
+    if best is None:
+        detail = "; ".join(f"window {r['window']}: needs {r['threshold']:.1f}, reaches {r['reachable']:.1f}"
+                           for r in rows)
+        raise AlarmCalibrationError(
+            f"no martingale window can raise an alarm at {target.false_alarms_per_1000:g} false alarms per 1000 "
+            f"frames on this data ({n} nominal frames, smallest p-value {p_min:.4f}, held-out coverage "
+            f"{coverage:.1%}): {detail}. More calibration frames lower the p-value floor; nominal footage that "
+            f"covers more variation lowers the held-out level; a higher --false-alarms-per-1000 lowers both")
+    window, run, threshold, trace = best
+    h = max(bound / cusum_theta(target.cusum_delta), level_with_budget(trace["cusum"], allowed))
+    cusum_run = shortest_cusum_run(h, target.cusum_delta, p_min)
+    settings = {**asdict(base), "window": window, "martingale_threshold": round_up(threshold),
+                "cusum_threshold": round_up(h)}
+    settings.pop("test")
+    fa = {"martingale": 1000.0 * float((trace["log_martingale"] > threshold).mean()),
+          "cusum": 1000.0 * float((trace["cusum"] > h).mean())}
+    return AlarmCalibration(settings, n, coverage, block_coverage, fa,
+                            {"martingale": run, "cusum": cusum_run},
+                            round(martingale_run(window, window, p_min, target), 4), p_min, rows, warnings)
+
+
+def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significance: float = 1e-3) -> list[int]:
+    """Blocks whose count of small p-values is implausible under exchangeability (binomial tail)."""
+    from scipy.stats import binom
+
+    odd = []
+    for b in np.unique(blocks):
+        sel = low[blocks == b]
+        if binom.sf(int(sel.sum()) - 1, sel.size, alpha) < significance:
+            odd.append(int(b))
+    return odd
+
+
+CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor")
+
+
+def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> AlarmConfig:
+    """The alarm a detector runs: explicit settings in `overrides` win; the calibrated ones (0 or "" in
+    `overrides`, or absent) come from `stored()` (a model card's `alarm_settings`), which is only asked
+    for when something is left to take from it."""
+    explicit = {k: v for k, v in overrides.items() if k in CALIBRATED + ("pvalue_threshold",) and v not in ("", 0)}
+    missing = [k for k in CALIBRATED if k not in explicit]
+    base = stored() if missing else {}
+    return AlarmConfig(test=test, **{k: base[k] for k in missing}, **explicit)
+
+
+def round_up(value: float, digits: int = 4) -> float:
+    """Rounded for config.json, never below the chosen value (a threshold must not lose its bound)."""
+    return math.ceil(value * 10**digits) / 10**digits
+
+
+def fmt_blocks(values: list[float]) -> str:
+    return ", ".join(f"{v:.0%}" for v in values)

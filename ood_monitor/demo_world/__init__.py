@@ -1,0 +1,1 @@
+"""The demo world: a rendered off-road drive with labelled anomalies (`ood-monitor data demo`)."""

@@ -1,0 +1,90 @@
+"""Alarm thresholds for a false-alarm target, chosen on held-out nominal blocks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ood_monitor.core.alarm_calibration import (
+    AlarmCalibrationError,
+    AlarmTarget,
+    block_ids,
+    calibrate_alarms,
+    cusum_theta,
+    resolve_alarm,
+)
+from ood_monitor.core.conformal import AlarmConfig, monitor_sequence
+
+
+def test_blocks_are_contiguous_and_never_span_two_recordings() -> None:
+    seq = np.r_[np.zeros(50, int), np.ones(30, int)]
+    blocks = block_ids(seq, 4)
+    assert np.all(np.diff(blocks) >= 0)  # contiguous, in order
+    assert set(blocks[:50]).isdisjoint(blocks[50:])  # a block belongs to one recording
+    assert len(np.unique(blocks)) == 5  # 4 stretches, one of them cut at the recording boundary
+
+
+def test_cusum_theta_solves_the_adjustment_equation() -> None:
+    for delta in (1.5, 2.0, 3.0):
+        theta = cusum_theta(delta)
+        assert 0 < theta < 1 and math.exp(-theta * delta) / (1 - theta) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="must exceed 1"):
+        cusum_theta(1.0)
+
+
+def test_exchangeable_data_gets_the_bound_and_meets_the_target_on_new_frames() -> None:
+    rng = np.random.default_rng(0)
+    result = calibrate_alarms(rng.normal(size=600), target=AlarmTarget(false_alarms_per_1000=1.0))
+    s = result.settings
+    assert s["martingale_threshold"] >= math.log(1000) and s["cusum_threshold"] >= math.log(1000) / cusum_theta(2.0)
+    assert result.heldout_false_alarms_per_1000["martingale"] <= 1.0
+    assert 0.02 < result.coverage < 0.08  # ~5 % of exchangeable p-values are below 0.05
+    assert 1 <= result.shortest_episode["martingale"] <= s["window"]
+    assert result.reachable_log_martingale > s["martingale_threshold"]
+    # fresh nominal frames of the same distribution, scored against the same calibration: the rate holds
+    cal = rng.normal(size=600)
+    fresh = rng.normal(size=40_000)
+    for test in ("martingale", "cusum"):
+        alarms = monitor_sequence(cal, fresh, AlarmConfig(test=test, **s))["is_ood"]
+        assert alarms.mean() * 1000 <= 2.0, test
+    # and an episode at the floor is caught within the promised number of frames
+    episode = np.r_[rng.normal(size=30), np.full(20, 50.0)]
+    trace = monitor_sequence(cal, episode, AlarmConfig(**s))["is_ood"]
+    assert trace[:30].sum() == 0 and np.argmax(trace[30:]) + 1 <= result.shortest_episode["martingale"]
+
+
+def test_drift_between_blocks_raises_the_threshold_and_warns() -> None:
+    rng = np.random.default_rng(1)
+    steady = calibrate_alarms(rng.normal(size=500))
+    drifting = np.r_[rng.normal(size=400), rng.normal(2.5, 1.0, size=100)]  # the last block looks unlike the rest
+    result = calibrate_alarms(drifting)
+    assert any("not exchangeable" in w and "block(s) 4" in w for w in result.warnings)
+    assert any(w.startswith("coverage") for w in result.warnings)
+    assert result.coverage > 0.1
+    assert (result.settings["martingale_threshold"], result.settings["cusum_threshold"]) > (
+        steady.settings["martingale_threshold"], steady.settings["cusum_threshold"])
+
+
+def test_refuses_when_the_data_cannot_support_the_target() -> None:
+    rng = np.random.default_rng(2)
+    with pytest.raises(AlarmCalibrationError, match="at least 2 blocks"):
+        calibrate_alarms(rng.normal(size=10))
+    # 30 frames: the smallest p-value is 1/31, and a 2-frame window cannot reach log(1e6)
+    with pytest.raises(AlarmCalibrationError, match=r"window 2: needs 13\.8, reaches"):
+        calibrate_alarms(rng.normal(size=30), target=AlarmTarget(false_alarms_per_1000=0.001, windows=(2,)))
+
+
+def test_stored_settings_round_trip_and_explicit_ones_win() -> None:
+    result = calibrate_alarms(np.random.default_rng(3).normal(size=200))
+    stored = result.to_dict(AlarmTarget())
+    assert AlarmTarget.from_settings(stored) == AlarmTarget()
+    cfg = resolve_alarm("cusum", {"window": 0, "martingale_threshold": 0.0}, lambda: stored)
+    assert cfg.test == "cusum" and cfg.window == stored["window"] and cfg.cusum_threshold == stored["cusum_threshold"]
+    explicit = {"martingale": "power", "epsilon": 0.4, "window": 9, "martingale_threshold": 11.0, "cusum_delta": 3.0,
+                "cusum_threshold": 30.0, "p_floor": 0.01}
+
+    def never() -> dict:
+        raise AssertionError("stored settings read although every setting was given")
+
+    assert resolve_alarm("martingale", explicit, never) == AlarmConfig(test="martingale", **explicit)
