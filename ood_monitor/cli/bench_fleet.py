@@ -46,7 +46,7 @@ def linked_copies(data: list[Path], copies: int, root: Path) -> list[Path]:
 def repeated_folder(folder: Path, times: int, out: Path) -> Path:
     """An image folder with `folder`'s frames `times` over as one continuous recording (links to the
     PNGs, labels.csv renumbered with stamps running on)."""
-    from ood_monitor.data.frames import DEFAULT_FPS
+    from ood_monitor.data.labeled_frames import DEFAULT_FPS
 
     frames_dir = folder / "frames" if (folder / "frames").is_dir() else folder
     images = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

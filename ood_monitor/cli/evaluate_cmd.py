@@ -18,7 +18,7 @@ from ood_monitor.cli.label_options import add_label_options, label_spec
 if TYPE_CHECKING:
     from ood_monitor.data.labels import LabelSpec
 
-MASK_TOPIC = "/ood/gt/mask"  # data.frames.DEFAULT_MASK_TOPIC (kept import-free here)
+MASK_TOPIC = "/ood/gt/mask"  # data.labeled_frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
                 "pvalue_threshold", "p_floor")
 NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default

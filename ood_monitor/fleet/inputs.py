@@ -70,7 +70,7 @@ def iter_many_frames(paths: list[Path], failed: dict[str, str] | None = None, **
     """`data.frames.iter_frames` over every recording in turn (calibrate-analysis, mask evaluation): a
     recording that cannot be read is recorded in `failed` (path -> why) and skipped; without `failed`
     the error propagates."""
-    from ood_monitor.data.frames import iter_frames
+    from ood_monitor.data.labeled_frames import iter_frames
 
     for path in paths:
         try:
