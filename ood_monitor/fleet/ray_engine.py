@@ -65,11 +65,13 @@ class SourceScorer:
     THREADS = 1
 
     def __init__(self) -> None:
+        import cv2
         import torch
 
         from ood_monitor.fleet.scoring import ModelScorer
 
         torch.set_num_threads(max(1, self.THREADS))
+        cv2.setNumThreads(max(1, self.THREADS))  # resize and DIS flow: actors share the cores, not each all of them
         self.job = self.JOB
         self.scorers = [ModelScorer(m) for m in self.job.models]
 
