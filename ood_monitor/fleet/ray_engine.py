@@ -40,7 +40,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        # "local": always a new in-process instance, never a cluster a `ray start` left recorded in /tmp/ray
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
