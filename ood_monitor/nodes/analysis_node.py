@@ -21,6 +21,7 @@ from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
 from ood_monitor.core.frames import FrameConfig, image_transform
+from ood_monitor.core.model_dirs import ModelDirError, resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
 from ood_monitor.ros.qos import sensor_qos
@@ -117,8 +118,11 @@ class AnalysisNode(StageNode):
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
         self.segmenter_reason = choice.reason
-        extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
-        nominal, self.nominal_desc = load_nominal(p["nominal_stats"], p["models_dir"])
+        self.models_dir = resolve_model_dir(p["models_dir"])
+        if not self.models_dir.is_dir():
+            raise ModelDirError(f"models_dir {self.models_dir} is not a folder")
+        extractor, self.features = make_feature_extractor(p["feature_extractor"], self.models_dir, p["device"])
+        nominal, self.nominal_desc = load_nominal(p["nominal_stats"], self.models_dir)
         self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor, nominal)
         self.check_nominal()
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
@@ -138,7 +142,7 @@ class AnalysisNode(StageNode):
     def diagnostic_values(self) -> dict[str, str]:
         cam = f"{self.camera_wh[0]}x{self.camera_wh[1]}" if self.camera_wh else "input size"
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
-                "features": self.features, "nominal_stats": self.nominal_desc,
+                "models_dir": str(self.models_dir), "features": self.features, "nominal_stats": self.nominal_desc,
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
 

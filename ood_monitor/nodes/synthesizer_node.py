@@ -114,18 +114,19 @@ class SynthesizerNode(StageNode):
 
             torch.set_num_threads(p["threads"])
         precision = "fp16-selected" if p["precision"] == "fp16" else p["precision"]
-        synth = Synthesizer.from_model_dir(resolve_model_dir(p["model_dir"]), steps=p["steps"],
+        self.model_dir = resolve_model_dir(p["model_dir"])
+        synth = Synthesizer.from_model_dir(self.model_dir, steps=p["steps"],
                                            guidance=p["guidance"], strength=p["strength"],
                                            guidance_kind=p["guidance_kind"], device=p["device"],
                                            precision=precision, seed=p["seed"])
         self.get_logger().info(
-            f"synthesizing {p['input_topic']} with {p['model_dir']} ({synth.backend}, {p['steps']} steps, "
+            f"synthesizing {p['input_topic']} with {self.model_dir} ({synth.backend}, {p['steps']} steps, "
             f"{p['guidance_kind']} guidance {p['guidance']}, strength {p['strength']}, trigger {p['trigger']})")
         return synth
 
     def diagnostic_values(self) -> dict[str, str]:
         s = self.synth
-        return {"backend": s.backend, "model": self.p["model_dir"], "model_hash": s.model_hash,
+        return {"backend": s.backend, "model": str(self.model_dir), "model_hash": s.model_hash,
                 "steps": str(s.guidance.steps), "guidance": f"{s.guidance.kind} {s.guidance.scale}",
                 "strength": str(s.guidance.strength), "trigger": self.p["trigger"],
                 **{k: str(v) for k, v in self.counts.items()}}
