@@ -16,7 +16,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer, analysis_config
-from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.discrepancy import FEATURE_KINDS, DiscrepancyConfig, make_feature_extractor
 from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
@@ -24,6 +24,7 @@ from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.core.model_dirs import ModelDirError, resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
@@ -61,6 +62,9 @@ PARAMETERS = {
 }
 
 
+MAX_CAMERA_PX = 16384  # a larger camera_info size is corrupt, not a camera
+
+
 def camera_warp(model_wh: tuple[int, int], camera_wh: tuple[int, int], crop: str) -> np.ndarray:
     """2x3 camera -> model pixel map (for cv2.warpAffine with WARP_INVERSE_MAP)."""
     t = image_transform(camera_wh[0], camera_wh[1], FrameConfig(model_wh[0], model_wh[1], crop))
@@ -82,13 +86,23 @@ def region_msg(index: int, r: Region) -> AnomalyRegion:
                          roi=RegionOfInterest(x_offset=r.x, y_offset=r.y, width=r.width, height=r.height))
 
 
+LIMITS = {
+    "threshold": Limits(0.0, 1.0), "min_region_px": at_least(0), "weight_feature": at_least(0.0),
+    "weight_colour": at_least(0.0), "weight_structure": at_least(0.0), "confidence_gain": positive(),
+    "segmenter": one_of("auto", "sam", "sam_onnx", "slic", "felzenszwalb"),
+    "fallback_segmenter": one_of("slic", "felzenszwalb"), "slic_segments": Limits(1, 100_000),
+    "sam_model_type": one_of("vit_b", "vit_l", "vit_h", "custom"), "sam_points_per_side": Limits(1, 256),
+    "sam_pred_iou_thresh": Limits(0.0, 1.0), "sam_stability_score_thresh": Limits(0.0, 1.0),
+    "feature_extractor": one_of(*FEATURE_KINDS), "torch_threads": Limits(0, 1024),
+    "camera_width": Limits(0, 65535), "camera_height": Limits(0, 65535), "crop": one_of("center", "stretch"),
+}
+
+
 class AnalysisNode(StageNode):
     PARAMETERS = PARAMETERS
-    TUNABLE = {
-        "threshold": lambda v: 0.0 <= v <= 1.0, "min_region_px": lambda v: v >= 0,
-        "weight_feature": lambda v: v >= 0, "weight_colour": lambda v: v >= 0, "weight_structure": lambda v: v >= 0,
-        "confidence_gain": lambda v: v > 0,
-    }
+    LIMITS = LIMITS
+    TUNABLE = ("threshold", "min_region_px", "weight_feature", "weight_colour", "weight_structure",
+               "confidence_gain")
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -108,8 +122,6 @@ class AnalysisNode(StageNode):
                                       f"--params <this parameter file>")
 
     def setup(self, p: dict) -> None:
-        if p["crop"] not in ("center", "stretch"):
-            raise ValueError(f"crop must be center or stretch, got {p['crop']!r}")
         if p["torch_threads"] > 0:
             import torch
 
@@ -147,8 +159,8 @@ class AnalysisNode(StageNode):
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
-        if msg.width <= 0 or msg.height <= 0:
-            self._reject(f"camera_info has size {msg.width}x{msg.height}")
+        if not (0 < msg.width <= MAX_CAMERA_PX and 0 < msg.height <= MAX_CAMERA_PX):
+            self._reject(f"camera_info has size {msg.width}x{msg.height} (1..{MAX_CAMERA_PX} px)")
             return
         self.camera_wh = (int(msg.width), int(msg.height))
 
@@ -166,8 +178,8 @@ class AnalysisNode(StageNode):
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
-        except Exception as exc:  # a callback must never take the node down
-            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort: a callback must never take the node down
+            self._unexpected(exc, "synthesis callback")
             return
         self._publish(msg.header, result, start)
 

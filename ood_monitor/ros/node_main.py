@@ -7,10 +7,12 @@ import sys
 from collections.abc import Callable
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-START_ERRORS = (RuntimeError, ValueError, FileNotFoundError)
+# a parameter out of its descriptor's range or of the wrong type is a start-up error like a missing model
+START_ERRORS = (RuntimeError, ValueError, FileNotFoundError, ParameterException)
 
 
 def run_node(factory: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
