@@ -239,6 +239,8 @@ class SynthesizerNode(StageNode):
         except Exception as exc:  # noqa: BLE001 - last resort: the worker must never die
             self._unexpected(exc, "synthesis worker")
             return
+        if not self.active:  # deactivated while this frame was synthesized: outputs stay silent
+            return
         latency = (time.perf_counter() - start) * 1e3
         g = self.synth.guidance
         self.pub.publish(SynthesisResult(
