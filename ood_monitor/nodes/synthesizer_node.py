@@ -41,7 +41,7 @@ PARAMETERS = {
     "steps": (10, "denoising steps (DDIM, eta = 0)"),
     "guidance": (4.0, "similarity guidance scale s (gradient) or w (gradfree)"),
     "strength": (0.5, "start from the input noised to t = strength*T (1.0: pure noise)"),
-    "guidance_kind": ("gradient", "gradient (seed 004 Algorithm 1) | gradfree | none"),
+    "guidance_kind": ("gradient", "gradient (Algorithm 1 of Efficient Anomaly Detection using Diffusion Models, Jiang et al.) | gradfree | none"),
     "backend": ("torch", "inference backend: torch"),
     "device": ("cpu", "cpu | cuda"),
     "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),

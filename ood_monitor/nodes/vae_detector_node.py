@@ -1,9 +1,11 @@
 """vae_detector_node: ood/image or ood/flow -> ood/score/<detector> (ood_msgs/OODScore).
 
 One node class, launched once per detector: `detector: image` runs the β-VAE encoder on ood/image
-(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets seed 000's KL
-nonconformity score, an inductive conformal p-value against the model's stored calibration scores and
-the martingale / CUSUM alarm; optional cached MC dropout (seed 001) adds the score's uncertainty.
+(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets the model's
+nonconformity score (Compressing VAE-Based Out-of-Distribution Detectors for Embedded Deployment,
+arXiv:2409.00880), an inductive conformal p-value against the model's stored calibration scores and
+the martingale / CUSUM alarm; optional cached MC dropout (Extracting Usable Predictions from Quantized
+Networks through Uncertainty Quantification, arXiv:2403.01076) adds the score's uncertainty.
 The model must exist, match the input and carry calibration scores, or the node refuses to start
 with a message saying which file and what to run.
 """
@@ -43,7 +45,7 @@ PARAMETERS = {
     "input_width": (128, "frame size the preprocess node produces; the model must match"),
     "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
     "mc_z": (1.96, "z of the MC-dropout confidence interval of the score"),
-    "ignore_uncertain": (True, "seed 001: a frame whose score interval straddles the threshold keeps the previous is_ood"),
+    "ignore_uncertain": (True, "a frame whose MC-dropout score interval straddles the threshold keeps the previous is_ood (arXiv:2403.01076)"),
     "alarm_test": ("martingale", "which test sets is_ood: martingale | cusum | pvalue"),
     "martingale": ("mixture", "mixture (simple mixture) | power"),
     "epsilon": (0.5, "power martingale epsilon"),
