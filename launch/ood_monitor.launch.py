@@ -20,7 +20,7 @@ BEST_EFFORT_STAGES = ("synthesize", "analysis")  # run at lower CPU priority (he
 TOPIC_ARGUMENTS = {  # launch argument -> the nodes whose parameter of that name it overrides (when given)
     "image_topic": ("preprocess_node",),
     "transport": ("preprocess_node",),
-    "camera_info_topic": ("preprocess_node", "analysis_node", "nav_bridge_node"),
+    "camera_info_topic": ("preprocess_node", "analysis_node"),  # nav_bridge reads ood/camera_info (AnomalyMask size)
 }
 
 
