@@ -37,11 +37,12 @@ setup(
     entry_points={
         "console_scripts": [
             "ood-monitor = ood_monitor.cli.main:main",
-            "preprocess_node = ood_monitor.nodes.preprocess_node:main",
-            "vae_detector_node = ood_monitor.nodes.vae_detector_node:main",
-            "synthesizer_node = ood_monitor.nodes.synthesizer_node:main",
-            "analysis_node = ood_monitor.nodes.analysis_node:main",
-            "nav_bridge_node = ood_monitor.nodes.nav_bridge_node:main",
+            # ros/entry.py: a light wrapper, so a Ctrl-C while the node imports torch still exits 0
+            "preprocess_node = ood_monitor.ros.entry:preprocess_node",
+            "vae_detector_node = ood_monitor.ros.entry:vae_detector_node",
+            "synthesizer_node = ood_monitor.ros.entry:synthesizer_node",
+            "analysis_node = ood_monitor.ros.entry:analysis_node",
+            "nav_bridge_node = ood_monitor.ros.entry:nav_bridge_node",
         ],
     },
 )

@@ -8,7 +8,6 @@ the mask lies on the camera pixel it describes. Every output carries the input's
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import cv2
@@ -23,7 +22,7 @@ from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, 
 from ood_monitor.core.frames import FrameConfig, image_transform
 from ood_monitor.core.model_dirs import ModelDirError, resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters
@@ -202,7 +201,7 @@ class AnalysisNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(AnalysisNode, "analysis_node", args))
+    exit_process(run_node(AnalysisNode, "analysis_node", args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ imports and the lookup succeeds, else from parameters; /diagnostics says which.
 from __future__ import annotations
 
 import array
-import sys
 import time
 
 import numpy as np
@@ -31,7 +30,7 @@ from ood_monitor.core.analysis.geometry import (
     quaternion_matrix,
 )
 from ood_monitor.ros.image import ImageConversionError, image_to_array
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.pointcloud import xyz_cloud
 from ood_monitor.ros.qos import sensor_qos
@@ -284,7 +283,7 @@ class NavBridgeNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(NavBridgeNode, "nav_bridge_node", args))
+    exit_process(run_node(NavBridgeNode, "nav_bridge_node", args))
 
 
 if __name__ == "__main__":

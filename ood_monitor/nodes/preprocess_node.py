@@ -7,7 +7,6 @@ published and the node keeps running.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 
@@ -24,7 +23,7 @@ from ood_monitor.ros.image import (
     image_to_array,
     to_rgb8,
 )
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
@@ -145,7 +144,7 @@ class PreprocessNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(PreprocessNode, "preprocess_node", args))
+    exit_process(run_node(PreprocessNode, "preprocess_node", args))
 
 
 if __name__ == "__main__":

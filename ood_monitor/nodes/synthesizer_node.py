@@ -10,7 +10,6 @@ steps, guidance, strength, guidance kind, trigger, every_n and score_wait_s can 
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from ood_monitor.core.diffusion.guided_ddim import GUIDANCE_KINDS
 from ood_monitor.core.diffusion.synthesizer import Synthesizer
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
@@ -255,7 +254,7 @@ class SynthesizerNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(SynthesizerNode, "synthesizer_node", args))
+    exit_process(run_node(SynthesizerNode, "synthesizer_node", args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ with a message saying which file and what to run.
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 from sensor_msgs.msg import Image
@@ -22,7 +21,7 @@ from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.core.vae.io import ModelFileError
 from ood_monitor.ros.image import ImageConversionError, image_to_array
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
@@ -221,7 +220,7 @@ class VaeDetectorNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(VaeDetectorNode, "vae_detector_node", args))
+    exit_process(run_node(VaeDetectorNode, "vae_detector_node", args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
 """The `main()` every node shares: init, construct, spin, clean shutdown; a start-up failure (missing
 or mismatched model, bad parameter, unavailable backend) ends the process with one clear line and
-exit status 1 instead of a traceback."""
+exit status 1 instead of a traceback.
+
+SIGINT and SIGTERM (Ctrl-C on `ros2 launch`, then its escalation) end the spin; the node is destroyed,
+rclpy shut down and the process leaves with `exit_process`, which skips the interpreter's finalization:
+with torch loaded that takes seconds on a busy CPU (longer than launch waits) and is where a worker
+thread still inside torch used to crash the process (SIGSEGV)."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -34,3 +42,12 @@ def run_node(factory: Callable[[], Node], name: str, args: list[str] | None = No
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def exit_process(code: int) -> None:
+    """Flush what was written, then end the process now (see the module docstring)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
