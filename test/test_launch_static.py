@@ -101,3 +101,62 @@ def test_every_launch_configuration_used_is_declared(path):
             if func == "DeclareLaunchArgument":
                 declared_args.add(node.args[0].value)
     assert used <= declared_args, f"{path.name} uses undeclared launch arguments {sorted(used - declared_args)}"
+
+
+# ------------------------------------------------------------------------------------------- packaging
+
+ROSDEP_KEYS = {  # Python import -> its rosdep key
+    "cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml", "torch": "python3-torch",
+    "torchvision": "python3-torchvision", "skimage": "python3-skimage", "sklearn": "python3-sklearn",
+    "matplotlib": "python3-matplotlib",
+}
+PIP_ONLY = {  # Python import -> its requirements-robot.txt line (no rosdep key)
+    "rosbags": "rosbags", "safetensors": "safetensors", "diffusers": "diffusers",
+    "segment_anything": "segment-anything", "onnx": "onnx", "onnxruntime": "onnxruntime",
+    "torch_pruning": "torch-pruning",
+}
+JETPACK = {"tensorrt", "pycuda"}  # optional TensorRT backend: installed with JetPack, imported only there
+INDIRECT = {"lifecycle_msgs": "the lifecycle services of every node (rclpy.lifecycle), what Nav2 calls"}
+
+
+def third_party_imports() -> set[str]:
+    import sys
+
+    found = set()
+    for path in [*(ROOT / "ood_monitor").rglob("*.py"), *LAUNCH_FILES]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"ood_monitor"}
+
+
+def package_dependencies() -> set[str]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(ROOT / "package.xml").getroot()
+    return {e.text.strip() for tag in ("depend", "exec_depend") for e in root.iter(tag)}
+
+
+def test_package_xml_declares_every_import_and_nothing_else():
+    imports, declared = third_party_imports(), package_dependencies()
+    robot_pip = {line.split("#")[0].strip() for line in (ROOT / "requirements-robot.txt").read_text().splitlines()}
+    needed = set()
+    for name in imports - JETPACK:
+        if name in PIP_ONLY:
+            assert PIP_ONLY[name] in robot_pip, f"{name} (no rosdep key) missing from requirements-robot.txt"
+        else:
+            needed.add(ROSDEP_KEYS.get(name, name))  # ROS packages import under their package name
+    assert needed - declared == set(), f"package.xml lacks {sorted(needed - declared)}"
+    assert declared - needed - set(INDIRECT) == set(), f"package.xml declares unused {sorted(declared - needed)}"
+
+
+def test_license_file_is_the_declared_one_and_installed():
+    import xml.etree.ElementTree as ET
+
+    license_el = ET.parse(ROOT / "package.xml").getroot().find("license")
+    assert license_el.text == "Apache-2.0" and license_el.get("file") == "LICENSE"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert '"LICENSE"' in (ROOT / "setup.py").read_text()
