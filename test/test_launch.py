@@ -68,7 +68,8 @@ def workspace(tmp_path_factory) -> dict:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    ws = tmp_path_factory.mktemp("colcon_ws")
+    # OOD_LAUNCH_TEST_WS: build there instead (colcon is incremental: quick reruns while developing)
+    ws = Path(os.environ.get("OOD_LAUNCH_TEST_WS") or tmp_path_factory.mktemp("colcon_ws"))
     vendor = vendor_dir()
     cmd = ["colcon", "--log-base", str(ws / "log"), "build", "--build-base", str(ws / "build"),
            "--install-base", str(ws / "install"), "--symlink-install",
@@ -101,7 +102,8 @@ class Launched:
             cwd=cwd, env=workspace["env"], stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def ctrl_c(self, timeout: float = 60.0) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -37,11 +38,21 @@ def run_node(factory: Callable[[], Node], name: str, args: list[str] | None = No
         print(f"[{name}] cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        stop_quietly(node)
+    return 0
+
+
+def stop_quietly(node: Node | None) -> None:
+    """Destroy the node and shut rclpy down; a second Ctrl-C (or launch's SIGINT to a node that is already
+    stopping, e.g. after a failed start) must not turn a clean stop into a traceback and status -2."""
+    with contextlib.suppress(KeyboardInterrupt):
         if node is not None:
             node.destroy_node()
+    with contextlib.suppress(KeyboardInterrupt):
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stopped: further signals change nothing
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def exit_process(code: int) -> None:
