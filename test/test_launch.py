@@ -70,6 +70,7 @@ def workspace(tmp_path_factory) -> dict:
         pytest.skip(reason)
     # OOD_LAUNCH_TEST_WS: build there instead (colcon is incremental: quick reruns while developing)
     ws = Path(os.environ.get("OOD_LAUNCH_TEST_WS") or tmp_path_factory.mktemp("colcon_ws"))
+    ws.mkdir(parents=True, exist_ok=True)
     vendor = vendor_dir()
     cmd = ["colcon", "--log-base", str(ws / "log"), "build", "--build-base", str(ws / "build"),
            "--install-base", str(ws / "install"), "--symlink-install",

@@ -80,7 +80,7 @@ def descriptor(description: str, default: Any, limits: Limits | None) -> Paramet
 def check_choice(name: str, value: Any, limits: Limits | None) -> str:
     """'' when `value` is allowed, else the reason (ranges and read-only are rclpy's to check)."""
     if limits is not None and limits.choices and value not in limits.choices:
-        return f"invalid value for {name}: {value!r} (one of {', '.join(limits.choices)})"
+        return f"invalid value for {name}: {value!r}; set parameter {name} to one of: {', '.join(limits.choices)}"
     return ""
 
 
