@@ -160,3 +160,47 @@ def test_license_file_is_the_declared_one_and_installed():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert '"LICENSE"' in (ROOT / "setup.py").read_text()
+
+
+# ------------------------------------------------------------------ issue 15's launch bugs, statically
+
+def calls(path: Path, name: str) -> list[ast.Call]:
+    tree = ast.parse(path.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "id", None) == name or getattr(n.func, "attr", None) == name)]
+
+
+def test_launched_nodes_are_named_after_the_node_not_the_nice_prefix():
+    """With `prefix="nice -n 10"` launch labels the process `nice-4` unless exec_name names it."""
+    nodes = calls(ROOT / "launch" / "ood_monitor.launch.py", "Node")
+    assert nodes and all("exec_name" in {k.arg for k in n.keywords} for n in nodes)
+
+
+def test_topic_arguments_default_to_the_parameter_file():
+    """image_topic / camera_info_topic / transport must not override a user's params_file unless given."""
+    for path in LAUNCH_FILES:
+        for call in calls(path, "DeclareLaunchArgument"):
+            name = call.args[0].value
+            default = {k.arg: k.value for k in call.keywords}.get("default_value")
+            if name in ("image_topic", "camera_info_topic", "transport"):
+                assert isinstance(default, ast.Constant) and default.value == "", f"{path.name}: {name}"
+
+
+def test_replay_finds_ood_monitor_in_the_package_not_on_path():
+    """A colcon workspace installs ood-monitor in lib/ood_monitor, which is not on PATH."""
+    text = (ROOT / "launch" / "replay.launch.py").read_text()
+    assert '"ood-monitor", "replay"' not in text
+    finders = calls(ROOT / "launch" / "replay.launch.py", "ExecutableInPackage")
+    assert [(c.args[0].value, c.args[1].value) for c in finders] == [("ood-monitor", "ood_monitor")]
+
+
+def test_jetson_yaml_is_documented_as_an_overlay_everywhere():
+    """params_file:=jetson.yaml replaces the defaults (every other parameter falls back to the node's
+    built-in default); jetson.yaml is meant to be applied over default.yaml."""
+    replace = re.compile(r"(?<!overlay_)params_file:=\S*jetson\.yaml")
+    for path in (ROOT / "config" / "jetson.yaml", ROOT / "README.md", ROOT / "launch" / "jetson.launch.py"):
+        assert not replace.search(path.read_text()), f"{path.name} tells users to replace the defaults"
+    jetson = calls(ROOT / "launch" / "jetson.launch.py", "IncludeLaunchDescription")[0]
+    text = ast.unparse(jetson)
+    assert "default.yaml" in text and "overlay_params_file" in text and "jetson.yaml" in text
+    assert "overlay" in (ROOT / "config" / "jetson.yaml").read_text().split("/**/")[0].lower()

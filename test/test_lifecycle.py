@@ -223,3 +223,21 @@ def test_autostart_is_read_only_and_ranges_are_enforced(ros):
         SynthesizerNode("bad_synth", context=ros.context, parameter_overrides=[Parameter("steps", value=0)])
     with pytest.raises(ValueError, match="invalid value for trigger"):
         SynthesizerNode("bad_synth2", context=ros.context, parameter_overrides=[Parameter("trigger", value="never")])
+
+
+def test_synthesizer_stops_in_the_middle_of_a_synthesis(ros):
+    """Ctrl-C must not wait for a whole CPU synthesis (1000 steps here: minutes): the worker stops at the
+    next network call, publishes nothing, and the node can be destroyed at once."""
+    node = ros.add(SynthesizerNode(context=ros.context, parameter_overrides=[
+        Parameter("steps", value=1000), Parameter("strength", value=1.0), Parameter("guidance_kind", value="none")]))
+    out = ros.collect(SynthesisResult, "ood/synthesis")
+    calls = []
+    node.synth.denoiser.register_forward_hook(lambda *a: calls.append(1))
+    pub = ros.publisher(Image, "ood/image")
+    ros.wait_for_subscribers(pub)
+    pub.publish(image_msg(0, (128, 128)))
+    assert wait_until(lambda: len(calls) >= 2, 60), "the synthesis did not start"
+    worker = node.worker
+    node._stop_worker()
+    assert not worker.is_alive(), "the worker kept synthesizing after stop"
+    assert len(calls) < 1000 and out == [] and node.unexpected_exceptions == 0
