@@ -23,7 +23,7 @@ setup(
     packages=find_packages(exclude=["test", "test.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}", ["package.xml", "LICENSE"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         *tree_data_files("models"),
@@ -37,11 +37,12 @@ setup(
     entry_points={
         "console_scripts": [
             "ood-monitor = ood_monitor.cli.main:main",
-            "preprocess_node = ood_monitor.nodes.preprocess_node:main",
-            "vae_detector_node = ood_monitor.nodes.vae_detector_node:main",
-            "synthesizer_node = ood_monitor.nodes.synthesizer_node:main",
-            "analysis_node = ood_monitor.nodes.analysis_node:main",
-            "nav_bridge_node = ood_monitor.nodes.nav_bridge_node:main",
+            # ros/entry.py: a light wrapper, so a Ctrl-C while the node imports torch still exits 0
+            "preprocess_node = ood_monitor.ros.entry:preprocess_node",
+            "vae_detector_node = ood_monitor.ros.entry:vae_detector_node",
+            "synthesizer_node = ood_monitor.ros.entry:synthesizer_node",
+            "analysis_node = ood_monitor.ros.entry:analysis_node",
+            "nav_bridge_node = ood_monitor.ros.entry:nav_bridge_node",
         ],
     },
 )

@@ -1,7 +1,8 @@
 """ros2 launch ood_monitor jetson.launch.py [namespace:=front] [image_topic:=...] [stages:=...]
 
-The Jetson profile: config/default.yaml overlaid with config/jetson.yaml (TensorRT fp16 engines,
-cached on disk), and the TensorRT backend for the detectors."""
+The Jetson profile: config/default.yaml with config/jetson.yaml applied over it (overlay_params_file:
+TensorRT fp16 engines, cached on disk), and the TensorRT backend for the detectors. Without TensorRT the
+detectors refuse to start with one line and the launch ends."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -23,9 +24,10 @@ def generate_launch_description():
                           "backend": LaunchConfiguration("backend")}.items())
     return LaunchDescription([
         DeclareLaunchArgument("namespace", default_value="", description="namespace of every node"),
-        DeclareLaunchArgument("image_topic", default_value="camera/image_raw", description="camera image topic"),
-        DeclareLaunchArgument("camera_info_topic", default_value="camera/camera_info", description="CameraInfo topic"),
-        DeclareLaunchArgument("transport", default_value="raw", description="raw | compressed"),
+        DeclareLaunchArgument("image_topic", default_value="", description="camera image topic (empty: the YAML's)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="",
+                              description="camera CameraInfo topic (empty: the YAML's)"),
+        DeclareLaunchArgument("transport", default_value="", description="raw | compressed (empty: the YAML's)"),
         DeclareLaunchArgument("stages", default_value="all", description="comma-separated stages, or all"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
         DeclareLaunchArgument("backend", default_value="tensorrt", description="detector backend"),

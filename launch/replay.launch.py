@@ -8,6 +8,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
+from launch_ros.substitutions import ExecutableInPackage
 
 SHARE = get_package_share_directory("ood_monitor")
 
@@ -18,9 +19,10 @@ def generate_launch_description():
         launch_arguments={"use_sim_time": "true", "stages": LaunchConfiguration("stages"),
                           "params_file": LaunchConfiguration("params_file"),
                           "namespace": LaunchConfiguration("namespace")}.items())
-    player = ExecuteProcess(
-        cmd=["ood-monitor", "replay", LaunchConfiguration("bag"), "--rate", LaunchConfiguration("rate"), "--clock"],
-        output="screen")
+    player = ExecuteProcess(  # lib/ood_monitor/ood-monitor of the install: not on PATH in a colcon workspace
+        cmd=[ExecutableInPackage("ood-monitor", "ood_monitor"), "replay", LaunchConfiguration("bag"),
+             "--rate", LaunchConfiguration("rate"), "--clock"],
+        name="ood_replay", output="screen")
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="rosbag2 bag directory (MCAP or sqlite3)"),
         DeclareLaunchArgument("rate", default_value="1.0", description="playback speed factor"),

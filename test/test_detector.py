@@ -272,6 +272,8 @@ def test_models_trained_on_the_demo_world_say_so_once_on_other_footage(tmp_path:
     (demo / "dataset.json").write_text(json.dumps({"generator": "ood_monitor.demo_world.generator"}))
     own = png_folder(tmp_path / "own", 2, 0)
     assert data_origin(demo / "bags" / "train") == DEMO_WORLD and data_origin(own) == str(own.resolve())
+    (demo / "dataset.json").write_text(json.dumps({"generator": "ood_monitor." + "data.demo"}))  # made earlier
+    assert data_origin(demo / "bags" / "train") == DEMO_WORLD
     card_data = {"origin": DEMO_WORLD}
     assert note_if_foreign("models/vae_image", card_data, demo / "bags" / "train") is None
     assert "trained on the rendered demo world" in note_if_foreign("models/vae_image", card_data, own)

@@ -1,7 +1,9 @@
 """Hypothesis fuzzing of every subscriber callback of the detector, analysis and Nav2-bridge nodes:
 valid messages with 1-3 fields (nested ones too) replaced by random values of their type — zero and
 odd sizes, wrong encodings, inconsistent steps, truncated data, NaN/Inf, duplicate and out-of-order
-stamps. No exception may leave a callback, and each node still works on a valid message afterwards.
+stamps. No exception may leave a callback; every message is either processed or refused with its
+reason, and none may reach the last-resort guard (`unexpected_exceptions` stays 0: an exception no
+validation anticipated is a bug, not a reject). Each node still works on a valid message afterwards.
 (preprocess_node has its own, stricter fuzz test.) HYPOTHESIS_PROFILE=ci-heavy runs 10,000 each."""
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rclpy.parameter import Parameter
@@ -190,6 +193,17 @@ def nav_node(context):
     node.destroy_node()
 
 
+def processed_or_refused(node, before_rejected: int, out: Published | None = None) -> None:
+    """The message was refused with a reason or produced output; never an unexpected exception."""
+    assert node.unexpected_exceptions == 0, node.last_unexpected
+    refused = node.stats.rejected > before_rejected
+    if refused:
+        assert node.stats.last_error.strip(), "refused without a reason"
+    if out is not None:
+        assert refused or out.messages, "neither published nor refused"
+        assert not (refused and out.messages), "published output for a refused message"
+
+
 def valid_vae_image():
     return array_to_image(frame(32, 32), "rgb8", header=header(1_700_000_000 * 10**9))
 
@@ -197,8 +211,9 @@ def valid_vae_image():
 @FUZZ
 @given(data=st.data())
 def test_fuzz_vae_detector(vae_node, data):
-    out = Published(vae_node)
+    out, before = Published(vae_node), vae_node.stats.rejected
     vae_node.on_frame(mutated(data.draw, valid_vae_image()))
+    processed_or_refused(vae_node, before, out)
     for m in out.messages:
         assert math.isfinite(m.score) and 0.0 < m.p_value <= 1.0
 
@@ -206,8 +221,9 @@ def test_fuzz_vae_detector(vae_node, data):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_analysis_synthesis(analysis_node, data):
-    out = Published(analysis_node)
+    out, before = Published(analysis_node), analysis_node.stats.rejected
     analysis_node.on_synthesis(mutated(data.draw, valid_synthesis()))
+    processed_or_refused(analysis_node, before, out)
     for m in out.messages:
         if isinstance(m, AnomalyMask):
             assert m.mask.encoding == "mono8" and math.isfinite(m.frame_score)
@@ -216,14 +232,23 @@ def test_fuzz_analysis_synthesis(analysis_node, data):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_analysis_camera_info(analysis_node, data):
-    analysis_node.on_camera_info(mutated(data.draw, valid_camera_info()))
+    msg, before, previous = mutated(data.draw, valid_camera_info()), analysis_node.stats.rejected, analysis_node.camera_wh
+    analysis_node.on_camera_info(msg)
+    processed_or_refused(analysis_node, before)
+    if analysis_node.stats.rejected > before:  # refused: the camera size in use is unchanged
+        assert analysis_node.camera_wh == previous and "camera_info" in analysis_node.stats.last_error
+        assert not (0 < msg.width <= 16384 and 0 < msg.height <= 16384)
+    else:  # accepted: the size of ood/anomaly/* is the camera's, a plausible one
+        assert analysis_node.camera_wh == (msg.width, msg.height) and 0 < msg.width <= 16384
+    analysis_node.camera_wh = previous  # the synthesis fuzz and the final check draw at a small size
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzz_nav_bridge_anomaly(nav_node, data):
-    out = Published(nav_node)
+    out, before = Published(nav_node), nav_node.stats.rejected
     nav_node.on_anomaly(mutated(data.draw, valid_anomaly()))
+    processed_or_refused(nav_node, before, out)
     for m in out.messages:
         if hasattr(m, "data") and isinstance(m.data, float):
             assert math.isfinite(m.data)
@@ -232,12 +257,22 @@ def test_fuzz_nav_bridge_anomaly(nav_node, data):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_nav_bridge_camera_info(nav_node, data):
-    nav_node.on_camera_info(mutated(data.draw, valid_camera_info()))
+    msg, before, previous = mutated(data.draw, valid_camera_info()), nav_node.stats.rejected, nav_node.camera
+    nav_node.on_camera_info(msg)
+    processed_or_refused(nav_node, before)
+    if nav_node.stats.rejected > before:  # refused: the intrinsics in use are unchanged
+        assert nav_node.camera is previous and "camera_info" in nav_node.stats.last_error
+    else:  # accepted: intrinsics the projection can use
+        k, d, (w, h) = nav_node.camera
+        assert (w, h) == (msg.width, msg.height) and np.isfinite(k).all() and k[0, 0] > 0 and k[1, 1] > 0
+        assert np.isfinite(d).all()
+    nav_node.camera = previous if previous is not None else nav_node.camera
 
 
 def test_nodes_still_work_after_fuzzing(vae_node, analysis_node, nav_node):
     for node in (vae_node, analysis_node, nav_node):  # the fuzz reached the validation, and it refused
         assert node.stats.rejected > 10, f"{node.get_name()} refused only {node.stats.rejected} fuzzed messages"
+        assert node.unexpected_exceptions == 0, node.last_unexpected
     for node, call, msg in [(vae_node, vae_node.on_frame, valid_vae_image()),
                             (analysis_node, analysis_node.on_synthesis, valid_synthesis())]:
         out = Published(node)
@@ -252,3 +287,29 @@ def test_nodes_still_work_after_fuzzing(vae_node, analysis_node, nav_node):
     out = Published(nav_node)
     nav_node.on_anomaly(valid_anomaly())
     assert out.messages
+
+
+def test_an_unexpected_exception_is_counted_apart_and_reported_as_error(context):
+    """The last-resort guard keeps the node alive, but a bug is not a reject: it has its own counter and
+    turns /diagnostics to ERROR, so the fuzz tests above can fail."""
+    node = quiet(AnalysisNode("analysis_bug", context=context, parameter_overrides=[
+        Parameter("feature_extractor", value="none"), Parameter("nominal_stats", value="none")]))
+    try:
+        node.analyzer.analyze = lambda *a: {}["no such key"]  # a bug inside the core, not bad input
+        out = Published(node)
+        node.on_synthesis(valid_synthesis())
+        assert out.messages == [] and node.unexpected_exceptions == 1 and node.stats.rejected == 0
+        status = node.diagnostics.publish()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.ERROR and "KeyError" in status.message
+        assert values["unexpected_exceptions"] == "1"
+        node.on_synthesis(mutated_size(valid_synthesis()))  # bad input is still a reject with a reason
+        assert node.stats.rejected == 1 and "differ in size" in node.stats.last_error
+        assert node.unexpected_exceptions == 1
+    finally:
+        node.destroy_node()
+
+
+def mutated_size(msg: SynthesisResult) -> SynthesisResult:
+    msg.synthesized = array_to_image(frame(32, 32), "rgb8", header=msg.header)
+    return msg

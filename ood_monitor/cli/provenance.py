@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-DEMO_GENERATOR = "ood_monitor.demo_world.generator"
+# the generator as written now, and before it moved (datasets made earlier)
+DEMO_GENERATORS = ("ood_monitor.demo_world.generator", "ood_monitor." + "data.demo")
 DEMO_WORLD = "demo world"
-_noted: set[tuple[str, str]] = set()
+_noted: set[tuple[str, bool]] = set()
 
 
 def data_origin(path: str | Path) -> str:
@@ -20,7 +21,7 @@ def data_origin(path: str | Path) -> str:
         meta = folder / "dataset.json"
         if meta.is_file():
             try:
-                if json.loads(meta.read_text()).get("generator") == DEMO_GENERATOR:
+                if json.loads(meta.read_text()).get("generator") in DEMO_GENERATORS:
                     return DEMO_WORLD
             except (OSError, ValueError, AttributeError):
                 return str(path)

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="std of the Gaussian reconstruction likelihood: larger = stronger KL pressure")
     v.add_argument("--epochs", type=int, default=30,
                    help="epochs; raised (with --patience) when that would be fewer than --min-steps steps")
-    v.add_argument("--min-steps", type=int, default=800,
+    v.add_argument("--min-steps", type=int, default=500,
                    help="fewest optimizer steps a training run gets: small recordings get more epochs")
     v.add_argument("--batch", type=int, default=64)
     v.add_argument("--lr", type=float, default=1e-3)

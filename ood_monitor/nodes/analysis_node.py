@@ -8,7 +8,6 @@ the mask lies on the camera pixel it describes. Every output carries the input's
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import cv2
@@ -16,13 +15,15 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer, analysis_config
-from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.discrepancy import FEATURE_KINDS, DiscrepancyConfig, make_feature_extractor
 from ood_monitor.core.analysis.masks import Region
 from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
+from ood_monitor.core.model_dirs import ModelDirError, resolve_model_dir
 from ood_monitor.core.model_input import FrameConfig, image_transform
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
+from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
@@ -60,6 +61,9 @@ PARAMETERS = {
 }
 
 
+MAX_CAMERA_PX = 16384  # a larger camera_info size is corrupt, not a camera
+
+
 def camera_warp(model_wh: tuple[int, int], camera_wh: tuple[int, int], crop: str) -> np.ndarray:
     """2x3 camera -> model pixel map (for cv2.warpAffine with WARP_INVERSE_MAP)."""
     t = image_transform(camera_wh[0], camera_wh[1], FrameConfig(model_wh[0], model_wh[1], crop))
@@ -81,13 +85,23 @@ def region_msg(index: int, r: Region) -> AnomalyRegion:
                          roi=RegionOfInterest(x_offset=r.x, y_offset=r.y, width=r.width, height=r.height))
 
 
+LIMITS = {
+    "threshold": Limits(0.0, 1.0), "min_region_px": at_least(0), "weight_feature": at_least(0.0),
+    "weight_colour": at_least(0.0), "weight_structure": at_least(0.0), "confidence_gain": positive(),
+    "segmenter": one_of("auto", "sam", "sam_onnx", "slic", "felzenszwalb"),
+    "fallback_segmenter": one_of("slic", "felzenszwalb"), "slic_segments": Limits(1, 100_000),
+    "sam_model_type": one_of("vit_b", "vit_l", "vit_h", "custom"), "sam_points_per_side": Limits(1, 256),
+    "sam_pred_iou_thresh": Limits(0.0, 1.0), "sam_stability_score_thresh": Limits(0.0, 1.0),
+    "feature_extractor": one_of(*FEATURE_KINDS), "torch_threads": Limits(0, 1024),
+    "camera_width": Limits(0, 65535), "camera_height": Limits(0, 65535), "crop": one_of("center", "stretch"),
+}
+
+
 class AnalysisNode(StageNode):
     PARAMETERS = PARAMETERS
-    TUNABLE = {
-        "threshold": lambda v: 0.0 <= v <= 1.0, "min_region_px": lambda v: v >= 0,
-        "weight_feature": lambda v: v >= 0, "weight_colour": lambda v: v >= 0, "weight_structure": lambda v: v >= 0,
-        "confidence_gain": lambda v: v > 0,
-    }
+    LIMITS = LIMITS
+    TUNABLE = ("threshold", "min_region_px", "weight_feature", "weight_colour", "weight_structure",
+               "confidence_gain")
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -107,8 +121,6 @@ class AnalysisNode(StageNode):
                                       f"--params <this parameter file>")
 
     def setup(self, p: dict) -> None:
-        if p["crop"] not in ("center", "stretch"):
-            raise ValueError(f"crop must be center or stretch, got {p['crop']!r}")
         if p["torch_threads"] > 0:
             import torch
 
@@ -117,8 +129,11 @@ class AnalysisNode(StageNode):
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
         self.segmenter_reason = choice.reason
-        extractor, self.features = make_feature_extractor(p["feature_extractor"], p["models_dir"], p["device"])
-        nominal, self.nominal_desc = load_nominal(p["nominal_stats"], p["models_dir"])
+        self.models_dir = resolve_model_dir(p["models_dir"])
+        if not self.models_dir.is_dir():
+            raise ModelDirError(f"models_dir {self.models_dir} is not a folder")
+        extractor, self.features = make_feature_extractor(p["feature_extractor"], self.models_dir, p["device"])
+        nominal, self.nominal_desc = load_nominal(p["nominal_stats"], self.models_dir)
         self.analyzer = Analyzer(analysis_config(p), choice.segmenter, extractor, nominal)
         self.check_nominal()
         self.camera_wh = (p["camera_width"], p["camera_height"]) if p["camera_width"] > 0 and p["camera_height"] > 0 \
@@ -138,13 +153,13 @@ class AnalysisNode(StageNode):
     def diagnostic_values(self) -> dict[str, str]:
         cam = f"{self.camera_wh[0]}x{self.camera_wh[1]}" if self.camera_wh else "input size"
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
-                "features": self.features, "nominal_stats": self.nominal_desc,
+                "models_dir": str(self.models_dir), "features": self.features, "nominal_stats": self.nominal_desc,
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
-        if msg.width <= 0 or msg.height <= 0:
-            self._reject(f"camera_info has size {msg.width}x{msg.height}")
+        if not (0 < msg.width <= MAX_CAMERA_PX and 0 < msg.height <= MAX_CAMERA_PX):
+            self._reject(f"camera_info has size {msg.width}x{msg.height} (1..{MAX_CAMERA_PX} px)")
             return
         self.camera_wh = (int(msg.width), int(msg.height))
 
@@ -162,8 +177,8 @@ class AnalysisNode(StageNode):
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
-        except Exception as exc:  # a callback must never take the node down
-            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort: a callback must never take the node down
+            self._unexpected(exc, "synthesis callback")
             return
         self._publish(msg.header, result, start)
 
@@ -186,7 +201,7 @@ class AnalysisNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(AnalysisNode, "analysis_node", args))
+    exit_process(run_node(AnalysisNode, "analysis_node", args))
 
 
 if __name__ == "__main__":

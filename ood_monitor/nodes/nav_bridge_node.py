@@ -12,7 +12,6 @@ imports and the lookup succeeds, else from parameters; /diagnostics says which.
 from __future__ import annotations
 
 import array
-import sys
 import time
 
 import numpy as np
@@ -31,7 +30,8 @@ from ood_monitor.core.analysis.geometry import (
     quaternion_matrix,
 )
 from ood_monitor.ros.image import ImageConversionError, image_to_array
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
+from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.pointcloud import xyz_cloud
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
@@ -71,6 +71,9 @@ PARAMETERS = {
 }
 
 
+MAX_CAMERA_PX = 16384  # a larger camera_info size is corrupt, not a camera
+
+
 def make_tf_buffer(node: StageNode):
     """(tf2 buffer, reason): None with the reason when tf2_ros is missing."""
     try:
@@ -96,14 +99,20 @@ def scaled_k(k: np.ndarray, info_wh: tuple[int, int], mask_wh: tuple[int, int]) 
     return s @ k
 
 
+LIMITS = {
+    "min_confidence": Limits(0.0, 1.0), "obstacle_height": at_least(0.0), "max_range": positive(),
+    "pixel_stride": Limits(1, 1024), "speed_slow_score": Limits(0.0, 1.0), "speed_stop_score": Limits(0.0, 1.0),
+    "speed_min_percent": Limits(0.0, 100.0), "speed_hold_s": at_least(0.0),
+    "camera_frame_convention": one_of("optical", "body"), "camera_height": positive(),
+    "costmap_resolution": positive(), "costmap_size_m": positive(), "costmap_decay_s": positive(),
+}
+
+
 class NavBridgeNode(StageNode):
     PARAMETERS = PARAMETERS
-    TUNABLE = {
-        "min_confidence": lambda v: 0.0 <= v <= 1.0, "obstacle_height": lambda v: v >= 0, "max_range": lambda v: v > 0,
-        "pixel_stride": lambda v: v >= 1, "speed_slow_score": lambda v: 0.0 <= v <= 1.0,
-        "speed_stop_score": lambda v: 0.0 <= v <= 1.0, "speed_min_percent": lambda v: 0.0 <= v <= 100.0,
-        "speed_hold_s": lambda v: v >= 0,
-    }
+    LIMITS = LIMITS
+    TUNABLE = ("min_confidence", "obstacle_height", "max_range", "pixel_stride", "speed_slow_score",
+               "speed_stop_score", "speed_min_percent", "speed_hold_s")
 
     def __init__(self, node_name: str = "nav_bridge_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -116,10 +125,6 @@ class NavBridgeNode(StageNode):
                                             p["speed_hold_s"])
 
     def setup(self, p: dict) -> None:
-        if p["camera_frame_convention"] not in ("optical", "body"):
-            raise ValueError(f"camera_frame_convention must be optical or body, got {p['camera_frame_convention']!r}")
-        if p["pixel_stride"] < 1:
-            raise ValueError(f"pixel_stride must be >= 1, got {p['pixel_stride']}")
         self.pose = CameraPose(p["camera_height"], p["camera_pitch"], p["camera_roll"], p["camera_yaw"],
                                p["camera_x"], p["camera_y"])
         self.costmap = RollingCostmap(CostmapConfig(p["costmap_resolution"], p["costmap_size_m"], p["costmap_decay_s"],
@@ -146,11 +151,22 @@ class NavBridgeNode(StageNode):
                 "costmap_frame": self.costmap_frame}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
-        k = np.asarray(msg.k, dtype=float).reshape(3, 3)
-        if msg.width <= 0 or msg.height <= 0 or not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
-            self._reject(f"camera_info: invalid size {msg.width}x{msg.height} or K {k.ravel().tolist()}")
+        try:
+            k = np.asarray(msg.k, dtype=float).reshape(3, 3)
+            d = np.asarray(msg.d, dtype=float)
+            if not (0 < msg.width <= MAX_CAMERA_PX and 0 < msg.height <= MAX_CAMERA_PX):
+                raise ValueError(f"size {msg.width}x{msg.height}")
+            if not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], [0, 0, 1]):
+                raise ValueError(f"K {k.ravel().tolist()} is not a camera matrix")
+            if not np.isfinite(d).all() or d.size not in (0, 4, 5, 8, 12, 14):
+                raise ValueError(f"distortion D {d.tolist()} (finite, 0/4/5/8/12/14 coefficients)")
+        except ValueError as exc:
+            self._reject(f"camera_info: invalid {exc}")
             return
-        self.camera = (k, np.asarray(msg.d, dtype=float), (int(msg.width), int(msg.height)))
+        except Exception as exc:  # noqa: BLE001 - last resort
+            self._unexpected(exc, "camera_info callback")
+            return
+        self.camera = (k, d, (int(msg.width), int(msg.height)))
 
     # ------------------------------------------------------------------------------------- pose
 
@@ -200,8 +216,8 @@ class NavBridgeNode(StageNode):
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
-        except Exception as exc:  # a callback must never take the node down
-            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort: a callback must never take the node down
+            self._unexpected(exc, "anomaly callback")
             return
         self.stats.on_output((time.perf_counter() - start) * 1e3)
 
@@ -267,7 +283,7 @@ class NavBridgeNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(NavBridgeNode, "nav_bridge_node", args))
+    exit_process(run_node(NavBridgeNode, "nav_bridge_node", args))
 
 
 if __name__ == "__main__":

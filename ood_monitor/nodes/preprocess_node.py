@@ -7,7 +7,6 @@ published and the node keeps running.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 
@@ -24,7 +23,8 @@ from ood_monitor.ros.image import (
     image_to_array,
     to_rgb8,
 )
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
+from ood_monitor.ros.params import Limits, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 
@@ -42,9 +42,16 @@ PARAMETERS = {
 }
 
 
+LIMITS = {
+    "transport": one_of("raw", "compressed"), "width": Limits(8, 8192), "height": Limits(8, 8192),
+    "crop": one_of("center", "stretch"), "flow_preset": one_of(*DIS_PRESETS), "max_gap_s": positive(),
+}
+
+
 class PreprocessNode(StageNode):
     PARAMETERS = PARAMETERS
-    TUNABLE = {"flow_preset": lambda v: v in DIS_PRESETS, "max_gap_s": lambda v: v > 0}
+    LIMITS = LIMITS
+    TUNABLE = ("flow_preset", "max_gap_s")
 
     def __init__(self, node_name: str = "preprocess_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -56,8 +63,6 @@ class PreprocessNode(StageNode):
         self.pre = Preprocessor(self.cfg)
 
     def setup(self, p: dict) -> None:
-        if p["transport"] not in ("raw", "compressed"):
-            raise ValueError(f"transport must be raw or compressed, got {p['transport']!r}")
         self.cfg = PreprocessConfig(
             frame=FrameConfig(width=p["width"], height=p["height"], crop=p["crop"]),
             flow=FlowConfig(preset=p["flow_preset"], max_gap_s=p["max_gap_s"]),
@@ -103,8 +108,8 @@ class PreprocessNode(StageNode):
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
-        except Exception as exc:  # a callback must never take the node down
-            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort: a callback must never take the node down
+            self._unexpected(exc, "image callback")
             return
         if result.duplicate:
             self._reject(f"duplicate stamp {stamp} ns: frame ignored")
@@ -132,12 +137,14 @@ class PreprocessNode(StageNode):
             out.k = [float(v) for v in (t @ k).ravel()]
             out.p = [float(v) for v in (t @ np.asarray(msg.p, dtype=float).reshape(3, 4)).ravel()]
             self.pub_info.publish(out)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             self._reject(f"camera_info: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort
+            self._unexpected(exc, "camera_info callback")
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(PreprocessNode, "preprocess_node", args))
+    exit_process(run_node(PreprocessNode, "preprocess_node", args))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ steps, guidance, strength, guidance kind, trigger, every_n and score_wait_s can 
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +21,8 @@ from ood_monitor.core.diffusion.guided_ddim import GUIDANCE_KINDS
 from ood_monitor.core.diffusion.synthesizer import Synthesizer
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
-from ood_monitor.ros.node_main import run_node
+from ood_monitor.ros.node_main import exit_process, run_node
+from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore, SynthesisResult
@@ -30,6 +30,7 @@ from ood_msgs.msg import OODScore, SynthesisResult
 TRIGGERS = ("always", "on_ood", "every_n")
 NODE_PRECISIONS = ("fp32", "fp16", "int8-selected")
 SCORE_CACHE = 256
+STOP_TIMEOUT_S = 1.5  # a node must exit within 2 s of SIGINT (ros2 launch escalates to SIGTERM after 5 s)
 
 PARAMETERS = {
     "input_topic": ("ood/image", "preprocessed frames (rgb8 at the model's input size)"),
@@ -54,6 +55,11 @@ PARAMETERS = {
 }
 
 
+class SynthesisCancelled(Exception):
+    """Raised inside the diffusion model's forward when the node stops: a shutdown never waits for a
+    whole synthesis (seconds on a CPU), it ends at the next network call."""
+
+
 @dataclass
 class Pending:
     msg: Image
@@ -61,13 +67,18 @@ class Pending:
     arrived: float
 
 
+LIMITS = {
+    "steps": Limits(1, 1000), "guidance": at_least(0.0), "strength": positive(1.0),
+    "guidance_kind": one_of(*GUIDANCE_KINDS), "trigger": one_of(*TRIGGERS), "every_n": at_least(1),
+    "score_wait_s": at_least(0.0), "precision": one_of(*NODE_PRECISIONS), "backend": one_of("torch"),
+    "device": one_of("cpu", "cuda"), "threads": Limits(0, 1024),
+}
+
+
 class SynthesizerNode(StageNode):
     PARAMETERS = PARAMETERS
-    TUNABLE = {
-        "steps": lambda v: v >= 1, "guidance": lambda v: v >= 0, "strength": lambda v: 0 < v <= 1,
-        "guidance_kind": lambda v: v in GUIDANCE_KINDS, "trigger": lambda v: v in TRIGGERS,
-        "every_n": lambda v: v >= 1, "score_wait_s": lambda v: v >= 0,
-    }
+    LIMITS = LIMITS
+    TUNABLE = ("steps", "guidance", "strength", "guidance_kind", "trigger", "every_n", "score_wait_s")
 
     def __init__(self, node_name: str = "synthesizer_node", **kwargs) -> None:
         self.worker: threading.Thread | None = None
@@ -98,13 +109,7 @@ class SynthesizerNode(StageNode):
             self.cond.notify()
 
     def _check_parameters(self, p: dict) -> None:
-        checks = {"trigger": TRIGGERS, "guidance_kind": GUIDANCE_KINDS, "precision": NODE_PRECISIONS,
-                  "backend": ("torch",), "device": ("cpu", "cuda")}
-        for name, allowed in checks.items():
-            if p[name] not in allowed:
-                raise ValueError(f"parameter {name} must be one of {allowed}, got {p[name]!r}")
-        if p["every_n"] < 1 or p["steps"] < 1 or not 0 < p["strength"] <= 1 or p["score_wait_s"] < 0:
-            raise ValueError("parameters need every_n >= 1, steps >= 1, 0 < strength <= 1, score_wait_s >= 0")
+        """What the descriptors (LIMITS) cannot say: a combination of parameters."""
         if p["trigger"] == "on_ood" and not p["score_topics"]:
             raise ValueError("parameter score_topics is empty but trigger is on_ood")
 
@@ -115,18 +120,26 @@ class SynthesizerNode(StageNode):
 
             torch.set_num_threads(p["threads"])
         precision = "fp16-selected" if p["precision"] == "fp16" else p["precision"]
-        synth = Synthesizer.from_model_dir(resolve_model_dir(p["model_dir"]), steps=p["steps"],
+        self.model_dir = resolve_model_dir(p["model_dir"])
+        synth = Synthesizer.from_model_dir(self.model_dir, steps=p["steps"],
                                            guidance=p["guidance"], strength=p["strength"],
                                            guidance_kind=p["guidance_kind"], device=p["device"],
                                            precision=precision, seed=p["seed"])
+        for module in (synth.denoiser, synth.autoencoder):
+            if module is not None:
+                module.register_forward_pre_hook(self._cancel_if_stopping)
         self.get_logger().info(
-            f"synthesizing {p['input_topic']} with {p['model_dir']} ({synth.backend}, {p['steps']} steps, "
+            f"synthesizing {p['input_topic']} with {self.model_dir} ({synth.backend}, {p['steps']} steps, "
             f"{p['guidance_kind']} guidance {p['guidance']}, strength {p['strength']}, trigger {p['trigger']})")
         return synth
 
+    def _cancel_if_stopping(self, _module, _inputs) -> None:
+        if not self.running:
+            raise SynthesisCancelled
+
     def diagnostic_values(self) -> dict[str, str]:
         s = self.synth
-        return {"backend": s.backend, "model": self.p["model_dir"], "model_hash": s.model_hash,
+        return {"backend": s.backend, "model": str(self.model_dir), "model_hash": s.model_hash,
                 "steps": str(s.guidance.steps), "guidance": f"{s.guidance.kind} {s.guidance.scale}",
                 "strength": str(s.guidance.strength), "trigger": self.p["trigger"],
                 **{k: str(v) for k, v in self.counts.items()}}
@@ -194,12 +207,18 @@ class SynthesizerNode(StageNode):
             self.running = False
             self.cond.notify_all()
         if self.worker is not None and self.worker.is_alive() and threading.current_thread() is not self.worker:
-            self.worker.join(timeout=10.0)
+            self.worker.join(timeout=STOP_TIMEOUT_S)
+            if self.worker.is_alive():
+                self.get_logger().error(f"synthesis worker still running {STOP_TIMEOUT_S} s after stop")
         self.worker = None
 
     def on_cleanup(self, state):
         self._stop_worker()
         return super().on_cleanup(state)
+
+    def on_shutdown(self, state):
+        self._stop_worker()
+        return super().on_shutdown(state)
 
     def _work(self) -> None:
         while (item := self._next()) is not None:
@@ -212,11 +231,15 @@ class SynthesizerNode(StageNode):
         try:
             rgb = to_rgb8(image_to_array(msg), msg.encoding)
             out = self.synth.synthesize(rgb)
+        except SynthesisCancelled:
+            return
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
-        except Exception as exc:  # the worker must never die
-            self._reject(f"unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - last resort: the worker must never die
+            self._unexpected(exc, "synthesis worker")
+            return
+        if not self.active:  # deactivated while this frame was synthesized: outputs stay silent
             return
         latency = (time.perf_counter() - start) * 1e3
         g = self.synth.guidance
@@ -232,7 +255,7 @@ class SynthesizerNode(StageNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(SynthesizerNode, "synthesizer_node", args))
+    exit_process(run_node(SynthesizerNode, "synthesizer_node", args))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: Diagnosti
           STALE: DiagnosticStatus.STALE}
 
 
-def build_status(name: str, hardware_id: str, stats: StageStats, extra: dict[str, str]) -> DiagnosticStatus:
-    level, message = stats.level()
+def build_status(name: str, hardware_id: str, stats: StageStats, extra: dict[str, str],
+                 fault: str = "") -> DiagnosticStatus:
+    """`fault`, when not empty, overrides the level with ERROR and is the message (a node's bug)."""
+    level, message = (ERROR, fault) if fault else stats.level()
     values = {**stats.values(), **extra}
     return DiagnosticStatus(
         level=LEVELS[level], name=name, message=message, hardware_id=hardware_id,
@@ -27,16 +29,18 @@ class DiagnosticsPublisher:
     expects). `extra` is called at each publication for node-specific values."""
 
     def __init__(self, node: Node, stats: StageStats, period_s: float = 1.0,
-                 extra: Callable[[], dict[str, str]] | None = None) -> None:
+                 extra: Callable[[], dict[str, str]] | None = None,
+                 fault: Callable[[], str] | None = None) -> None:
         self._node = node
         self._stats = stats
         self._extra = extra or dict
+        self._fault = fault or str
         self._name = f"{node.get_namespace().rstrip('/')}/{node.get_name()}".lstrip("/")
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._timer = node.create_timer(period_s, self.publish)
 
     def publish(self) -> DiagnosticStatus:
-        status = build_status(self._name, "ood_monitor", self._stats, self._extra())
+        status = build_status(self._name, "ood_monitor", self._stats, self._extra(), self._fault())
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self._node.get_clock().now().to_msg()
         self._pub.publish(msg)

@@ -5,14 +5,21 @@ launch files and `ood-monitor run` need nothing else. With `autostart: false` it
 nav2_lifecycle_manager (or `ros2 lifecycle set`): configure loads models and builds engines (the
 subclass's `setup`), activate starts processing, deactivate pauses it, cleanup frees it all.
 
-Parameters listed in a node's TUNABLE map (name -> validator) can be changed at run time with
-`ros2 param set`; the value is validated, applied through `retune`, and a bad one is refused with a
-reason. Other parameters are read at configure: changing them on a configured node is refused with a
-message saying how to reconfigure.
+Parameters named in a node's TUNABLE collection can be changed at run time with `ros2 param set`; the
+value is checked against the parameter's descriptor (LIMITS: range, choices — see ros/params.py), applied
+through `retune`, and a bad one is refused with a reason. Other parameters are read at configure:
+changing them on a configured node is refused with a message saying how to reconfigure. `autostart` is
+read-only: it takes effect at process start.
+
+Callbacks refuse malformed input with a reason (`_reject`, counted as `rejected`). An exception no
+validation anticipated is a bug: `_unexpected` keeps the node alive but counts it separately
+(`unexpected_exceptions` on /diagnostics, level ERROR, with the traceback in the log) so tests and
+operators can tell "bad input, refused" from "our code broke".
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from rcl_interfaces.msg import SetParametersResult
@@ -22,7 +29,7 @@ from rclpy.qos import QoSProfile
 from ood_monitor.core.stage_stats import StageStats
 from ood_monitor.ros.diagnostics import DiagnosticsPublisher
 from ood_monitor.ros.node_main import START_ERRORS
-from ood_monitor.ros.params import declare_parameters
+from ood_monitor.ros.params import Limits, check_choice, declare_parameters
 from ood_monitor.ros.qos import output_qos
 
 
@@ -45,19 +52,34 @@ def stage_parameters(output_depth: int = 5, stale_timeout_s: float = 2.0,
 LIFECYCLE_PARAMETERS = {
     "autostart": (True, "configure and activate at start; false: wait for a lifecycle manager"),
 }
+STAGE_LIMITS = {
+    "output_qos": Limits(choices=("reliable", "best_effort")),
+    "output_depth": Limits(1, 1000),
+    "diagnostics_period_s": Limits(0.01, 3600.0),
+    "stale_timeout_s": Limits(0.01, 3600.0),
+    "autostart": Limits(read_only=True),
+}
 
 
 class StageNode(LifecycleNode):
     PARAMETERS: ClassVar[dict[str, tuple[Any, str]]] = {}
-    TUNABLE: ClassVar[dict[str, Callable[[Any], bool]]] = {}
+    # names changeable on a running node; a dict's values may add a check beyond LIMITS (name -> valid?)
+    TUNABLE: ClassVar[Collection[str] | dict[str, Callable[[Any], bool] | None]] = ()
+    LIMITS: ClassVar[dict[str, Limits]] = {}
 
     @classmethod
     def declared_parameters(cls) -> dict[str, tuple[Any, str]]:
         return {**cls.PARAMETERS, **LIFECYCLE_PARAMETERS}
 
+    @classmethod
+    def parameter_limits(cls) -> dict[str, Limits]:
+        return {**STAGE_LIMITS, **cls.LIMITS}
+
     def __init__(self, node_name: str, **kwargs) -> None:
+        self.unexpected_exceptions = 0
+        self.last_unexpected = ""
         super().__init__(node_name, **kwargs)
-        self.p = declare_parameters(self, self.declared_parameters())
+        self.p = declare_parameters(self, self.declared_parameters(), self.parameter_limits())
         self.active = False
         self.configured = False
         self.start_error: Exception | None = None
@@ -77,12 +99,21 @@ class StageNode(LifecycleNode):
         returns the output QoS."""
         self.stats = StageStats(stale_timeout_s=self.p["stale_timeout_s"])
         self.diagnostics = DiagnosticsPublisher(self, self.stats, self.p["diagnostics_period_s"],
-                                                self.diagnostic_values)
+                                                self._diagnostic_values, self._fault)
         return output_qos(self.p["output_qos"], self.p["output_depth"])
 
     def diagnostic_values(self) -> dict[str, str]:
         """Node-specific key/values of the /diagnostics status (subclasses)."""
         return {}
+
+    def _diagnostic_values(self) -> dict[str, str]:
+        return {"unexpected_exceptions": str(self.unexpected_exceptions), **self.diagnostic_values()}
+
+    def _fault(self) -> str:
+        """The ERROR message while an unexpected exception has happened, else ''."""
+        if not self.unexpected_exceptions:
+            return ""
+        return f"{self.unexpected_exceptions} unexpected exception(s) in callbacks, last: {self.last_unexpected}"
 
     def retune(self, name: str, value: Any) -> None:
         """Apply a validated run-time change of a TUNABLE parameter (subclasses)."""
@@ -92,6 +123,14 @@ class StageNode(LifecycleNode):
         logged at most every 2 s, never raised."""
         self.stats.on_reject(reason)
         self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
+    def _unexpected(self, exc: BaseException, where: str) -> None:
+        """The last-resort guard of a callback: the node keeps running, but an exception no validation
+        anticipated is a bug, counted apart from rejected input and logged with its traceback."""
+        self.unexpected_exceptions += 1
+        self.last_unexpected = f"{where}: {type(exc).__name__}: {exc}"
+        self.get_logger().error(f"unexpected exception in {where} (a bug, please report): "
+                                f"{''.join(traceback.format_exception(exc))}", throttle_duration_sec=2.0)
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -124,7 +163,10 @@ class StageNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Finalized: stop processing and free publishers, subscriptions and timers."""
         self.active = False
+        self._destroy(self._entities)
+        self._entities, self.configured = ([], [], []), False
         return TransitionCallbackReturn.SUCCESS
 
     def create_subscription(self, msg_type, topic, callback, qos_profile, **kwargs):
@@ -138,6 +180,9 @@ class StageNode(LifecycleNode):
     # ---------------------------------------------------------------------------- parameters
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Runs after rclpy checked type, range and read-only against the descriptor."""
+        limits = self.parameter_limits()
+        checks = self.TUNABLE if isinstance(self.TUNABLE, dict) else {}
         for param in params:
             if param.name not in self.PARAMETERS:
                 continue  # rclpy's own (use_sim_time) and autostart
@@ -145,9 +190,12 @@ class StageNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=(
                     f"{param.name} is read at configure: deactivate and clean up the node, set it, configure again "
                     f"(run-time tunable here: {', '.join(sorted(self.TUNABLE)) or 'none'})"))
-            valid = self.TUNABLE.get(param.name)
-            if valid is not None and not valid(param.value):
-                return SetParametersResult(successful=False, reason=f"invalid value for {param.name}: {param.value!r}")
+            reason = check_choice(param.name, param.value, limits.get(param.name))
+            valid = checks.get(param.name)
+            if not reason and valid is not None and not valid(param.value):
+                reason = f"invalid value for {param.name}: {param.value!r}"
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         for param in params:
             if param.name in self.PARAMETERS:
                 self.p[param.name] = param.value
