@@ -12,6 +12,7 @@ STAGES = {
     "compress": "ood_monitor.cli.bench_compress",
     "synth": "ood_monitor.cli.bench_synth",
     "pipeline": "ood_monitor.cli.bench_pipeline",
+    "real": "ood_monitor.cli.bench_real",
 }
 
 
