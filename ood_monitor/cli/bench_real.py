@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 STAMP_BREAK = 1.5  # a stamp step longer than this many frame periods restarts the stream (as the node)
-FULL = {"vae_seconds": 240, "dcae_steps": 1500, "dcae_seconds": 240, "dit_steps": 3000, "dit_seconds": 360,
+FULL = {"vae_seconds": None, "dcae_steps": 1500, "dcae_seconds": 240, "dit_steps": 3000, "dit_seconds": 360,
         "analysis_frames": 300, "analysis_clusters": 12, "mask_frames": 80}
 QUICK = {"vae_seconds": 15, "vae_epochs": 2, "dcae_steps": 4, "dcae_seconds": 15, "dit_steps": 4,
          "dit_seconds": 15, "analysis_frames": 4, "analysis_clusters": 2, "mask_frames": 2}
@@ -100,7 +100,7 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
     train, calibration, test = data / "train", data / "calibration", data / "test"
     work.mkdir(parents=True, exist_ok=True)
     threads = ["--threads", str(args.threads)]
-    vae = ["--time-limit", str(budget["vae_seconds"])]
+    vae = ["--time-limit", str(budget["vae_seconds"])] if budget.get("vae_seconds") else []  # full: the CLI defaults
     if "vae_epochs" in budget:
         vae += ["--epochs", str(budget["vae_epochs"])]
     for kind in ("image", "flow"):

@@ -66,7 +66,9 @@ class Corruption:
 
 def _imagecorruption(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     try:
-        from imagecorruptions import corrupt
+        with warnings.catch_warnings():  # it imports deprecated scipy / pkg_resources names
+            warnings.simplefilter("ignore")
+            from imagecorruptions import corrupt
     except ImportError as exc:  # pragma: no cover - a missing optional dependency
         raise RuntimeError("the real-footage benchmark needs `imagecorruptions` (pip install -c constraints.txt "
                            "imagecorruptions)") from exc

@@ -220,7 +220,7 @@ def plan_blocks(kinds: list[str], n_held: int, config: RealFootageConfig, scene_
         if kind == "reversing":  # lead-in forward, then back over the lead-in and before it, then forward
             s = int(rng.integers(max(G, L + 1), n_held - G + 1))
             source = tuple(range(s - 2, s - 2 - L, -1))
-            lead, tail = tuple(range(s - G, s)), tuple(range(s - L - 1, s - L - 1 + G))
+            lead, tail = tuple(range(s - G, s)), tuple(range(s - L, s - L + G))
         else:
             span = DROP_STEP * (L - 1) + 1 if kind == "jerk_drop" else L
             s = int(rng.integers(G, n_held - span - G + 1))
