@@ -38,6 +38,7 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-masks", action="store_true", help="skip the DC-AE, DiT and anomaly-mask evaluation")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests (default martingale,cusum)")
+    p.add_argument("--markdown", type=Path, help="also write the tables as Markdown (docs/real_footage.md's form)")
     p.set_defaults(func=run)
     return p
 
@@ -66,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(summaries, ["recording", "role", "calibration_frames", "p_floor", "clean_frames",
                                    "fa_per_1000_martingale", "fa_per_1000_cusum", "pixel_auc_pr", "f_star",
                                    "seconds"]))
-    write_report(rows, machine_info(torch_threads=args.threads), args.json, recordings=summaries,
-                 data=str(args.data), quick=bool(args.quick), budget=budget)
+    report = write_report(rows, machine_info(torch_threads=args.threads), args.json, recordings=summaries,
+                          data=str(args.data), quick=bool(args.quick), budget=budget)
+    if args.markdown:
+        args.markdown.write_text(markdown(report))
+        print(f"wrote {args.markdown}")
     if args.json:
         print(f"wrote {args.json}")
     return 0
@@ -212,3 +216,30 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
                     stream_sequences(test, frames.index))
     results, _ = alarm_table(calibration, scores, labels, alarm_configs(params, card.kind, tests))
     return results
+
+
+def _cell(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(report: dict) -> str:
+    """Per-kind and per-recording tables of a `bench real` report."""
+    lines = ["| recording | role | kind | category | MAD@128 | image AUROC | flow AUROC | martingale (delay) "
+             "| CUSUM (delay) |", "|---|---|---|---|---|---|---|---|---|"]
+    order = {"global": 0, "scene": 1, "object": 2, "motion": 3}
+    for r in sorted(report["rows"], key=lambda r: (r["recording"], order.get(r["category"], 9), r["kind"])):
+        alarms = [f"{r[t]} ({_cell(r.get(t + '_delay'), 0)})" if r.get(t) == "detected" else r.get(t, "-")
+                  for t in ("martingale", "cusum")]
+        mad = _cell(r["mad128"], 1) + ("" if r.get("visible", True) else " (not visible)")
+        lines.append(f"| {r['recording']} | {r['role']} | {r['kind']} | {r['category']} | {mad} "
+                     f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} |")
+    lines += ["", "| recording | role | calibration frames | p-value floor | clean test frames | false alarms / 1000 "
+              "clean (martingale, CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in report["recordings"]:
+        lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {_cell(s['p_floor'], 3)} "
+                     f"| {s['clean_frames']} | {_cell(s.get('fa_per_1000_martingale'), 0)}, "
+                     f"{_cell(s.get('fa_per_1000_cusum'), 0)} | {_cell(s.get('pixel_auc_pr'))} "
+                     f"| {_cell(s.get('f_star'))} | {s['seconds'] / 60:.0f} |")
+    return "\n".join(lines) + "\n"
