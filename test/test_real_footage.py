@@ -194,8 +194,9 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
                  "--episode-frames", "4", "--gap-frames", "3", "--corruptions", "gaussian_noise,contrast"]) == 0
     assert main(["bench", "real", "--data", str(data), "--tune", "nope", "--quick"]) == 2  # clear error, no crash
     report = tmp_path / "real.json"
+    params = Path(__file__).resolve().parents[1] / "config" / "default.yaml"  # window 4, threshold 8
     assert main(["bench", "real", "--data", str(data), "--work", str(tmp_path / "work"), "--quick", "--no-masks",
-                 "--json", str(report)]) == 0
+                 "--params", str(params), "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     rows = result["rows"]
     assert sorted(r["kind"] for r in rows) == sorted(
@@ -207,4 +208,7 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     [summary] = result["recordings"]
     assert summary["calibration_frames"] == 25 and summary["p_floor"] == pytest.approx(1 / 26)
     assert summary["clean_frames"] == 9 * 6
+    assert 0.0 <= summary["vae_image_clean_p_below_0.05"] <= 1.0
+    # with 25 calibration frames and window w, the log martingale is bounded by its value at p = 1/26
+    assert summary["vae_image_max_log_martingale"] < summary["martingale_threshold"]
     assert (tmp_path / "work" / "drive" / "eval" / "report.md").is_file()

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, columns))
     print()
     print(format_table(summaries, ["recording", "role", "calibration_frames", "p_floor", "clean_frames",
+                                   "vae_image_clean_p_below_0.05", "vae_flow_clean_p_below_0.05",
+                                   "vae_image_max_log_martingale", "martingale_threshold",
                                    "fa_per_1000_martingale", "fa_per_1000_cusum", "pixel_auc_pr", "f_star",
                                    "seconds"]))
     report = write_report(rows, machine_info(torch_threads=args.threads), args.json, recordings=summaries,
@@ -149,7 +151,8 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
     masks_path = report / "masks.json"
     masks = json.loads(masks_path.read_text()) if masks_path.is_file() else None
     dataset = json.loads((data / "dataset.json").read_text())
-    alarms = {Path(m).name: kind_alarms(Path(m), data / "test", params, tests) for m in models}
+    checks = {Path(m).name: kind_alarms(Path(m), data / "test", params, tests) for m in models}
+    alarms = {name: c["alarms"] for name, c in checks.items()}
     rows = []
     for episode in dataset["episodes"]:
         kind = episode["kind"]
@@ -173,6 +176,10 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         per = {name: a[test]["all"]["false_alarms_per_1000"] for name, a in alarms.items()}
         summary[f"fa_per_1000_{test}"] = max(per.values())
         summary.update({f"{name}_fa_per_1000_{test}": v for name, v in per.items()})
+    for name, c in checks.items():
+        summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
+        summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
+    summary["martingale_threshold"] = next(iter(checks.values()))["martingale_threshold"]
     summary["evaluate_alarms"] = {name: r["alarms"] for name, r in evaluation.items()}
     summary["evaluate_alarm_settings"] = {name: r["alarm_settings"] for name, r in evaluation.items()}
     if masks is not None:
@@ -200,8 +207,12 @@ def stream_sequences(test: Path, index: np.ndarray) -> np.ndarray:
 
 
 def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict:
-    """Alarm metrics of one calibrated detector per OOD kind ("category:<kind>") and over all frames."""
+    """One calibrated detector on the test split: alarm metrics per OOD kind ("category:<kind>") and over
+    all frames, per test; `coverage`, the share of clean frames with p < 0.05 (about 0.05 when calibration
+    covers the nominal variation); `max_log_martingale`, the highest log martingale the window can reach
+    at the p-value floor, beside the threshold."""
     from ood_monitor.cli.evaluate_cmd import alarm_configs
+    from ood_monitor.core.conformal import log_mixture_martingale, p_values
     from ood_monitor.core.detector import score_frameset
     from ood_monitor.core.evaluation import Labels, alarm_table
     from ood_monitor.core.frames import FrameConfig
@@ -214,9 +225,14 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     scores = score_frameset(encoder, card, frames)
     labels = Labels(frames.is_ood, frames.ood_kind, frames.ood_kind, frames.episode,
                     stream_sequences(test, frames.index))
-    results, _ = alarm_table(calibration, scores, labels, alarm_configs(params, card.kind, tests))
-    return results
-
+    configs = alarm_configs(params, card.kind, tests)
+    results, _ = alarm_table(calibration, scores, labels, configs)
+    p = p_values(np.sort(calibration), scores[~frames.is_ood], floor=0.0)
+    cfg = next(iter(configs.values()))
+    floor = max(1.0 / (len(calibration) + 1), cfg.p_floor)
+    return {"alarms": results, "coverage": float(np.mean(p < 0.05)),
+            "max_log_martingale": log_mixture_martingale(cfg.window * float(np.log(floor)), cfg.window),
+            "martingale_threshold": cfg.martingale_threshold, "window": cfg.window}
 
 def _cell(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -235,11 +251,15 @@ def markdown(report: dict) -> str:
         mad = _cell(r["mad128"], 1) + ("" if r.get("visible", True) else " (not visible)")
         lines.append(f"| {r['recording']} | {r['role']} | {r['kind']} | {r['category']} | {mad} "
                      f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} |")
-    lines += ["", "| recording | role | calibration frames | p-value floor | clean test frames | false alarms / 1000 "
-              "clean (martingale, CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| recording | role | calibration frames | p-value floor | clean test frames | clean frames with "
+              "p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
+              "CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
         lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {_cell(s['p_floor'], 3)} "
-                     f"| {s['clean_frames']} | {_cell(s.get('fa_per_1000_martingale'), 0)}, "
+                     f"| {s['clean_frames']} | {_cell(s.get('vae_image_clean_p_below_0.05'))}, "
+                     f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
+                     f" / {_cell(s.get('martingale_threshold'), 0)} "
+                     f"| {_cell(s.get('fa_per_1000_martingale'), 0)}, "
                      f"{_cell(s.get('fa_per_1000_cusum'), 0)} | {_cell(s.get('pixel_auc_pr'))} "
                      f"| {_cell(s.get('f_star'))} | {s['seconds'] / 60:.0f} |")
     return "\n".join(lines) + "\n"
