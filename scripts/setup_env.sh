@@ -29,6 +29,8 @@ else
   python -m pip install -q --upgrade -c constraints.txt pip 'setuptools<80' wheel
   python -m pip install -q -c constraints.txt torch torchvision
   python -m pip install -q -c constraints.txt -r requirements.txt
+  # declares the GUI opencv-python (a second cv2 over the headless one): its real needs are installed above
+  python -m pip install -q -c constraints.txt --no-deps imagecorruptions
   mark_step pip "$key"
 fi
 

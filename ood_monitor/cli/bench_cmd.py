@@ -13,6 +13,7 @@ STAGES = {
     "synth": "ood_monitor.cli.bench_synth",
     "pipeline": "ood_monitor.cli.bench_pipeline",
     "fleet": "ood_monitor.cli.bench_fleet",
+    "real": "ood_monitor.cli.bench_real",
 }
 
 
