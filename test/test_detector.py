@@ -96,7 +96,7 @@ def test_kl_texture_online_equals_offline_and_mc_dropout_scores_the_texture_term
     mu, logvar = encode(det.encoder, lambda s: test.inputs(s, 1.0), 4)
     card = read_card(path)
     kd = Nonconformity.from_stats("kl_deviation", card.selected_dims, card.latent_stats)(mu, logvar)
-    term = det.score.texture(mu, logvar, det.score.texture_of(test.raw))
+    term = det.score.texture(mu, logvar, det.score.frame_features(test.raw))
     np.testing.assert_allclose(offline, kd + term, rtol=1e-6)  # kl_deviation plus the texture term
     assert np.all(term > 0)
     smooth = np.full_like(test.raw[0], 90)  # no texture at all: far from what training frames have

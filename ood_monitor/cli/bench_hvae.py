@@ -86,10 +86,10 @@ def train_and_score(ratio: float | None, sweep: SweepConfig, train, test, flow_s
     t0 = time.monotonic()
     train_vae(model, train, flow_scale, tcfg, log=lambda _m: None)
     seconds = time.monotonic() - t0
-    dims, usage, stats, texture = choose_dims(model.encoder, train, flow_scale, sweep.select_k)
+    dims, usage, stats, term = choose_dims(model.encoder, train, flow_scale, sweep.select_k)
     mu, logvar = encode(model.encoder, lambda s: test.inputs(s, flow_scale), len(test))
-    score = Nonconformity.from_stats(sweep.score, dims, stats, texture=texture)
-    scores = score(mu, logvar, score.texture_of(test.raw))
+    score = Nonconformity.from_stats(sweep.score, dims, stats, texture=term, motion=term)  # the method picks
+    scores = score(mu, logvar, score.frame_features(test.raw))
     table = frame_table(scores, Labels(test.is_ood, test.category, test.ood_kind, test.episode))
     levels = "flat" if ratio is None else "/".join(str(d) for d in cfg.level_dims)
     row = {"variant": variant_name(ratio), "ratio": ratio, "levels": levels, "train_s": seconds,

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = [pre.process(f, i * 66_666_667) for i, f in enumerate(frames)]
     images = [r.image for r in prepared]
     x = torch.from_numpy(model_input(images[1][None], "image", 1.0))
-    texture = mc_det.score.texture_of(images[1][None])
+    texture = mc_det.score.frame_features(images[1][None])
 
     def pipeline(i: int) -> None:
         r = pipe_pre.process(frames[i % len(frames)], (1000 + i) * 66_666_667)

@@ -8,7 +8,7 @@ import os
 import sys
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
-SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture")  # core/nonconformity.SCORES (kept import-free here)
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion")  # core/nonconformity.SCORES (kept import-free here)
 DEFAULT_SCORES = {"image": "kl_texture", "flow": "posterior_deviation"}  # best on the demo data (README: Measured)
 
 
@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nonconformity (docs/methods.md#vae-detectors): kl (latent KL of arXiv 2409.00880, "
                         "one-sided), a two-sided deviation from the "
                         "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
-                        "plus the fine-texture term (kl_texture); default: what the shipped models run "
+                        "plus the fine-texture term (kl_texture), for flow posterior_deviation plus the "
+                        "camera-motion term (posterior_motion); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.cli.label_options import label_spec
     from ood_monitor.cli.provenance import data_origin
     from ood_monitor.core.model_input import FrameConfig
-    from ood_monitor.core.texture import min_frames
+    from ood_monitor.core.motion import MotionStats
+    from ood_monitor.core.motion import min_frames as motion_min_frames
+    from ood_monitor.core.texture import TextureHead, min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale
     from ood_monitor.core.vae.io import ModelCard, save_model
@@ -121,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         score = "kl_deviation"
         print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
               f"(needs {min_frames(cfg.latent)})", flush=True)
+    if score == "posterior_motion" and (args.kind != "flow" or len(frames) < motion_min_frames()):
+        raise ValueError(f"score posterior_motion needs a flow model and at least {motion_min_frames()} frames "
+                         f"(got {args.kind}, {len(frames)} frames): pick another --score")
     if score == "kl_texture" and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
         raise ValueError(f"score kl_texture needs an image model and at least {min_frames(cfg.latent)} "
                          f"frames (got {args.kind}, {len(frames)} frames): pick another --score")
@@ -144,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                                   args.threads, args.seed)
     else:
         result = train_vae(model, frames, flow_scale, tcfg, log=lambda m: print(m, flush=True))
-    dims, usage, stats, texture = choose_dims(model.encoder, frames, flow_scale, args.select_k)
+    dims, usage, stats, term = choose_dims(model.encoder, frames, flow_scale, args.select_k)
     print(f"selected latent dims {dims} (mean KL {np.round(usage[dims], 2).tolist()}); "
           f"{int((usage > 0.05).sum())}/{cfg.latent} dims carry more than 0.05 nats", flush=True)
     informative = int((usage[dims] > 0.5).sum())
@@ -161,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                          "engine": getattr(args, "engine", "local"), "workers": getattr(args, "workers", 1),
                          "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
                      selected_dims=dims, latent_kl=[float(u) for u in usage], score=score,
-                     latent_stats=stats, texture=texture.to_dict() if texture is not None else {})
+                     latent_stats=stats, texture=term.to_dict() if isinstance(term, TextureHead) else {},
+                     motion=term.to_dict() if isinstance(term, MotionStats) else {})
     save_model(args.out, model, card)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
     print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "

@@ -40,7 +40,7 @@ def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch:
     """Deterministic scores (the card's nonconformity) of a whole FrameSet (calibration, evaluation)."""
     mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames), batch)
     score = card.nonconformity
-    return score(mu, logvar, score.texture_of(frames.raw))
+    return score(mu, logvar, score.frame_features(frames.raw))
 
 
 class VaeDetector:
@@ -114,7 +114,7 @@ class VaeDetector:
         x = torch.from_numpy(model_input(prepared[None], self.kind, self.card.flow_scale)).to(self.device)
         features = self._trunk(x)
         mu, logvar = self.encoder.tail(features)
-        texture = self.score.texture_of(prepared[None])
+        texture = self.score.frame_features(prepared[None])
         score = float(self.score(mu.cpu().numpy(), logvar.cpu().numpy(), texture)[0])
         decision = self.monitor.update(score)
         std, uncertain = float("nan"), False

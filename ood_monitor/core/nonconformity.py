@@ -18,6 +18,10 @@ Both are as cheap as the KL (a few dozen flops per frame) and need the encoder a
                         the frame's fine texture is from what its posterior predicts. The latent alone
                         misses shifts of fine texture (sensor noise, rain, blur, lens dirt); this term
                         sees them, from the encoder's outputs and one cheap filter of the frame.
+* `posterior_motion`    `posterior_deviation` plus the motion term of core/motion.py (flow models): how far
+                        the frame's global camera motion (mean flow, speed, expansion, rotation, quadrant
+                        means) is from the training drives'. Small real recordings left the latent blind
+                        to a frozen camera, dropped frames and reversing that these statistics show.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ood_monitor.core.motion import MotionStats
 from ood_monitor.core.texture import TextureHead, texture_features
 
 
@@ -64,7 +69,8 @@ def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -
     return latent_kl(mu, logvar)[:, np.asarray(dims, dtype=np.int64)].sum(axis=1)
 
 
-SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture")
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion")
+FRAME_TERMS = {"kl_texture": "texture", "posterior_motion": "motion"}  # score -> the frame term it adds
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -73,7 +79,7 @@ def score_features(mu: np.ndarray, logvar: np.ndarray, dims: Sequence[int], meth
     idx = np.asarray(dims, dtype=np.int64)
     if method in ("kl_deviation", "kl_texture"):
         return latent_kl(mu, logvar)[:, idx]
-    if method == "posterior_deviation":
+    if method in ("posterior_deviation", "posterior_motion"):
         return np.concatenate([np.asarray(mu, np.float64)[:, idx], np.asarray(logvar, np.float64)[:, idx]], 1)
     raise ValueError(f"no feature statistics for score {method!r}")
 
@@ -93,13 +99,14 @@ def latent_stats(mu: np.ndarray, logvar: np.ndarray) -> dict[str, list[float]]:
 class Nonconformity:
     """The run-time score of a model: `method` over latent `dims`; two-sided methods standardise their
     features with `center` / `scale` (from training data, see `from_stats`); `kl_texture` adds its
-    fitted `texture` head's term and needs each frame's texture cells (`texture_of`)."""
+    fitted `texture` head's term and needs each frame's texture cells (`frame_features`)."""
 
     method: str
     dims: tuple[int, ...]
     center: tuple[float, ...] = ()
     scale: tuple[float, ...] = ()
     texture: TextureHead | None = None
+    motion: MotionStats | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SCORES:
@@ -107,45 +114,55 @@ class Nonconformity:
         if not self.dims:
             raise ValueError("a score needs at least one latent dim")
         if self.method != "kl":
-            width = len(self.dims) * (2 if self.method == "posterior_deviation" else 1)
+            width = len(self.dims) * (2 if self.method in ("posterior_deviation", "posterior_motion") else 1)
             if len(self.center) != width or len(self.scale) != width or min(self.scale) <= 0:
                 raise ValueError(f"{self.method} needs {width} centers and positive scales")
         if self.method == "kl_texture" and self.texture is None:
             raise ValueError("kl_texture needs the texture head fitted at training (`ood-monitor train vae` "
                              "writes it for image models)")
+        if self.method == "posterior_motion" and self.motion is None:
+            raise ValueError("posterior_motion needs the motion statistics fitted at training (`ood-monitor train "
+                             "vae` writes them for flow models)")
 
     @classmethod
     def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
-                   min_std: float = 1e-3, texture: TextureHead | None = None) -> Nonconformity:
+                   min_std: float = 1e-3, texture: TextureHead | None = None,
+                   motion: MotionStats | None = None) -> Nonconformity:
         """Build from per-dimension training statistics (`latent_stats`); plain KL needs none."""
         dims = tuple(int(d) for d in dims)
         if method == "kl":
             return cls(method, dims)
         if not stats:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
-        names = ("mu", "logvar") if method == "posterior_deviation" else ("kl",)
+        names = ("mu", "logvar") if method in ("posterior_deviation", "posterior_motion") else ("kl",)
         center = [stats[f"{n}_mean"][d] for n in names for d in dims]
         raw = np.array([stats[f"{n}_std"][d] for n in names for d in dims], np.float64)
         # a dimension that barely varies on training data would turn any change into a huge z: its
         # scale is floored at a fraction of the typical selected dimension's
         scale = [float(v) for v in np.maximum(raw, max(min_std, 0.05 * float(np.median(raw))))]
-        return cls(method, dims, tuple(center), tuple(scale), texture if method == "kl_texture" else None)
+        return cls(method, dims, tuple(center), tuple(scale),
+                   texture if method == "kl_texture" and isinstance(texture, TextureHead) else None,
+                   motion if method == "posterior_motion" and isinstance(motion, MotionStats) else None)
 
-    def texture_of(self, frames: np.ndarray) -> np.ndarray | None:
-        """Texture cells of (N, H, W, 3) uint8 frames when the score uses them, else None."""
-        return texture_features(frames, self.texture.cfg) if self.texture is not None else None
+    def frame_features(self, frames: np.ndarray) -> np.ndarray | None:
+        """What the score's frame term reads of the raw frames: texture cells of (N, H, W, 3) uint8 images
+        (`kl_texture`), motion statistics of (N, H, W, 2) flow fields (`posterior_motion`); else None."""
+        if self.texture is not None:
+            return texture_features(frames, self.texture.cfg)
+        return self.motion.features(frames) if self.motion is not None else None
 
-    def __call__(self, mu: np.ndarray, logvar: np.ndarray, texture: np.ndarray | None = None) -> np.ndarray:
-        """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger. `texture`: the frames' cells
-        from `texture_of` (one row is broadcast over N posteriors of one frame)."""
+    def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger. `features`: the frames'
+        `frame_features` (one row is broadcast over N posteriors of one frame)."""
         if self.method == "kl":
             return kl_score(mu, logvar, self.dims)
         z = (score_features(mu, logvar, self.dims, self.method) - np.asarray(self.center)) / np.asarray(self.scale)
         score = (z * z).sum(axis=1)
-        if self.texture is not None:
-            if texture is None:
-                raise ValueError("kl_texture scores need the frames' texture cells (Nonconformity.texture_of)")
-            score = score + self.texture(mu, logvar, texture)
+        term = self.texture if self.texture is not None else self.motion
+        if term is not None:
+            if features is None:
+                raise ValueError(f"{self.method} scores need the frames' features (Nonconformity.frame_features)")
+            score = score + term(mu, logvar, features)
         return score
 
 

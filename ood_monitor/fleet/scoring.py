@@ -93,7 +93,7 @@ class ModelScorer:
         with torch.no_grad():
             mu, logvar = encode(self.encoder, lambda s: model_input(raw[s], self.kind, self.card.flow_scale),
                                 len(raw), batch=len(raw))
-        return np.asarray(self.score_fn(mu, logvar, self.score_fn.texture_of(raw)), dtype=np.float64)
+        return np.asarray(self.score_fn(mu, logvar, self.score_fn.frame_features(raw)), dtype=np.float64)
 
 
 class _Buffer:

@@ -210,7 +210,7 @@ def frame_scores(encode: Encode, frames: FrameSet, card: ModelCard, batch: int =
         mus.append(mu)
         logvars.append(logvar)
     score = card.nonconformity
-    return score(np.concatenate(mus), np.concatenate(logvars), score.texture_of(frames.raw))
+    return score(np.concatenate(mus), np.concatenate(logvars), score.frame_features(frames.raw))
 
 
 def scoring_card(parent: ModelCard, variant: Variant, train: FrameSet, threads: int) -> ModelCard:

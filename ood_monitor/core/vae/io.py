@@ -18,6 +18,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ood_monitor.core.motion import MotionStats
 from ood_monitor.core.nonconformity import Nonconformity
 from ood_monitor.core.texture import TextureHead
 
@@ -63,6 +64,7 @@ class ModelCard:
     score: str = "kl"
     latent_stats: dict = field(default_factory=dict)
     texture: dict = field(default_factory=dict)
+    motion: dict = field(default_factory=dict)  # motion statistics of flow models (core/motion.py)
     alarm: dict = field(default_factory=dict)  # alarm settings chosen by `calibrate` (core/alarm_calibration.py)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
 
@@ -74,7 +76,8 @@ class ModelCard:
     def nonconformity(self) -> Nonconformity:
         """The score this model runs (ValueError if the card lacks what the method needs)."""
         head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
-        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head)
+        motion = MotionStats.from_dict(self.motion) if self.motion else None
+        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head, motion=motion)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -88,7 +91,7 @@ class ModelCard:
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
                 "training": self.training, "selected_dims": list(self.selected_dims),
                 "latent_kl": list(self.latent_kl), "score": self.score, "latent_stats": self.latent_stats,
-                "texture": self.texture, "alarm": self.alarm, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
+                "texture": self.texture, "motion": self.motion, "alarm": self.alarm, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = CONFIG) -> ModelCard:
@@ -104,7 +107,8 @@ class ModelCard:
                        latent_kl=[float(v) for v in d.get("latent_kl", [])], calibration=d.get("calibration"),
                        weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
                        score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {},
-                       texture=d.get("texture") or {}, alarm=d.get("alarm") or {})
+                       texture=d.get("texture") or {}, motion=d.get("motion") or {},
+                       alarm=d.get("alarm") or {})
             card.extra = {k: v for k, v in d.items() if k not in card.to_dict()}
             if card.selected_dims:
                 card.nonconformity  # noqa: B018 -- validates score method and statistics

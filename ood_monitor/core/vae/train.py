@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ood_monitor.core.motion import MotionStats
+from ood_monitor.core.motion import min_frames as motion_min_frames
 from ood_monitor.core.nonconformity import encode, latent_stats, select_dims, stuck_dims
 from ood_monitor.core.texture import TextureHead, min_frames
 
@@ -234,21 +236,25 @@ def _out_of_budget(cfg: TrainConfig, steps: int, t0: float, parallel: Parallel |
 
 
 def training_stats(encoder: nn.Module, data: FrameSet, flow_scale: float, batch: int = 256
-                   ) -> tuple[dict[str, list[float]], TextureHead | None]:
+                   ) -> tuple[dict[str, list[float]], TextureHead | MotionStats | None]:
     """From one pass over `data` (the training set): per-dimension statistics of the posteriors
     (`kl_mean` is what dimension selection ranks, the rest is what the two-sided scores standardise
-    with) and, for images, the texture head the `kl_texture` score uses (None for flow, and for image
-    sets too small to fit it: see texture.min_frames)."""
+    with) and the score's frame term: the texture head of `kl_texture` for images, the motion statistics
+    of `posterior_motion` for flow (None for sets too small to fit them: texture.min_frames,
+    motion.min_frames)."""
     mu, logvar = encode(encoder, lambda s: data.inputs(s, flow_scale), len(data), batch)
-    fits = data.kind == "image" and len(data) >= min_frames(mu.shape[1])
-    texture = TextureHead.fit_frames(mu, logvar, data.raw) if fits else None
-    return latent_stats(mu, logvar), texture
+    term = None
+    if data.kind == "image" and len(data) >= min_frames(mu.shape[1]):
+        term = TextureHead.fit_frames(mu, logvar, data.raw)
+    elif data.kind == "flow" and len(data) >= motion_min_frames():
+        term = MotionStats.fit_flows(data.raw)
+    return latent_stats(mu, logvar), term
 
 
 def choose_dims(encoder: nn.Module, data: FrameSet, flow_scale: float, k: int
-                ) -> tuple[list[int], np.ndarray, dict[str, list[float]], TextureHead | None]:
+                ) -> tuple[list[int], np.ndarray, dict[str, list[float]], TextureHead | MotionStats | None]:
     """The k most used latent dims, the usage (mean KL) of every dim, the training statistics and the
-    texture head (images; None for flow)."""
-    stats, texture = training_stats(encoder, data, flow_scale)
+    score's frame term (texture head for images, motion statistics for flow)."""
+    stats, term = training_stats(encoder, data, flow_scale)
     usage = np.asarray(stats["kl_mean"])
-    return select_dims(usage, k, ~stuck_dims(stats, LOGVAR_RANGE)), usage, stats, texture
+    return select_dims(usage, k, ~stuck_dims(stats, LOGVAR_RANGE)), usage, stats, term

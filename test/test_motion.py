@@ -1,0 +1,60 @@
+"""The flow detector's motion term: global camera-motion statistics against the training drives'."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_monitor.core.motion import FEATURES, MotionStats, min_frames, motion_features
+from ood_monitor.core.nonconformity import Nonconformity
+
+H = W = 32
+
+
+def field(kind: str, speed: float = 1.0, n: int = 1, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """(n, H, W, 2) flows: forward motion (expansion), reversing (contraction), a pan, or a frozen camera."""
+    y, x = np.mgrid[:H, :W].astype(np.float32)
+    rx, ry = (x - (W - 1) / 2) / (W / 2), (y - (H - 1) / 2) / (H / 2)
+    base = {"forward": np.stack([rx, ry], -1), "reverse": -np.stack([rx, ry], -1),
+            "pan": np.stack([np.ones_like(rx), np.zeros_like(ry)], -1), "frozen": np.zeros((H, W, 2), np.float32),
+            "turn": np.stack([-ry, rx], -1)}[kind] * speed
+    rng = np.random.default_rng(seed)
+    return (base[None] + noise * rng.normal(size=(n, H, W, 2))).astype(np.float32)
+
+
+def test_features_read_the_camera_motion() -> None:
+    f = dict(zip(FEATURES, motion_features(field("forward", 2.0))[0], strict=True))
+    assert f["expansion"] > 0.5 and abs(f["rotation"]) < 1e-6 and abs(f["mean_u"]) < 1e-6
+    assert motion_features(field("reverse", 2.0))[0, FEATURES.index("expansion")] == pytest.approx(-f["expansion"])
+    assert motion_features(field("turn"))[0, FEATURES.index("rotation")] > 0.3
+    assert motion_features(field("pan"))[0, FEATURES.index("mean_u")] == pytest.approx(1.0)
+    assert np.all(motion_features(field("frozen")) == 0.0)
+    with pytest.raises(ValueError, match=r"\(N, H, W, 2\)"):
+        motion_features(np.zeros((2, H, W, 3), np.float32))
+
+
+def test_statistics_flag_frozen_reversing_and_jolts_but_not_ordinary_driving() -> None:
+    train = np.concatenate([field("forward", s, 1, noise=0.2, seed=i) for i, s in
+                            enumerate(np.random.default_rng(0).uniform(1.5, 2.5, 200))])
+    stats = MotionStats.fit_flows(train)
+    score = lambda flows: stats(np.zeros((len(flows), 1)), None, stats.features(flows))  # noqa: E731
+    nominal = score(field("forward", 2.0, 20, noise=0.2, seed=99))
+    for strange in (field("frozen", n=5), field("reverse", 2.0, 5, noise=0.2), field("forward", 6.0, 5, noise=0.2)):
+        assert score(strange).min() > 5 * np.percentile(nominal, 95)
+    again = MotionStats.from_dict(stats.to_dict())
+    assert np.allclose(again.precision, stats.precision) and np.allclose(again.mean, stats.mean)
+    with pytest.raises(ValueError, match="at least"):
+        MotionStats.fit_flows(train[: min_frames() - 1])
+
+
+def test_posterior_motion_adds_the_term_to_the_posterior_deviation() -> None:
+    stats = {"mu_mean": [0.0, 0.0], "mu_std": [1.0, 1.0], "logvar_mean": [0.0, 0.0], "logvar_std": [1.0, 1.0],
+             "kl_mean": [1.0, 1.0], "kl_std": [1.0, 1.0]}
+    motion = MotionStats.fit_flows(np.concatenate([field("forward", 2.0, 40, noise=0.3, seed=1)]))
+    plain = Nonconformity.from_stats("posterior_deviation", [0, 1], stats)
+    both = Nonconformity.from_stats("posterior_motion", [0, 1], stats, motion=motion)
+    mu, logvar = np.array([[1.0, 0.0]]), np.zeros((1, 2))
+    flows = field("frozen")
+    assert both(mu, logvar, both.frame_features(flows))[0] == pytest.approx(
+        plain(mu, logvar)[0] + motion(mu, logvar, motion.features(flows))[0])
+    with pytest.raises(ValueError, match="needs the motion statistics"):
+        Nonconformity.from_stats("posterior_motion", [0, 1], stats)
