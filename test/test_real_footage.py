@@ -213,3 +213,27 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     # log martingale can still cross its threshold there (the old fixed window 4 could not reach 8)
     assert summary["vae_image_max_log_martingale"] > summary["martingale_threshold"]
     assert (tmp_path / "work" / "drive" / "eval" / "report.md").is_file()
+
+
+def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:
+    """Sensor noise is redrawn every frame; fog, frost, shadows... keep one draw per episode (redrawn every
+    frame they flicker, and the flow detector scored the flicker)."""
+    from ood_monitor.data.corruptions import Corruption
+
+    seeds: dict[str, list[int]] = {}
+    real_apply = Corruption.apply
+
+    def recording_apply(self, image, seed):
+        seeds.setdefault(self.name, []).append(seed)
+        return real_apply(self, image, seed)
+
+    monkeypatch.setattr(Corruption, "apply", recording_apply)
+    source = write_recording(tmp_path / "src" / "drive", 50, marker=10, seed=1)
+    other = write_recording(tmp_path / "src" / "other", 20, marker=200, seed=2)
+    config = rf.RealFootageConfig(out=tmp_path / "bench", recordings=(source,), scene_sources=(other,), width=W,
+                                  fps=FPS, train_seconds=1.0, calibration_seconds=1.0, episode_frames=4,
+                                  gap_frames=3, corruptions=("gaussian_noise", "fog", "frost"), objects=(),
+                                  motion=(), scene_change=False, seed=3)
+    rf.generate(config, log=lambda _line: None)
+    assert len(set(seeds["fog"])) == 1 and len(set(seeds["frost"])) == 1
+    assert len(set(seeds["gaussian_noise"])) == len(seeds["gaussian_noise"]) == 4

@@ -23,6 +23,10 @@ IMAGECORRUPTIONS = (
     "jpeg_compression", "spatter", "saturate",
 )
 ALBUMENTATIONS = ("fog", "rain", "sun_flare", "shadow", "iso_noise")
+# Sensor noise is drawn anew every frame on a real camera; the rest (frost and spatter on the lens, a
+# shadow, a flare, fog banks, rain and snow layers, warps) stays where it is for a few frames. Redrawn every
+# frame, those flicker, and the flow detector scored the flicker rather than the corruption.
+PER_FRAME = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "iso_noise")
 DEFAULT_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "zoom_blur", "snow",
     "frost", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression", "spatter",
@@ -43,6 +47,11 @@ class Corruption:
                              f"{', '.join(IMAGECORRUPTIONS + ALBUMENTATIONS)}")
         if not 1 <= self.severity <= 5:
             raise ValueError(f"severity must be 1..5, got {self.severity}")
+
+    @property
+    def per_frame(self) -> bool:
+        """Whether a real camera would see a new draw of this corruption every frame (sensor noise)."""
+        return self.name in PER_FRAME
 
     @property
     def library(self) -> str:

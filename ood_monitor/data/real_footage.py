@@ -33,7 +33,7 @@ from ood_monitor.data import pasted_objects
 from ood_monitor.data.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from ood_monitor.data.labeled_frames import IMAGE_SUFFIXES, LabeledFrame
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1: lens and weather corruptions hold still within an episode
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 MOTION_KINDS = ("frozen", "jerk_drop", "jerk_shuffle", "reversing")
 SCENE_KIND = "scene_change"
@@ -307,7 +307,7 @@ def _episode_frames(block: Block, held: list[np.ndarray], scene: list[np.ndarray
             image = clean
         else:
             corruption = Corruption(block.kind, config.severity)
-            image = corruption.apply(clean, block.seed + k)
+            image = corruption.apply(clean, block.seed + (k if corruption.per_frame else 0))
             library = corruption.library
         if block.kind not in MOTION_KINDS:
             diffs.append(mad128(clean, image))
