@@ -116,7 +116,8 @@ PIP_ONLY = {  # Python import -> its requirements-robot.txt line (no rosdep key)
     "torch_pruning": "torch-pruning",
 }
 JETPACK = {"tensorrt", "pycuda"}  # optional TensorRT backend: installed with JetPack, imported only there
-FLEET = {"ray"}  # `--engine ray` re-scoring on a cluster (requirements.txt), never on a robot
+# off-robot tools (requirements.txt): `--engine ray` re-scoring on a cluster, the real-footage benchmark builder
+OFF_ROBOT = {"ray", "albumentations", "imagecorruptions"}
 INDIRECT = {"lifecycle_msgs": "the lifecycle services of every node (rclpy.lifecycle), what Nav2 calls"}
 
 
@@ -144,7 +145,7 @@ def test_package_xml_declares_every_import_and_nothing_else():
     imports, declared = third_party_imports(), package_dependencies()
     robot_pip = {line.split("#")[0].strip() for line in (ROOT / "requirements-robot.txt").read_text().splitlines()}
     needed = set()
-    for name in imports - JETPACK - FLEET:
+    for name in imports - JETPACK - OFF_ROBOT:
         if name in PIP_ONLY:
             assert PIP_ONLY[name] in robot_pip, f"{name} (no rosdep key) missing from requirements-robot.txt"
         else:
