@@ -15,6 +15,8 @@ ALLOWED = {
     "core": {"data"},
     "demo_world": {"data"},
     "ros": {"core", "data", "pipeline"},  # pipeline.py: the node table, loads node classes on demand
+    "fleet": {"core", "data"},  # ROS-free scoring and training over many recordings
+    "real_world": {"data", "demo_world"},  # the real-footage benchmark builder (object cutouts of the demo world)
 }
 
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ood_monitor.data import real_footage as rf
 from ood_monitor.data.labeled_frames import iter_frames, load_classes
+from ood_monitor.real_world import benchmark as rf
 
 FPS = 10.0
 W, H = 64, 48
@@ -218,7 +218,7 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
 def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:
     """Sensor noise is redrawn every frame; fog, frost, shadows... keep one draw per episode (redrawn every
     frame they flicker, and the flow detector scored the flicker)."""
-    from ood_monitor.data.corruptions import Corruption
+    from ood_monitor.real_world.corruptions import Corruption
 
     seeds: dict[str, list[int]] = {}
     real_apply = Corruption.apply

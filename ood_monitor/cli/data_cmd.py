@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_real(data_sub: argparse._SubParsersAction) -> None:
-    from ood_monitor.data.corruptions import DEFAULT_CORRUPTIONS
-    from ood_monitor.data.real_footage import MOTION_KINDS
+    from ood_monitor.real_world.benchmark import MOTION_KINDS
+    from ood_monitor.real_world.corruptions import DEFAULT_CORRUPTIONS
 
     real = data_sub.add_parser(
         "real", help="build the real-footage benchmark (train/calibration/test folders) from camera recordings",
@@ -67,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_real(args: argparse.Namespace) -> int:
-    from ood_monitor.data.real_footage import RealFootageConfig, generate
+    from ood_monitor.real_world.benchmark import RealFootageConfig, generate
 
     config = RealFootageConfig(
         out=args.out, recordings=tuple(args.recording), scene_sources=tuple(args.scene), width=args.width,

@@ -5,9 +5,9 @@ real camera's recording that nobody here made (`ood-monitor data real`): its fir
 next seconds calibrate, and the rest is held out. The test split replays held-out stretches of the same
 recording, each one a short block: a clean lead-in, one OOD episode, a clean tail. Episodes are
 
-* corruptions from public libraries (ood_monitor/data/corruptions.py) applied to the real frames;
+* corruptions from public libraries (ood_monitor/real_world/corruptions.py) applied to the real frames;
 * a real change of scene: frames of another recording (another camera or place);
-* real photographed objects pasted with exact masks and class labels (ood_monitor/data/pasted_objects.py);
+* real photographed objects pasted with exact masks and class labels (ood_monitor/real_world/pasted_objects.py);
 * real motion anomalies made from the real sequence itself: `frozen` (the onset frame repeated), `jerk_drop`
   (two of every three frames dropped), `jerk_shuffle` (frames out of order), `reversing` (played backwards).
 
@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ood_monitor.data import pasted_objects
-from ood_monitor.data.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from ood_monitor.data.labeled_frames import IMAGE_SUFFIXES, LabeledFrame
+from ood_monitor.real_world import pasted_objects
+from ood_monitor.real_world.corruptions import DEFAULT_CORRUPTIONS, Corruption
 
 GENERATOR_VERSION = "1.1.0"  # 1.1: lens and weather corruptions hold still within an episode
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -401,7 +401,7 @@ def build_recording(recording: Recording, scene: Recording | None, config: RealF
             writer.write(frame)
     summary.splits["test"] = writer.count
     (root / "classes.json").write_text(json.dumps(pasted_objects.classes(), indent=2) + "\n", encoding="utf-8")
-    data = {"generator": "ood_monitor.data.real_footage", "generator_version": GENERATOR_VERSION,
+    data = {"generator": "ood_monitor.real_world.benchmark", "generator_version": GENERATOR_VERSION,
             "config": _config_json(config), **asdict(summary)}
     (root / "dataset.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     log(f"  {recording.name}: {len(split.train)} train, {len(split.calibration)} calibration, "
@@ -422,7 +422,7 @@ def generate(config: RealFootageConfig, log=print) -> list[RecordingSummary]:
         others = recordings[i + 1 :] + recordings[:i] + extra
         scene = others[0] if others else None
         summaries.append(build_recording(recording, scene, config, log))
-    index = {"generator": "ood_monitor.data.real_footage", "generator_version": GENERATOR_VERSION,
+    index = {"generator": "ood_monitor.real_world.benchmark", "generator_version": GENERATOR_VERSION,
              "recordings": [s.name for s in summaries]}
     (Path(config.out) / "real_footage.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return summaries
