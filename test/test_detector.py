@@ -106,7 +106,7 @@ def test_kl_texture_online_equals_offline_and_mc_dropout_scores_the_texture_term
 def test_kl_texture_without_a_fitted_head_or_the_frames_texture_is_refused(tmp_path: Path) -> None:
     card = read_card(model_dir(tmp_path, "image", score="kl_texture", calibrate=False))
     score = card.nonconformity
-    with pytest.raises(ValueError, match="need the frames' texture cells"):
+    with pytest.raises(ValueError, match="need the frames' features"):
         score(np.zeros((1, 8)), np.zeros((1, 8)))
     card.texture = {}
     with pytest.raises(ValueError, match="kl_texture needs the texture head"):
