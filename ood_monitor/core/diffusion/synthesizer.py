@@ -108,15 +108,47 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 @dataclass
 class SynthesisTiming:
+    """Where one synthesis spent its time. denoise = dit (the denoiser's forward passes) + guidance (the
+    rest of the sampling loop: Algorithm 1's backward pass through the denoiser, the guidance arithmetic
+    and the DDIM updates); decode includes the conversion back to uint8."""
+
     encode_ms: float = 0.0
     denoise_ms: float = 0.0
     decode_ms: float = 0.0
+    dit_ms: float = 0.0
+    steps: int = 0
+
+    @property
+    def guidance_ms(self) -> float:
+        return max(0.0, self.denoise_ms - self.dit_ms)
 
     @property
     def total_ms(self) -> float:
         return self.encode_ms + self.denoise_ms + self.decode_ms
+
+    def stages(self) -> dict[str, float]:
+        """Per-stage ms, the breakdown the benches and docs report."""
+        return {"encode": self.encode_ms, "dit": self.dit_ms, "guidance": self.guidance_ms,
+                "decode": self.decode_ms}
+
+
+class _TimedModel:
+    """Wraps the denoiser to add up the time of its forward passes."""
+
+    def __init__(self, model) -> None:
+        self.model, self.ms, self.calls = model, 0.0, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.model(x, t)
+        self.ms += (time.perf_counter() - t0) * 1e3
+        self.calls += 1
+        return out
 
 
 @dataclass
@@ -135,6 +167,9 @@ class Synthesizer:
     name: str = ""
     model_hash: str = ""
     seed: int = 0
+    runtime: str = "torch"
+    ort_denoiser: object | None = None
+    ort_autoencoder: object | None = None
     last_timing: SynthesisTiming = field(default_factory=SynthesisTiming)
 
     def __post_init__(self) -> None:
@@ -144,12 +179,18 @@ class Synthesizer:
     def from_model_dir(cls, path: str | Path, steps: int | None = None, guidance: float | None = None,
                        strength: float | None = None, guidance_kind: str | None = None,
                        device: str = "cpu", precision: str = "fp32", sampler: str = "ddim",
-                       seed: int = 0) -> Synthesizer:
-        """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config."""
+                       seed: int = 0, backend: str = "torch", threads: int = 0) -> Synthesizer:
+        """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config.
+
+        backend onnxruntime runs the three networks through ONNX Runtime (ort_backend.py; fp32 only, and
+        no gradient guidance: it has no backward pass); `threads` is its intra-op thread count (0: torch's
+        current count)."""
         if precision not in PRECISIONS:
             raise ValueError(f"parameter precision must be one of {PRECISIONS}, got {precision!r}")
         if guidance_kind is not None and guidance_kind not in GUIDANCE_KINDS:
             raise ValueError(f"parameter guidance_kind must be one of {GUIDANCE_KINDS}, got {guidance_kind!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"parameter backend must be one of {BACKENDS}, got {backend!r}")
         dev = resolve_device(device)
         card = read_card(path)
         if card["type"] == "dcae":
@@ -162,21 +203,37 @@ class Synthesizer:
             scale=float(guidance if guidance is not None else defaults.get("scale", 1.0)),
             strength=float(strength if strength is not None else defaults.get("strength", 0.6)),
             kind=guidance_kind or defaults.get("kind", "gradient"))
+        if backend == "onnxruntime" and (gcfg.kind == "gradient" and gcfg.scale > 0 or precision != "fp32"):
+            raise ValueError("backend onnxruntime runs inference only, in fp32: it cannot backpropagate "
+                             "gradient guidance (seed 004 Algorithm 1); use guidance_kind gradfree or none "
+                             "and precision fp32 with it, or backend torch")
         autoencoder, scaling = None, 1.0
         if card["type"] == "latent_dit":
             ae_dir = (Path(path) / card["dcae"]).resolve()
             autoencoder, ae_card = load_model(ae_dir, "dcae")
             scaling = float(ae_card["arch"]["scaling_factor"])
+        size = int(card["image_size"])
+        ort_denoiser = ort_autoencoder = None
+        if backend == "onnxruntime":  # exported from the CPU modules, before they move to the device
+            from .ort_backend import OrtAutoencoder, OrtDenoiser
+
+            n = threads if threads > 0 else torch.get_num_threads()
+            shape = _model_input_shape(card, autoencoder, size)
+            ort_denoiser = OrtDenoiser(denoiser, shape, n, dev)
+            if autoencoder is not None:
+                ort_autoencoder = OrtAutoencoder(autoencoder, size, shape, n, dev)
+        if autoencoder is not None:
             autoencoder = quantize(autoencoder, precision).to(dev)
         denoiser = quantize(denoiser, precision).to(dev)
         return cls(denoiser=denoiser, schedule=ScheduleConfig(**card["schedule"]), guidance=gcfg,
-                   image_size=int(card["image_size"]), sampler=sampler, autoencoder=autoencoder,
+                   image_size=size, sampler=sampler, autoencoder=autoencoder,
                    scaling_factor=scaling, device=dev, precision=precision, name=Path(path).name,
-                   model_hash=card.get("weights_sha256", "")[:12], seed=seed)
+                   model_hash=card.get("weights_sha256", "")[:12], seed=seed, runtime=backend,
+                   ort_denoiser=ort_denoiser, ort_autoencoder=ort_autoencoder)
 
     @property
     def backend(self) -> str:
-        return f"torch-{self.device.type}-{self.precision}"
+        return f"{'ort' if self.runtime == 'onnxruntime' else 'torch'}-{self.device.type}-{self.precision}"
 
     def model_size_mb(self) -> float:
         """Denoiser (+ autoencoder) parameter and buffer bytes as loaded, in MB."""
@@ -195,17 +252,37 @@ class Synthesizer:
         self.validate(rgb)
         gen = torch.Generator(self.device).manual_seed(self.seed)
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        timing = SynthesisTiming()
+        model = _TimedModel(self.ort_denoiser or self.denoiser)
         with torch.no_grad():
             t0 = time.perf_counter()
-            y = encode(self.autoencoder, x, self.scaling_factor) if self.autoencoder is not None else x
+            y = self._encode(x)
             t1 = time.perf_counter()
-            out = guided_sample(self.denoiser, y, self.scheduler, self.guidance, gen)
+            out = guided_sample(model, y, self.scheduler, self.guidance, gen)
             t2 = time.perf_counter()
-            if self.autoencoder is not None:
-                out = decode(self.autoencoder, out, self.scaling_factor)
+            out = self._decode(out)
             img = ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
             t3 = time.perf_counter()
-        timing.encode_ms, timing.denoise_ms, timing.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-        self.last_timing = timing
+        self.last_timing = SynthesisTiming((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, model.ms, model.calls)
         return np.ascontiguousarray(img)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return x
+        if self.ort_autoencoder is not None:
+            return self.ort_autoencoder.encoder(x) * self.scaling_factor
+        return encode(self.autoencoder, x, self.scaling_factor)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return z
+        if self.ort_autoencoder is not None:
+            return self.ort_autoencoder.decoder(z / self.scaling_factor).clamp(-1.0, 1.0)
+        return decode(self.autoencoder, z, self.scaling_factor)
+
+
+def _model_input_shape(card: dict, autoencoder: nn.Module | None, size: int) -> tuple[int, ...]:
+    """(1, C, S, S) of what the denoiser sees: the DC-AE latent or the frame."""
+    if autoencoder is None:
+        return (1, 3, size, size)
+    arch = card["arch"]
+    return (1, int(arch["latent_channels"]), int(arch["latent_size"]), int(arch["latent_size"]))
