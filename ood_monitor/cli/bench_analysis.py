@@ -35,6 +35,8 @@ from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms,
 
 DEFAULT_DATA = "demo_data/images/test"
 ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
+STAGE_COLUMNS = [f"stage_{k}_ms" for k in ("features", "colour", "structure", "weighting", "nominal", "segmentation",
+                                            "pooling", "mask")]
 TINY_SAM = SamArchitecture(64, 2, 2, (1,), image_size=256, prompt_embed_dim=64, window_size=8,
                            decoder_mlp_dim=128, decoder_heads=2, iou_head_hidden_dim=64)
 
@@ -119,15 +121,18 @@ def anomaly_class_ids(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_ids) -> dict:
     """Time analyze() per frame and score its pooled confidence."""
-    auc, fstar, times = PixelAucPr(), FStar(anomaly_ids, ignore_ids), []
+    auc, fstar, times, stages = PixelAucPr(), FStar(anomaly_ids, ignore_ids), [], {}
     analyzer.analyze(frames[0].image, synth[0])  # warm-up (lazy imports, allocator)
     for f, s in zip(frames, synth, strict=True):
         result = analyzer.analyze(f.image, s)
         times.append(sum(result.timings_ms.values()))
+        for k, v in result.timings_ms.items():
+            stages.setdefault(k, []).append(v)
         auc.add(result.confidence, f.mask)
         fstar.add(result.confidence, f.semantic)
     best, tau = fstar.value()
-    return {**summarize_ms(np.asarray(times)), "auc_pr": auc.value(), "f_star": best, "f_star_tau": tau}
+    profile = {f"stage_{k}_ms": float(np.median(v)) for k, v in stages.items()}  # per-stage medians
+    return {**summarize_ms(np.asarray(times)), "auc_pr": auc.value(), "f_star": best, "f_star_tau": tau, **profile}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         rows += comparison_rows(frames, synth, ids, args.models, fallback.segmenter)
     cols = ["variant", "segmenter", "features", "ms_per_frame", "ms_p95", "auc_pr", "f_star", "f_star_tau", "frames"]
     print(format_table(rows, cols))
+    stage_cols = [c for c in STAGE_COLUMNS if any(c in r for r in rows)]
+    print("per-stage median ms (" + ", ".join(c[6:-3] for c in stage_cols) + "):")
+    print(format_table(rows, ["variant"] + stage_cols))
     print(f"synthesis: {synthesis}\nnominal statistics: {nominal_desc} (fallback-raw: without)")
     write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=synthesis,
                  data=str(args.data), fallback_reason=fallback.reason, nominal_stats=nominal_desc)
