@@ -48,6 +48,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--synthesis", default="auto", choices=("auto", "real", "oracle"),
                    help="real: the shipped synthesizer at model size (auto: when <models>/latent_dit exists); "
                         "oracle: ground-truth inpainting stand-in at camera resolution")
+    p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
+                   help="--synthesis real: sample as synthesizer_node with this parameter file's section")
     p.add_argument("--features", default="auto",
                    help="feature extractor of every row: auto (as the node: dcae when present) | random | vae | dcae | none")
     p.add_argument("--models", default="models", help="folder holding vae_image / dcae / analysis_nominal")
@@ -86,18 +88,20 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
     kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
     if kind == "oracle":
         return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE
+    from ood_monitor.cli.evaluate_cmd import node_parameters
     from ood_monitor.core.analysis.evaluation import prepare_label
-    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
     from ood_monitor.core.frames import FrameConfig, prepare_frame
 
-    synth = Synthesizer.from_model_dir(model)
+    params = args.params if args.params.exists() else None
+    synth = synthesizer_from_params(model, {**node_parameters(params, "synthesizer_node"), "threads": args.threads})
     cfg = FrameConfig(synth.image_size, synth.image_size)
     prepared = [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
                         semantic=prepare_label(f.semantic, cfg)) for f in frames]
     prepared = [f for f in prepared if f.mask.any()]
     g = synth.guidance
-    what = (f"real: {model}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength {g.strength:g}, "
-            f"at {cfg.width}x{cfg.height}")
+    what = (f"real: {model}, {synth.backend}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength "
+            f"{g.strength:g}, at {cfg.width}x{cfg.height}")
     return prepared, [synth.synthesize(f.image) for f in prepared], what
 
 

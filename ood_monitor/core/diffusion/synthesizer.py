@@ -32,6 +32,16 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MODEL_TYPES = ("dcae", "latent_dit", "pixel_ddpm")
 TRAIN_COMMAND = {"dcae": "dcae", "latent_dit": "dit --dcae models/dcae", "pixel_ddpm": "ddpm"}
+BACKENDS = ("torch", "onnxruntime")
+NODE_BACKENDS = ("auto",) + BACKENDS
+# Sampling presets (synthesizer_node's `sampling` parameter; `ood-monitor evaluate` / `calibrate-analysis`
+# read the same from --params). "realtime": chosen for anomaly masks at camera rate on a 2-core CPU (issue 16,
+# docs/benchmarks-masks.md: scripts/tune_speed.py on tuning seeds, checked on the demo test split);
+# "model": the sampling stored in the model directory's config.json (the shipped latent_dit: Jiang et al.'s
+# Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
+SAMPLING_PRESETS = ("realtime", "model")
+REALTIME_SAMPLING = {"steps": 3, "scale": 4.0, "strength": 0.4, "kind": "gradfree"}
+UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
 
 
 class ModelFileError(RuntimeError):
@@ -100,6 +110,49 @@ def load_model(model_dir: str | Path, expected: str | None = None) -> tuple[nn.M
     return module.eval().requires_grad_(False), card
 
 
+def sampling_overrides(preset: str, steps: int = UNSET_STEPS, guidance: float = UNSET_GUIDANCE,
+                       strength: float = UNSET_STRENGTH, kind: str = UNSET_KIND) -> dict:
+    """from_model_dir's steps / guidance / strength / guidance_kind for a preset and the explicitly set
+    values (the UNSET_* ones fall back to the preset; None: the model directory's own default)."""
+    if preset not in SAMPLING_PRESETS:
+        raise ValueError(f"parameter sampling must be one of {SAMPLING_PRESETS}, got {preset!r}")
+    base = REALTIME_SAMPLING if preset == "realtime" else {"steps": None, "scale": None, "strength": None,
+                                                            "kind": None}
+    return {"steps": steps if steps != UNSET_STEPS else base["steps"],
+            "guidance": guidance if guidance != UNSET_GUIDANCE else base["scale"],
+            "strength": strength if strength != UNSET_STRENGTH else base["strength"],
+            "guidance_kind": kind if kind != UNSET_KIND else base["kind"]}
+
+
+def resolve_backend(backend: str, precision: str) -> str:
+    """auto: onnxruntime for fp32 when it is installed, else torch."""
+    if backend not in NODE_BACKENDS:
+        raise ValueError(f"parameter backend must be one of {NODE_BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if precision != "fp32":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+def synthesizer_from_params(model_dir: str | Path, p: dict) -> Synthesizer:
+    """The synthesizer synthesizer_node builds from its parameters `p` (a parameter file's synthesizer_node
+    section; absent names take the node's defaults), so the offline tools run what the node runs."""
+    precision = p.get("precision", "fp32")
+    precision = "fp16-selected" if precision == "fp16" else precision
+    sampling = sampling_overrides(p.get("sampling", "realtime"), p.get("steps", UNSET_STEPS),
+                                  p.get("guidance", UNSET_GUIDANCE), p.get("strength", UNSET_STRENGTH),
+                                  p.get("guidance_kind", UNSET_KIND))
+    return Synthesizer.from_model_dir(model_dir, **sampling, device=p.get("device", "cpu"), precision=precision,
+                                      seed=int(p.get("seed", 0)), backend=resolve_backend(p.get("backend", "auto"),
+                                                                                           precision),
+                                      threads=int(p.get("threads", 0)))
+
+
 def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"parameter device must be cpu or cuda, got {device!r}")
@@ -108,7 +161,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -182,9 +234,9 @@ class Synthesizer:
                        seed: int = 0, backend: str = "torch", threads: int = 0) -> Synthesizer:
         """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config.
 
-        backend onnxruntime runs the three networks through ONNX Runtime (ort_backend.py; fp32 only, and
-        no gradient guidance: it has no backward pass); `threads` is its intra-op thread count (0: torch's
-        current count)."""
+        backend onnxruntime runs the three networks through ONNX Runtime (ort_backend.py; fp32 only). It
+        has no backward pass, so gradient guidance (Algorithm 1) runs the denoiser in torch and only the
+        DC-AE in ONNX Runtime. `threads` is its intra-op thread count (0: torch's current count)."""
         if precision not in PRECISIONS:
             raise ValueError(f"parameter precision must be one of {PRECISIONS}, got {precision!r}")
         if guidance_kind is not None and guidance_kind not in GUIDANCE_KINDS:
@@ -203,10 +255,8 @@ class Synthesizer:
             scale=float(guidance if guidance is not None else defaults.get("scale", 1.0)),
             strength=float(strength if strength is not None else defaults.get("strength", 0.6)),
             kind=guidance_kind or defaults.get("kind", "gradient"))
-        if backend == "onnxruntime" and (gcfg.kind == "gradient" and gcfg.scale > 0 or precision != "fp32"):
-            raise ValueError("backend onnxruntime runs inference only, in fp32: it cannot backpropagate "
-                             "gradient guidance (seed 004 Algorithm 1); use guidance_kind gradfree or none "
-                             "and precision fp32 with it, or backend torch")
+        if backend == "onnxruntime" and precision != "fp32":
+            raise ValueError(f"backend onnxruntime runs fp32 graphs; precision {precision} needs backend torch")
         autoencoder, scaling = None, 1.0
         if card["type"] == "latent_dit":
             ae_dir = (Path(path) / card["dcae"]).resolve()
@@ -231,6 +281,13 @@ class Synthesizer:
                    model_hash=card.get("weights_sha256", "")[:12], seed=seed, runtime=backend,
                    ort_denoiser=ort_denoiser, ort_autoencoder=ort_autoencoder)
 
+    @staticmethod
+    def card_sampling(path: str | Path) -> GuidanceConfig:
+        """The sampling defaults a model directory's config.json stores (what from_model_dir uses for None)."""
+        d = read_card(path).get("sampling", {})
+        return GuidanceConfig(steps=int(d.get("steps", 10)), scale=float(d.get("scale", 1.0)),
+                              strength=float(d.get("strength", 0.6)), kind=d.get("kind", "gradient"))
+
     @property
     def backend(self) -> str:
         return f"{'ort' if self.runtime == 'onnxruntime' else 'torch'}-{self.device.type}-{self.precision}"
@@ -252,7 +309,8 @@ class Synthesizer:
         self.validate(rgb)
         gen = torch.Generator(self.device).manual_seed(self.seed)
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        model = _TimedModel(self.ort_denoiser or self.denoiser)
+        gradient = self.guidance.kind == "gradient" and self.guidance.scale > 0  # needs torch's backward
+        model = _TimedModel(self.denoiser if gradient or self.ort_denoiser is None else self.ort_denoiser)
         with torch.no_grad():
             t0 = time.perf_counter()
             y = self._encode(x)
