@@ -149,12 +149,12 @@ def test_missing_model_refuses_to_start_naming_the_file_and_the_command(ros, tmp
 def test_sampling_parameters_retune_at_run_time(ros, model_dir):
     node = start_node(ros, model_dir)
     g = node.synth.guidance  # the realtime preset, steps set explicitly; fp32 runs on ONNX Runtime
-    assert (g.kind, g.scale, g.strength, g.steps) == ("gradfree", 4.0, 0.4, 2) and node.synth.backend == "ort-cpu-fp32"
+    assert (g.kind, g.scale, g.strength, g.steps) == ("gradfree", 4.0, 0.3, 2) and node.synth.backend == "ort-cpu-fp32"
     results = node.set_parameters([Parameter("guidance", value=3.0), Parameter("steps", value=1)])
     assert all(r.successful for r in results)
     assert node.synth.guidance.scale == 3.0 and node.synth.guidance.steps == 1
     refused = node.set_parameters([Parameter("strength", value=1.5)])
-    assert not refused[0].successful and node.synth.guidance.strength == 0.4
+    assert not refused[0].successful and node.synth.guidance.strength == 0.3
     # one parameter back to the model directory's sampling (this tiny model stores none: from_model_dir's
     # defaults, gradient guidance); values set explicitly still win
     assert node.set_parameters([Parameter("sampling", value="model"), Parameter("guidance", value=-1.0)])[0].successful

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if n % 50 == 0:
             print(f"  {n}/{len(images)} synthesized ({time.perf_counter() - start:.0f} s)", flush=True)
     info = {"data": str(args.data), "synthesizer": str(args.synthesizer), "synthesizer_sha256": synth.model_hash,
+            "sampling": {**synth.guidance.to_dict(), "backend": synth.backend},
             "discrepancy": dict(vars(analyzer.cfg.discrepancy)),
             "params": str(params or "node defaults"), "command": "ood-monitor " + " ".join(sys.argv[1:])}
     stats = NominalDiscrepancy.fit(pairs, k=args.clusters, z_scale=args.z_scale, info=info)

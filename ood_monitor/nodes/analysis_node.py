@@ -90,7 +90,15 @@ class AnalysisNode(StageNode):
     }
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
+        self.stage_ms: dict[str, float] = {}
         super().__init__(node_name, **kwargs)
+
+    def _track_stages(self, stages: dict[str, float]) -> None:
+        """Moving averages (weight 0.1) of the per-stage ms for /diagnostics: the Analyzer's stages plus
+        `decode_msg` (messages to arrays) and `encode_msg` (camera-resolution warps and arrays to messages)."""
+        for name, ms in stages.items():
+            old = self.stage_ms.get(name)
+            self.stage_ms[name] = ms if old is None else 0.9 * old + 0.1 * ms
 
     def retune(self, name: str, value) -> None:
         self.analyzer.cfg = analysis_config(self.p)
@@ -140,7 +148,8 @@ class AnalysisNode(StageNode):
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
                 "features": self.features, "nominal_stats": self.nominal_desc,
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
-                "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
+                "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam,
+                **{f"stage_{k}_ms": f"{v:.1f}" for k, v in self.stage_ms.items()}}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         if msg.width <= 0 or msg.height <= 0:
@@ -158,6 +167,7 @@ class AnalysisNode(StageNode):
             if image.shape != synth.shape:
                 raise ValueError(f"input {image.shape[1]}x{image.shape[0]} and synthesized "
                                  f"{synth.shape[1]}x{synth.shape[0]} differ in size")
+            decoded = time.perf_counter()
             result = self.analyzer.analyze(image, synth)
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
@@ -166,6 +176,10 @@ class AnalysisNode(StageNode):
             self._reject(f"unexpected {type(exc).__name__}: {exc}")
             return
         self._publish(msg.header, result, start)
+        done = time.perf_counter()
+        analysed = decoded + sum(result.timings_ms.values()) / 1e3
+        self._track_stages({"decode_msg": (decoded - start) * 1e3, **result.timings_ms,
+                            "encode_msg": max(0.0, (done - analysed) * 1e3)})
 
     def _publish(self, header, result, start: float) -> None:
         conf = np.clip(result.confidence, 0.0, 1.0).astype(np.float32)

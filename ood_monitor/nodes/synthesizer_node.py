@@ -42,7 +42,7 @@ PARAMETERS = {
     "output_topic": ("ood/synthesis", "SynthesisResult topic"),
     "model_dir": ("models/latent_dit", "latent_dit or pixel_ddpm model directory (relative: working dir, "
                   "then share/ood_monitor, then source tree)"),
-    "sampling": ("realtime", "realtime (gradient-free guidance, 3 DDIM steps from strength 0.4: masks at camera "
+    "sampling": ("realtime", "realtime (gradient-free guidance w 4, 2 DDIM steps from strength 0.3: masks at camera "
                              "rate on a 2-core CPU) | model (the model directory's sampling: Algorithm 1 of Jiang "
                              "et al., 'Efficient Anomaly Detection using Diffusion Models', 10 steps, ~4x slower); "
                              "steps, guidance, strength and guidance_kind override it when set"),

@@ -40,7 +40,7 @@ NODE_BACKENDS = ("auto",) + BACKENDS
 # "model": the sampling stored in the model directory's config.json (the shipped latent_dit: Jiang et al.'s
 # Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
 SAMPLING_PRESETS = ("realtime", "model")
-REALTIME_SAMPLING = {"steps": 3, "scale": 4.0, "strength": 0.4, "kind": "gradfree"}
+REALTIME_SAMPLING = {"steps": 2, "scale": 4.0, "strength": 0.3, "kind": "gradfree"}
 UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
 
 
