@@ -324,6 +324,19 @@ def test_sampling_presets_and_explicit_values():
         resolve_backend("tensorrt", "fp32")
 
 
+def test_synthesizer_from_node_parameters(tiny_models):
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
+
+    fast = synthesizer_from_params(tiny_models["dit"], {})  # the node's defaults: realtime, backend auto
+    assert (fast.guidance.kind, fast.guidance.steps, fast.guidance.strength) == ("gradfree", 2, 0.3)
+    assert fast.backend == "ort-cpu-fp32"
+    slow = synthesizer_from_params(tiny_models["dit"], {"sampling": "model", "steps": 3, "backend": "torch",
+                                                        "precision": "int8-selected"})
+    card = Synthesizer.card_sampling(tiny_models["dit"])  # the rest from the model directory
+    assert (slow.guidance.kind, slow.guidance.steps, slow.guidance.scale) == (card.kind, 3, card.scale)
+    assert slow.backend == "torch-cpu-int8-selected"
+
+
 def test_synthesizer_refuses_wrong_input_and_bad_parameters(tiny_models):
     synth = Synthesizer.from_model_dir(tiny_models["dit"], steps=2)
     with pytest.raises(ValueError, match="32x32x3 uint8"):
