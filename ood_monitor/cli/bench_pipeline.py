@@ -76,6 +76,20 @@ def summary_rows(lg, t0: float, t1: float, published: int) -> list[dict]:
     return rows
 
 
+def live_stages(diagnostics) -> dict[str, dict[str, float]]:
+    """node -> {stage: ms}: the per-stage moving averages (`stage_<name>_ms`) of each node's last /diagnostics
+    status that has them (synthesizer_node: encode, dit, guidance, decode, conversion; analysis_node:
+    decode_msg, the analysis stages, encode_msg)."""
+    out: dict[str, dict[str, float]] = {}
+    for msg in diagnostics:
+        for status in msg.status:
+            stages = {kv.key[6:-3]: float(kv.value) for kv in status.values
+                      if kv.key.startswith("stage_") and kv.key.endswith("_ms")}
+            if stages:
+                out[status.name.rsplit("/", 1)[-1]] = stages
+    return out
+
+
 def sample(lg, seconds: float, interval: float) -> list[dict]:
     """Windows until `seconds` have passed, printing each as it closes."""
     rows: list[dict] = []
@@ -138,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         rows = sample(lg, seconds, interval)
         steady = summary_rows(lg, rows[0]["t_s"], rows[-1]["t_s"], rows[-1]["published"] - rows[0]["published"])
         nodes = lg.node_figures()
+        stages = live_stages(list(lg.diagnostics))
     summary = summarize(rows)
     cols = ["variant", "camera_hz"] + [c for c in rows[0] if c.endswith(("_hz", "_p95_ms")) and c != "camera_hz"]
     cols += [c for c in rows[0] if c.startswith("rss_")]
@@ -150,10 +165,12 @@ def run(args: argparse.Namespace) -> int:
               f"({'flat' if v['flat'] else 'GROWING'})")
     print(f"whole run after the first window ({steady[0]['from_s']:.0f}-{steady[0]['to_s']:.0f} s), camera->output:")
     print(format_table(steady, ["variant", "rate_hz", "camera_hz", "p50_ms", "p95_ms", "frames"]))
+    for node, ms in stages.items():
+        print(f"{node} per stage, ms (moving average, live): " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     plot_path = args.plot or (Path(args.json).with_suffix(".png") if args.json else Path("bench_pipeline.png"))
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot(plot_path, rows)
     write_report(steady + rows, machine_info(), args.json, rate_hz=args.rate_hz, seconds=seconds, stages=args.stages,
-                 summary=summary, nodes=nodes, plot=str(plot_path))
+                 summary=summary, nodes=nodes, stages_ms=stages, plot=str(plot_path))
     print(f"no leak: {summary['no_leak']}, no backlog: {summary['no_backlog']}; plot {plot_path}")
     return 0

@@ -51,7 +51,7 @@ PARAMETERS = {
     "threshold": (AnalysisConfig.threshold, "confidence at or above this is anomalous"),
     "min_region_px": (AnalysisConfig.min_region_px, "smaller regions are dropped (model-resolution pixels)"),
     "device": ("cpu", "torch device for SAM and the feature extractor"),
-    "torch_threads": (1, "torch intra-op threads (0: torch default)"),
+    "torch_threads": (1, "torch and OpenCV threads (0: their defaults)"),
     "camera_info_topic": ("camera/camera_info", "camera intrinsics; gives the camera resolution (empty: off)"),
     "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
     "camera_height": (0, "see camera_width"),
@@ -118,9 +118,11 @@ class AnalysisNode(StageNode):
         if p["crop"] not in ("center", "stretch"):
             raise ValueError(f"crop must be center or stretch, got {p['crop']!r}")
         if p["torch_threads"] > 0:
+            # OpenCV too: its thread pool fighting the other nodes for 2 cores costs more than it gives
             import torch
 
             torch.set_num_threads(p["torch_threads"])
+            cv2.setNumThreads(p["torch_threads"])
         auto = AutoMaskConfig(p["sam_points_per_side"], p["sam_pred_iou_thresh"], p["sam_stability_score_thresh"])
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
