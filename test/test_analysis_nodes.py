@@ -71,8 +71,10 @@ def diag_has(diags, level: int, text: str) -> bool:
 # ------------------------------------------------------------------------------------ analysis_node
 
 
-def test_analysis_node_outputs_aligned_masks_at_camera_resolution(ros):
-    node = start(ros, AnalysisNode, camera_width=320, camera_height=240, diagnostics_period_s=0.2, torch_threads=0)
+@pytest.mark.parametrize("worker", [False, True])
+def test_analysis_node_outputs_aligned_masks_at_camera_resolution(ros, worker):
+    node = start(ros, AnalysisNode, camera_width=320, camera_height=240, diagnostics_period_s=0.2, torch_threads=0,
+                 worker_thread=worker)
     anomalies = ros.collect(AnomalyMask, "ood/anomaly")
     masks = ros.collect(Image, "ood/anomaly/mask")
     confs = ros.collect(Image, "ood/anomaly/confidence")

@@ -9,6 +9,7 @@ the mask lies on the camera pixel it describes. Every output carries the input's
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import cv2
@@ -56,6 +57,8 @@ PARAMETERS = {
     "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
     "camera_height": (0, "see camera_width"),
     "crop": ("center", "how preprocess_node made the model input: center | stretch"),
+    "worker_thread": (False, "true: analyse on a worker thread holding only the newest synthesis (older waiting ones are "
+                            "dropped), so the callback never blocks an executor shared with the synthesizer"),
     **stage_parameters(output_depth=5, stale_timeout_s=5.0, outputs="the outputs"),
 }
 
@@ -91,7 +94,59 @@ class AnalysisNode(StageNode):
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
         self.stage_ms: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.pending: SynthesisResult | None = None
+        self.superseded = 0
+        self.running = False
+        self.worker: threading.Thread | None = None
         super().__init__(node_name, **kwargs)
+
+    # Why a worker: in one process with the synthesizer (ood-monitor run, bench pipeline) a single-threaded
+    # executor delivered no camera frame to the synthesizer while an analysis callback ran, so synthesis and
+    # analysis ran one after the other (mask rate = 1 / (synthesis + analysis)); now they overlap.
+
+    def on_message(self, msg: SynthesisResult) -> None:
+        """Subscription callback: with worker_thread, hand the newest message over and return."""
+        if not self.p["worker_thread"]:
+            self.on_synthesis(msg)
+            return
+        with self.cond:
+            if self.pending is not None:
+                self.superseded += 1
+            self.pending = msg
+            self.cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while self.running and self.pending is None:
+                    self.cond.wait(timeout=0.2)
+                if not self.running:
+                    return
+                msg, self.pending = self.pending, None
+            self.on_synthesis(msg)
+
+    def _start_worker(self) -> None:
+        if self.p["worker_thread"]:
+            self.running = True
+            self.worker = threading.Thread(target=self._work, name="analysis", daemon=True)
+            self.worker.start()
+
+    def _stop_worker(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+        if self.worker is not None and self.worker.is_alive() and threading.current_thread() is not self.worker:
+            self.worker.join(timeout=10.0)
+        self.worker = None
+
+    def on_cleanup(self, state):
+        self._stop_worker()
+        return super().on_cleanup(state)
+
+    def destroy_node(self) -> None:
+        self._stop_worker()
+        super().destroy_node()
 
     def _track_stages(self, stages: dict[str, float]) -> None:
         """Moving averages (weight 0.1) of the per-stage ms for /diagnostics: the Analyzer's stages plus
@@ -138,7 +193,8 @@ class AnalysisNode(StageNode):
         self.pub_anomaly = self.create_publisher(AnomalyMask, "ood/anomaly", qos)
         self.pub_mask = self.create_publisher(Image, "ood/anomaly/mask", qos)
         self.pub_conf = self.create_publisher(Image, "ood/anomaly/confidence", qos)
-        self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_synthesis, sensor_qos())
+        self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_message, sensor_qos())
+        self._start_worker()
         if p["camera_info_topic"] and not self.camera_from_param:
             self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
         log = self.get_logger().warning if choice.reason.startswith("fallback") else self.get_logger().info
@@ -151,6 +207,7 @@ class AnalysisNode(StageNode):
                 "features": self.features, "nominal_stats": self.nominal_desc,
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam,
+                "superseded": str(self.superseded),
                 **{f"stage_{k}_ms": f"{v:.1f}" for k, v in self.stage_ms.items()}}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
