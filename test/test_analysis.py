@@ -159,7 +159,10 @@ def test_analyzer_finds_the_inpainted_object():
     pred = result.mask.mask > 0
     iou = (pred & (gt > 0)).sum() / (pred | (gt > 0)).sum()
     assert iou > 0.6, iou
-    assert result.mask.frame_score > 0.5 and set(result.timings_ms) == {"discrepancy", "pooling", "mask"}
+    assert result.mask.frame_score > 0.5
+    assert set(result.timings_ms) == {"features", "colour", "structure", "weighting", "nominal", "segmentation",
+                                      "pooling", "mask"}  # the per-stage profile: every stage that ran
+    assert all(v >= 0 for v in result.timings_ms.values()) and result.timings_ms["segmentation"] > 0
 
 
 def test_confidence_gain_scales_the_pooled_discrepancy_and_the_mask_follows():
@@ -342,6 +345,15 @@ def test_dcae_feature_extractor_reads_the_synthesizer_model_dir(tmp_path):
     assert desc.startswith("dcae")
     feats = extractor(torch.rand(2, 3, 90, 120))  # not a multiple of the compression: resized inside
     assert [f.shape[1] for f in feats] == [16, 32, 32] and feats[0].shape[0] == 2
+    # the encoder stops after the last block it reads: the same features as hooks on a whole encode
+    from ood_monitor.core.analysis.discrepancy import load_dcae
+
+    model = load_dcae(tmp_path / "dcae")
+    names = [f"encoder.down_blocks.{i}" for i in range(3)]
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        hooked = HookFeatures(model, names, lambda t: model.encode(t * 2.0 - 1.0))(x)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(extractor(x), hooked, strict=True))
     img = scene()
     d = Discrepancy(DiscrepancyConfig(weight_colour=0, weight_structure=0), extractor)
     changed, mask = with_patch(img)

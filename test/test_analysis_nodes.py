@@ -71,8 +71,10 @@ def diag_has(diags, level: int, text: str) -> bool:
 # ------------------------------------------------------------------------------------ analysis_node
 
 
-def test_analysis_node_outputs_aligned_masks_at_camera_resolution(ros):
-    node = start(ros, AnalysisNode, camera_width=320, camera_height=240, diagnostics_period_s=0.2, torch_threads=0)
+@pytest.mark.parametrize("worker", [False, True])
+def test_analysis_node_outputs_aligned_masks_at_camera_resolution(ros, worker):
+    node = start(ros, AnalysisNode, camera_width=320, camera_height=240, diagnostics_period_s=0.2, torch_threads=0,
+                 worker_thread=worker)
     anomalies = ros.collect(AnomalyMask, "ood/anomaly")
     masks = ros.collect(Image, "ood/anomaly/mask")
     confs = ros.collect(Image, "ood/anomaly/confidence")
@@ -104,6 +106,10 @@ def test_analysis_node_outputs_aligned_masks_at_camera_resolution(ros):
     assert image_to_array(confs[0])[ys, xs].mean() > 128
     assert wait_until(lambda: diag_has(diags, DiagnosticStatus.OK, "fallback slic: no sam_checkpoint"), 5)
     assert node.stats.processed == 1
+    stages = node.diagnostic_values()  # the per-stage profile of the mask path, message conversion included
+    for name in ("decode_msg", "colour", "structure", "segmentation", "pooling", "mask", "encode_msg"):
+        assert float(stages[f"stage_{name}_ms"]) >= 0.0, name
+    assert float(stages["stage_segmentation_ms"]) > 0 and float(stages["stage_encode_msg_ms"]) > 0
 
 
 def test_analysis_node_takes_camera_size_from_camera_info(ros):

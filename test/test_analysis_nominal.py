@@ -106,6 +106,8 @@ def test_calibrate_analysis_writes_what_the_node_loads(demo_dataset, tmp_path):
     stats, why = load_nominal("auto", tmp_path)
     assert stats.info["frames"] == 6 and len(stats.centers) == 4 and "6 nominal frames" in why
     assert stats.info["command"].startswith("ood-monitor") and stats.info["synthesizer"] == "models/latent_dit"
+    # fitted for the synthesizer the node runs with the shipped parameters (the realtime preset)
+    assert stats.info["sampling"]["kind"] == "gradfree" and stats.info["sampling"]["steps"] == 2
 
 
 def test_calibrate_analysis_replaces_broken_statistics(demo_dataset, tmp_path):

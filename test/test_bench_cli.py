@@ -57,8 +57,15 @@ def test_bench_pipeline_samples_memory_and_latency_over_time(demo_dataset, tmp_p
             "--seconds", "9", "--interval", "3", "--json", str(out)]
     assert cli(args) == 0
     report = json.loads(out.read_text())
-    windows = report["rows"]
+    windows = [r for r in report["rows"] if "t_s" in r]
     assert len(windows) == 3 and [w["t_s"] for w in windows] == sorted(w["t_s"] for w in windows)
+    # one row per output over the run after its first window (issue 16: what --quick --json reports)
+    steady = {r["variant"]: r for r in report["rows"] if "t_s" not in r}
+    assert {"score_image", "score_flow", "anomaly_mask"} <= set(steady)
+    image = steady["score_image"]
+    assert 20 < image["camera_hz"] < 36 and image["rate_hz"] > 5 and 0 < image["p50_ms"] <= image["p95_ms"] < 1000
+    assert image["frames"] > 0 and (image["from_s"], image["to_s"]) == (windows[0]["t_s"], windows[-1]["t_s"])
+    assert steady["anomaly_mask"]["frames"] == 0 and steady["anomaly_mask"]["rate_hz"] == 0  # no mask stage asked for
     late = windows[-1]
     assert 20 < late["camera_hz"] < 36
     assert late["score_image_hz"] > 5 and 0 < late["score_image_p95_ms"] < 1000

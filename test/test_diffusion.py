@@ -297,6 +297,51 @@ def test_synthesizer_returns_a_frame_of_the_input_size(tiny_models, model, preci
     assert synth.last_timing.total_ms > 0 and synth.backend == f"torch-cpu-{precision}"
 
 
+@pytest.mark.parametrize("model", ["dit", "ddpm"])
+def test_onnxruntime_backend_matches_torch(tiny_models, model):
+    pytest.importorskip("onnxruntime")
+    kw = dict(steps=3, guidance=2.0, strength=0.6, guidance_kind="gradfree")
+    torch_synth = Synthesizer.from_model_dir(tiny_models[model], **kw)
+    ort_synth = Synthesizer.from_model_dir(tiny_models[model], **kw, backend="onnxruntime", threads=1)
+    rgb = tiny_models["images"][0]
+    a, b = torch_synth.synthesize(rgb), ort_synth.synthesize(rgb)
+    assert ort_synth.backend == "ort-cpu-fp32" and np.abs(a.astype(int) - b).max() <= 1  # float reductions
+    t = ort_synth.last_timing
+    assert t.steps == 3 and t.dit_ms > 0 and set(t.stages()) == {"encode", "dit", "guidance", "decode"}
+    assert t.total_ms == pytest.approx(t.encode_ms + t.dit_ms + t.guidance_ms + t.decode_ms)
+    with pytest.raises(ValueError, match="precision int8-selected needs backend torch"):
+        Synthesizer.from_model_dir(tiny_models[model], backend="onnxruntime", precision="int8-selected")
+
+
+def test_sampling_presets_and_explicit_values():
+    from ood_monitor.core.diffusion.synthesizer import REALTIME_SAMPLING, resolve_backend, sampling_overrides
+
+    fast = sampling_overrides("realtime")
+    assert (fast["steps"], fast["guidance"], fast["strength"], fast["guidance_kind"]) == tuple(REALTIME_SAMPLING.values())
+    assert sampling_overrides("model") == {"steps": None, "guidance": None, "strength": None, "guidance_kind": None}
+    assert sampling_overrides("model", steps=4, kind="none") == {"steps": 4, "guidance": None, "strength": None,
+                                                                 "guidance_kind": "none"}
+    assert sampling_overrides("realtime", guidance=0.0)["guidance"] == 0.0  # 0 is a value, -1 means unset
+    with pytest.raises(ValueError, match="parameter sampling"):
+        sampling_overrides("fastest")
+    assert resolve_backend("auto", "int8-selected") == "torch" and resolve_backend("torch", "fp32") == "torch"
+    with pytest.raises(ValueError, match="parameter backend"):
+        resolve_backend("tensorrt", "fp32")
+
+
+def test_synthesizer_from_node_parameters(tiny_models):
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
+
+    fast = synthesizer_from_params(tiny_models["dit"], {})  # the node's defaults: realtime, backend auto
+    assert (fast.guidance.kind, fast.guidance.steps, fast.guidance.strength) == ("gradfree", 2, 0.3)
+    assert fast.backend == "ort-cpu-fp32"
+    slow = synthesizer_from_params(tiny_models["dit"], {"sampling": "model", "steps": 3, "backend": "torch",
+                                                        "precision": "int8-selected"})
+    card = Synthesizer.card_sampling(tiny_models["dit"])  # the rest from the model directory
+    assert (slow.guidance.kind, slow.guidance.steps, slow.guidance.scale) == (card.kind, 3, card.scale)
+    assert slow.backend == "torch-cpu-int8-selected"
+
+
 def test_synthesizer_refuses_wrong_input_and_bad_parameters(tiny_models):
     synth = Synthesizer.from_model_dir(tiny_models["dit"], steps=2)
     with pytest.raises(ValueError, match="32x32x3 uint8"):

@@ -220,7 +220,7 @@ def test_autostart_is_read_only_and_ranges_are_enforced(ros):
     result = call(ros, SetParameters, "/preprocess_node/set_parameters", SetParameters.Request(parameters=[msg])).results[0]
     assert not result.successful and "invalid value for transport" in result.reason
     with pytest.raises(InvalidParameterValueException, match="out of range"):
-        SynthesizerNode("bad_synth", context=ros.context, parameter_overrides=[Parameter("steps", value=0)])
+        SynthesizerNode("bad_synth", context=ros.context, parameter_overrides=[Parameter("steps", value=-1)])
     with pytest.raises(ValueError, match="invalid value for trigger"):
         SynthesizerNode("bad_synth2", context=ros.context, parameter_overrides=[Parameter("trigger", value="never")])
 
@@ -232,7 +232,7 @@ def test_synthesizer_stops_in_the_middle_of_a_synthesis(ros):
         Parameter("steps", value=1000), Parameter("strength", value=1.0), Parameter("guidance_kind", value="none")]))
     out = ros.collect(SynthesisResult, "ood/synthesis")
     calls = []
-    node.synth.denoiser.register_forward_hook(lambda *a: calls.append(1))
+    node.synth.before_each_call(lambda: calls.append(1))  # counts network calls, torch or ONNX Runtime
     pub = ros.publisher(Image, "ood/image")
     ros.wait_for_subscribers(pub)
     pub.publish(image_msg(0, (128, 128)))

@@ -77,7 +77,7 @@ def test_always_publishes_a_result_with_the_input_header(ros, model_dir):
     for img in (r.input, r.synthesized):
         assert (img.width, img.height, img.encoding) == (SIZE, SIZE, "rgb8")
     assert np.array_equal(image_to_array(r.input), image_to_array(sent))
-    assert r.steps == 2 and r.backend == "torch-cpu-fp32" and r.latency_ms > 0
+    assert r.steps == 2 and r.backend == "ort-cpu-fp32" and r.latency_ms > 0  # backend auto: ONNX Runtime
 
 
 def test_on_ood_runs_only_for_frames_scored_ood(ros, model_dir):
@@ -137,7 +137,7 @@ def test_malformed_and_wrong_size_images_are_refused_with_a_diagnostic(ros, mode
 
     assert wait_until(warned, 10)
     values = {kv.key: kv.value for d in diags for s in d.status for kv in s.values}
-    assert int(values["rejected"]) >= 1 and values["backend"] == "torch-cpu-fp32"
+    assert int(values["rejected"]) >= 1 and values["backend"] == "ort-cpu-fp32"
     assert results == []
 
 
@@ -148,11 +148,20 @@ def test_missing_model_refuses_to_start_naming_the_file_and_the_command(ros, tmp
 
 def test_sampling_parameters_retune_at_run_time(ros, model_dir):
     node = start_node(ros, model_dir)
+    g = node.synth.guidance  # the realtime preset, steps set explicitly; fp32 runs on ONNX Runtime
+    assert (g.kind, g.scale, g.strength, g.steps) == ("gradfree", 4.0, 0.3, 2) and node.synth.backend == "ort-cpu-fp32"
     results = node.set_parameters([Parameter("guidance", value=3.0), Parameter("steps", value=1)])
     assert all(r.successful for r in results)
     assert node.synth.guidance.scale == 3.0 and node.synth.guidance.steps == 1
     refused = node.set_parameters([Parameter("strength", value=1.5)])
-    assert not refused[0].successful and node.synth.guidance.strength == 0.5
+    assert not refused[0].successful and node.synth.guidance.strength == 0.3
+    # one parameter back to the model directory's sampling (this tiny model stores none: from_model_dir's
+    # defaults, gradient guidance); values set explicitly still win
+    assert node.set_parameters([Parameter("sampling", value="model"), Parameter("guidance", value=-1.0)])[0].successful
+    g = node.synth.guidance
+    assert (g.kind, g.scale, g.strength, g.steps) == ("gradient", 1.0, 0.6, 1)
+    out = node.synth.synthesize(np.zeros((SIZE, SIZE, 3), np.uint8))  # gradient: the DiT in torch, DC-AE in ORT
+    assert out.shape == (SIZE, SIZE, 3) and node.synth.last_timing.guidance_ms > 0
     refused = node.set_parameters([Parameter("model_dir", value="elsewhere")])
     assert not refused[0].successful and "read at configure" in refused[0].reason
 

@@ -35,6 +35,8 @@ from ood_monitor.core.mask_metrics import FStar, PixelAucPr
 
 DEFAULT_DATA = "demo_data/images/test"
 ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
+STAGE_COLUMNS = [f"stage_{k}_ms" for k in ("features", "colour", "structure", "weighting", "nominal", "segmentation",
+                                            "pooling", "mask")]
 TINY_SAM = SamArchitecture(64, 2, 2, (1,), image_size=256, prompt_embed_dim=64, window_size=8,
                            decoder_mlp_dim=128, decoder_heads=2, iou_head_hidden_dim=64)
 
@@ -46,6 +48,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--synthesis", default="auto", choices=("auto", "real", "oracle"),
                    help="real: the shipped synthesizer at model size (auto: when <models>/latent_dit exists); "
                         "oracle: ground-truth inpainting stand-in at camera resolution")
+    p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
+                   help="--synthesis real: sample as synthesizer_node with this parameter file's section")
     p.add_argument("--features", default="auto",
                    help="feature extractor of every row: auto (as the node: dcae when present) | random | vae | dcae | none")
     p.add_argument("--models", default="models", help="folder holding vae_image / dcae / analysis_nominal")
@@ -84,18 +88,20 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
     kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
     if kind == "oracle":
         return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE
+    from ood_monitor.cli.evaluate_cmd import node_parameters
     from ood_monitor.core.analysis.mask_evaluation import prepare_label
-    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
     from ood_monitor.core.model_input import FrameConfig, prepare_frame
 
-    synth = Synthesizer.from_model_dir(model)
+    params = args.params if args.params.exists() else None
+    synth = synthesizer_from_params(model, {**node_parameters(params, "synthesizer_node"), "threads": args.threads})
     cfg = FrameConfig(synth.image_size, synth.image_size)
     prepared = [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
                         semantic=prepare_label(f.semantic, cfg)) for f in frames]
     prepared = [f for f in prepared if f.mask.any()]
     g = synth.guidance
-    what = (f"real: {model}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength {g.strength:g}, "
-            f"at {cfg.width}x{cfg.height}")
+    what = (f"real: {model}, {synth.backend}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength "
+            f"{g.strength:g}, at {cfg.width}x{cfg.height}")
     return prepared, [synth.synthesize(f.image) for f in prepared], what
 
 
@@ -119,15 +125,18 @@ def anomaly_class_ids(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_ids) -> dict:
     """Time analyze() per frame and score its pooled confidence."""
-    auc, fstar, times = PixelAucPr(), FStar(anomaly_ids, ignore_ids), []
+    auc, fstar, times, stages = PixelAucPr(), FStar(anomaly_ids, ignore_ids), [], {}
     analyzer.analyze(frames[0].image, synth[0])  # warm-up (lazy imports, allocator)
     for f, s in zip(frames, synth, strict=True):
         result = analyzer.analyze(f.image, s)
         times.append(sum(result.timings_ms.values()))
+        for k, v in result.timings_ms.items():
+            stages.setdefault(k, []).append(v)
         auc.add(result.confidence, f.mask)
         fstar.add(result.confidence, f.semantic)
     best, tau = fstar.value()
-    return {**summarize_ms(np.asarray(times)), "auc_pr": auc.value(), "f_star": best, "f_star_tau": tau}
+    profile = {f"stage_{k}_ms": float(np.median(v)) for k, v in stages.items()}  # per-stage medians
+    return {**summarize_ms(np.asarray(times)), "auc_pr": auc.value(), "f_star": best, "f_star_tau": tau, **profile}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         rows += comparison_rows(frames, synth, ids, args.models, fallback.segmenter)
     cols = ["variant", "segmenter", "features", "ms_per_frame", "ms_p95", "auc_pr", "f_star", "f_star_tau", "frames"]
     print(format_table(rows, cols))
+    stage_cols = [c for c in STAGE_COLUMNS if any(c in r for r in rows)]
+    print("per-stage median ms (" + ", ".join(c[6:-3] for c in stage_cols) + "):")
+    print(format_table(rows, ["variant"] + stage_cols))
     print(f"synthesis: {synthesis}\nnominal statistics: {nominal_desc} (fallback-raw: without)")
     write_report(rows, machine_info(torch_threads=torch.get_num_threads()), args.json, synthesis=synthesis,
                  data=str(args.data), fallback_reason=fallback.reason, nominal_stats=nominal_desc)

@@ -20,7 +20,7 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stages", default="all", help="stages to run (default all)")
     p.add_argument("--rate-hz", type=float, default=30.0, help="camera rate to drive the graph at (default 30)")
     p.add_argument("--stress", action="store_true", help="a long run (default 300 s) to expose leaks and backlogs")
-    p.add_argument("--seconds", type=float, default=None, help="run time (default 60; --stress 300; --quick 30)")
+    p.add_argument("--seconds", type=float, default=None, help="run time (default 60; --stress 300; --quick 60)")
     p.add_argument("--interval", type=float, default=10.0, help="sampling window in seconds (default 10)")
     p.add_argument("--plot", type=Path, default=None, help="memory/latency plot PNG (default: next to --json; none without either)")
     p.set_defaults(func=run)
@@ -56,6 +56,40 @@ def window_row(lg, t0: float, t1: float, published: int, rss: dict[str, float]) 
     return row
 
 
+SUMMARY_NAMES = {"anomaly": "anomaly_mask"}  # topic name -> summary row name where they differ
+
+
+def summary_rows(lg, t0: float, t1: float, published: int) -> list[dict]:
+    """One row per output over [t0, t1] (the run after its first window, which holds the model loading):
+    `rate_hz` (outputs per second), `camera_hz` (camera frames per second), camera->output `p50_ms` /
+    `p95_ms`, `frames` (outputs measured)."""
+    span = max(t1 - t0, 1e-9)
+    rows = []
+    for topic in lg.latency_topics:
+        name = topic.removeprefix("/ood/").replace("/", "_")
+        ms = lg.probe.latencies(topic, t0, t1)
+        rows.append({"variant": SUMMARY_NAMES.get(name, name), "topic": topic, "rate_hz": ms.size / span,
+                     "camera_hz": published / span, "frames": int(ms.size),
+                     "p50_ms": float(np.percentile(ms, 50)) if ms.size else float("nan"),
+                     "p95_ms": float(np.percentile(ms, 95)) if ms.size else float("nan"),
+                     "from_s": round(t0, 1), "to_s": round(t1, 1)})
+    return rows
+
+
+def live_stages(diagnostics) -> dict[str, dict[str, float]]:
+    """node -> {stage: ms}: the per-stage moving averages (`stage_<name>_ms`) of each node's last /diagnostics
+    status that has them (synthesizer_node: encode, dit, guidance, decode, conversion; analysis_node:
+    decode_msg, the analysis stages, encode_msg)."""
+    out: dict[str, dict[str, float]] = {}
+    for msg in diagnostics:
+        for status in msg.status:
+            stages = {kv.key[6:-3]: float(kv.value) for kv in status.values
+                      if kv.key.startswith("stage_") and kv.key.endswith("_ms")}
+            if stages:
+                out[status.name.rsplit("/", 1)[-1]] = stages
+    return out
+
+
 def sample(lg, seconds: float, interval: float) -> list[dict]:
     """Windows until `seconds` have passed, printing each as it closes."""
     rows: list[dict] = []
@@ -67,6 +101,7 @@ def sample(lg, seconds: float, interval: float) -> list[dict]:
         pub = lg.player.published // len(CAMERA_TOPICS)
         rss = lg.rss_mb()
         row = window_row(lg, last_t, t, pub - last_pub, rss)
+        row["published"] = pub
         rows.append(row)
         print(f"  {t:5.0f} s  camera {row['camera_hz']:.1f} Hz  score/image {row['score_image_hz']:.1f} Hz "
               f"p95 {row['score_image_p95_ms']:.1f} ms  anomaly {row['anomaly_hz']:.1f} Hz "
@@ -105,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.ros.bag_bridge import PlaybackConfig
     from ood_monitor.ros.live import LiveGraph, latency_topic_classes
 
-    seconds = args.seconds or (30.0 if args.quick else 300.0 if args.stress else 60.0)
+    seconds = args.seconds or (60.0 if args.quick else 300.0 if args.stress else 60.0)
     interval = min(args.interval, seconds / 3)
     factor = args.rate_hz / bag_rate_hz(args.data, CAMERA_TOPICS[0])
     playback = PlaybackConfig(rate=factor, loop=True, restamp=True, topics=CAMERA_TOPICS)
@@ -115,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
                    camera_in_process=False) as lg:
         lg.play()
         rows = sample(lg, seconds, interval)
+        steady = summary_rows(lg, rows[0]["t_s"], rows[-1]["t_s"], rows[-1]["published"] - rows[0]["published"])
         nodes = lg.node_figures()
+        stages = live_stages(list(lg.diagnostics))
     summary = summarize(rows)
     cols = ["variant", "camera_hz"] + [c for c in rows[0] if c.endswith(("_hz", "_p95_ms")) and c != "camera_hz"]
     cols += [c for c in rows[0] if c.startswith("rss_")]
@@ -126,13 +163,17 @@ def run(args: argparse.Namespace) -> int:
     for name, v in summary["latency"].items():
         print(f"latency {name}: p95 {v['early_p95_ms']:.1f} -> {v['late_p95_ms']:.1f} ms "
               f"({'flat' if v['flat'] else 'GROWING'})")
+    print(f"whole run after the first window ({steady[0]['from_s']:.0f}-{steady[0]['to_s']:.0f} s), camera->output:")
+    print(format_table(steady, ["variant", "rate_hz", "camera_hz", "p50_ms", "p95_ms", "frames"]))
+    for node, ms in stages.items():
+        print(f"{node} per stage, ms (moving average, live): " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     # The plot goes where the report goes (or where --plot says), never into the working directory.
     plot_path = args.plot or (Path(args.json).with_suffix(".png") if args.json else None)
     if plot_path is not None:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(plot_path, rows)
-    write_report(rows, machine_info(), args.json, rate_hz=args.rate_hz, seconds=seconds, stages=args.stages,
-                 summary=summary, nodes=nodes, plot=str(plot_path) if plot_path else None)
+    write_report(steady + rows, machine_info(), args.json, rate_hz=args.rate_hz, seconds=seconds, stages=args.stages,
+                 summary=summary, nodes=nodes, stages_ms=stages, plot=str(plot_path) if plot_path else None)
     print(f"no leak: {summary['no_leak']}, no backlog: {summary['no_backlog']}; "
           + (f"plot {plot_path}" if plot_path else "no plot (give --json or --plot)"))
     return 0

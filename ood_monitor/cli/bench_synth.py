@@ -43,9 +43,14 @@ class Variant:
     kind: str
     scale: float
     precision: str = "fp32"
+    backend: str = "torch"
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
+    """The table's rows; `latent-dit-realtime` is synthesizer_node's default (sampling: realtime, backend
+    auto: gradient-free guidance on ONNX Runtime)."""
+    from ood_monitor.core.diffusion.synthesizer import REALTIME_SAMPLING
+
     k = args.pixel_steps
     pix = dict(strength=args.pixel_strength, kind=args.pixel_kind, scale=args.pixel_guidance)
     lat = dict(steps=args.steps, strength=args.strength, scale=args.guidance)
@@ -57,6 +62,9 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("latent-dit", "latent_dit", "ddim", kind="gradient", **lat),
         Variant("latent-dit-gradfree", "latent_dit", "ddim", kind="gradfree", steps=args.steps,
                 strength=args.strength, scale=args.gradfree_guidance),
+        Variant("latent-dit-realtime", "latent_dit", "ddim", kind=REALTIME_SAMPLING["kind"],
+                steps=REALTIME_SAMPLING["steps"], strength=REALTIME_SAMPLING["strength"],
+                scale=REALTIME_SAMPLING["scale"], backend="onnxruntime"),
         Variant("latent-dit-q-selected", "latent_dit", "ddim", kind="gradient", **lat, precision=f"{q}-selected"),
         Variant("latent-dit-q-all", "latent_dit", "ddim", kind="gradient", **lat, precision=f"{q}-all"),
     ]
@@ -149,21 +157,23 @@ def run_variant(v: dict, model_dir: str, images: np.ndarray, device: str, thread
     base = _rss_mb("VmRSS")  # after imports, before the model: growth = weights + activations
     synth = Synthesizer.from_model_dir(model_dir, steps=v["steps"], guidance=v["scale"], strength=v["strength"],
                                        guidance_kind=v["kind"], device=device, precision=v["precision"],
-                                       sampler=v["sampler"])
+                                       sampler=v["sampler"], backend=v["backend"], threads=threads)
     if v["steps"] < 1000:
         synth.synthesize(images[0])  # warm-up (skipped for DDPM-1000: it would cost a full frame)
-    outs, times = [], []
+    outs, times, stages = [], [], []
     for img in images:
         t0 = time.perf_counter()
         outs.append(synth.synthesize(img))
         if device == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
+        stages.append(synth.last_timing.stages())
     rss = _rss_mb("VmHWM") - base if device == "cpu" else float("nan")
     # after the timed frames, one more synthesis of the first image measures the tensors' peak (the
     # profiler this needs on CPU would slow the timed frames down)
     peak = peak_tensor_mb(lambda: synth.synthesize(images[0]), device, synth.model_size_mb())
-    return {"outputs": np.stack(outs), "ms": times, "peak_mem_mb": peak, "peak_rss_mb": rss,
+    profile = {f"stage_{k}_ms": float(np.median([t[k] for t in stages])) for k in stages[0]}
+    return {"outputs": np.stack(outs), "ms": times, "profile": profile, "peak_mem_mb": peak, "peak_rss_mb": rss,
             "model_size_mb": synth.model_size_mb(), "backend": synth.backend}
 
 
@@ -272,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
                "strength": v.strength, "precision": v.precision, "frames": len(use),
                "ms_per_frame": float(np.mean(res["ms"])), "s_per_image": float(np.mean(res["ms"])) / 1e3,
                "peak_mem_mb": res["peak_mem_mb"], "peak_rss_mb": res["peak_rss_mb"],
-               "model_size_mb": res["model_size_mb"]}
+               "model_size_mb": res["model_size_mb"], "backend": res["backend"], **res["profile"]}
         row.update(quality(res["outputs"], data, n_o, analyzer))
         n_same = min(n_base or n_obj, n_o)
         row["auc_pr_same"] = quality(res["outputs"][:n_same], data, n_same, analyzer)["auc_pr"]
@@ -290,6 +300,10 @@ def run(args: argparse.Namespace) -> int:
             "model_size_mb", "psnr_db", "ssim", "disc_inside", "disc_outside", "inside_outside", "auc_pr_rgb",
             "auc_pr", "auc_pr_same", "auc_pr_ratio", "f_star"]
     print(format_table(rows, cols))
+    print("per-stage median ms per frame (encode: DC-AE encoder; dit: denoiser forward passes; guidance: "
+          "Algorithm 1's backward pass + guidance + DDIM updates; decode: DC-AE decoder + to uint8):")
+    print(format_table(rows, ["variant", "backend", "steps", "guidance"] + [f"stage_{k}_ms" for k in
+                                                                            ("encode", "dit", "guidance", "decode")]))
     chance = float(data["object_masks"].mean())
     write_report(rows, machine_info(torch_threads=args.threads, device=args.device), args.json,
                  data=args.data, object_frames=n_obj, nominal_frames=n_nom, chance_auc_pr=chance,

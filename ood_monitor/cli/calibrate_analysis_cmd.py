@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "OOD or with anomaly pixels are skipped")
     p.add_argument("--synthesizer", default="models/latent_dit", help="the synthesizer the node uses")
     p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
-                   help="analysis settings: this ROS parameter file's analysis_node section")
+                   help="analysis and sampling settings: this ROS parameter file's analysis_node and "
+                        "synthesizer_node sections")
     p.add_argument("--out", default="models/analysis_nominal", help="output folder")
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--every", type=int, default=2, help="use every n-th frame (neighbours are near-duplicates)")
@@ -54,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ood_monitor.cli.evaluate_cmd import mask_analysis
+    from ood_monitor.cli.evaluate_cmd import mask_analysis, node_parameters
     from ood_monitor.core.analysis.nominal import NominalDiscrepancy
-    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
     from ood_monitor.core.model_dirs import resolve_model_dir
 
     torch.set_num_threads(max(1, args.threads))
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     params = args.params if args.params.exists() else None
     analyzer, _, features = mask_analysis(argparse.Namespace(params=params, segmenter=None, sam_checkpoint=None,
                                                              features=None), nominal=False)  # fit on the raw one
-    synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
+    # the synthesizer as synthesizer_node runs it with --params: the statistics describe its errors
+    synth = synthesizer_from_params(resolve_model_dir(args.synthesizer), node_parameters(params, "synthesizer_node"))
     images = nominal_frames(args, synth.image_size)
     if len(images) < 2:
         raise ValueError(f"{args.data}: fewer than 2 nominal frames (frames labelled OOD or masked are skipped)")
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if n % 50 == 0:
             print(f"  {n}/{len(images)} synthesized ({time.perf_counter() - start:.0f} s)", flush=True)
     info = {"data": str(args.data), "synthesizer": str(args.synthesizer), "synthesizer_sha256": synth.model_hash,
+            "sampling": {**synth.guidance.to_dict(), "backend": synth.backend},
             "discrepancy": dict(vars(analyzer.cfg.discrepancy)),
             "params": str(params or "node defaults"), "command": "ood-monitor " + " ".join(sys.argv[1:])}
     stats = NominalDiscrepancy.fit(pairs, k=args.clusters, z_scale=args.z_scale, info=info)

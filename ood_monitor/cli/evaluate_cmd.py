@@ -295,14 +295,15 @@ def evaluate_masks(args: argparse.Namespace, paths: list[Path] | None = None, sk
 
     from ood_monitor.core import plots
     from ood_monitor.core.analysis.mask_evaluation import MaskEvaluation, evaluate_masks, heat, overlay
-    from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.model_input import FrameConfig
 
     if str(args.synthesizer) == "none":
         return None
     paths = paths if paths is not None else input_paths(args)
-    synth = Synthesizer.from_model_dir(resolve_model_dir(args.synthesizer))
+    # sampling as synthesizer_node runs with --params (its `sampling` preset and explicit values)
+    synth = synthesizer_from_params(resolve_model_dir(args.synthesizer), node_parameters(args.params, "synthesizer_node"))
     sources = frame_sources(args)
     anomaly_ids, ignore_ids = class_ids(paths[0], sources["labels"])
     analyzer, choice, features = mask_analysis(args)

@@ -8,6 +8,7 @@ the mask lies on the camera pixel it describes. Every output carries the input's
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import cv2
@@ -52,11 +53,13 @@ PARAMETERS = {
     "threshold": (AnalysisConfig.threshold, "confidence at or above this is anomalous"),
     "min_region_px": (AnalysisConfig.min_region_px, "smaller regions are dropped (model-resolution pixels)"),
     "device": ("cpu", "torch device for SAM and the feature extractor"),
-    "torch_threads": (1, "torch intra-op threads (0: torch default)"),
+    "torch_threads": (1, "torch and OpenCV threads (0: their defaults)"),
     "camera_info_topic": ("camera/camera_info", "camera intrinsics; gives the camera resolution (empty: off)"),
     "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
     "camera_height": (0, "see camera_width"),
     "crop": ("center", "how preprocess_node made the model input: center | stretch"),
+    "worker_thread": (False, "true: analyse on a worker thread holding only the newest synthesis (older waiting ones are "
+                            "dropped), so the callback never blocks an executor shared with the synthesizer"),
     **stage_parameters(output_depth=5, stale_timeout_s=5.0, outputs="the outputs"),
 }
 
@@ -104,7 +107,67 @@ class AnalysisNode(StageNode):
                "confidence_gain")
 
     def __init__(self, node_name: str = "analysis_node", **kwargs) -> None:
+        self.stage_ms: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.pending: SynthesisResult | None = None
+        self.superseded = 0
+        self.running = False
+        self.worker: threading.Thread | None = None
         super().__init__(node_name, **kwargs)
+
+    # Why a worker: in one process with the synthesizer (ood-monitor run, bench pipeline) a single-threaded
+    # executor delivered no camera frame to the synthesizer while an analysis callback ran, so synthesis and
+    # analysis ran one after the other (mask rate = 1 / (synthesis + analysis)); now they overlap.
+
+    def on_message(self, msg: SynthesisResult) -> None:
+        """Subscription callback: with worker_thread, hand the newest message over and return."""
+        if not self.p["worker_thread"]:
+            self.on_synthesis(msg)
+            return
+        with self.cond:
+            if self.pending is not None:
+                self.superseded += 1
+            self.pending = msg
+            self.cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while self.running and self.pending is None:
+                    self.cond.wait(timeout=0.2)
+                if not self.running:
+                    return
+                msg, self.pending = self.pending, None
+            self.on_synthesis(msg)
+
+    def _start_worker(self) -> None:
+        if self.p["worker_thread"]:
+            self.running = True
+            self.worker = threading.Thread(target=self._work, name="analysis", daemon=True)
+            self.worker.start()
+
+    def _stop_worker(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+        if self.worker is not None and self.worker.is_alive() and threading.current_thread() is not self.worker:
+            self.worker.join(timeout=10.0)
+        self.worker = None
+
+    def on_cleanup(self, state):
+        self._stop_worker()
+        return super().on_cleanup(state)
+
+    def destroy_node(self) -> None:
+        self._stop_worker()
+        super().destroy_node()
+
+    def _track_stages(self, stages: dict[str, float]) -> None:
+        """Moving averages (weight 0.1) of the per-stage ms for /diagnostics: the Analyzer's stages plus
+        `decode_msg` (messages to arrays) and `encode_msg` (camera-resolution warps and arrays to messages)."""
+        for name, ms in stages.items():
+            old = self.stage_ms.get(name)
+            self.stage_ms[name] = ms if old is None else 0.9 * old + 0.1 * ms
 
     def retune(self, name: str, value) -> None:
         self.analyzer.cfg = analysis_config(self.p)
@@ -122,9 +185,11 @@ class AnalysisNode(StageNode):
 
     def setup(self, p: dict) -> None:
         if p["torch_threads"] > 0:
+            # OpenCV too: its thread pool fighting the other nodes for 2 cores costs more than it gives
             import torch
 
             torch.set_num_threads(p["torch_threads"])
+            cv2.setNumThreads(p["torch_threads"])
         auto = AutoMaskConfig(p["sam_points_per_side"], p["sam_pred_iou_thresh"], p["sam_stability_score_thresh"])
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
                                 p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
@@ -143,7 +208,8 @@ class AnalysisNode(StageNode):
         self.pub_anomaly = self.create_publisher(AnomalyMask, "ood/anomaly", qos)
         self.pub_mask = self.create_publisher(Image, "ood/anomaly/mask", qos)
         self.pub_conf = self.create_publisher(Image, "ood/anomaly/confidence", qos)
-        self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_synthesis, sensor_qos())
+        self.create_subscription(SynthesisResult, p["synthesis_topic"], self.on_message, sensor_qos())
+        self._start_worker()
         if p["camera_info_topic"] and not self.camera_from_param:
             self.create_subscription(CameraInfo, p["camera_info_topic"], self.on_camera_info, sensor_qos())
         log = self.get_logger().warning if choice.reason.startswith("fallback") else self.get_logger().info
@@ -155,7 +221,9 @@ class AnalysisNode(StageNode):
         return {"segmenter": self.analyzer.segmenter.name, "segmenter_reason": self.segmenter_reason,
                 "models_dir": str(self.models_dir), "features": self.features, "nominal_stats": self.nominal_desc,
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
-                "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam}
+                "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam,
+                "superseded": str(self.superseded),
+                **{f"stage_{k}_ms": f"{v:.1f}" for k, v in self.stage_ms.items()}}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         if not (0 < msg.width <= MAX_CAMERA_PX and 0 < msg.height <= MAX_CAMERA_PX):
@@ -173,6 +241,7 @@ class AnalysisNode(StageNode):
             if image.shape != synth.shape:
                 raise ValueError(f"input {image.shape[1]}x{image.shape[0]} and synthesized "
                                  f"{synth.shape[1]}x{synth.shape[0]} differ in size")
+            decoded = time.perf_counter()
             result = self.analyzer.analyze(image, synth)
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
@@ -181,6 +250,10 @@ class AnalysisNode(StageNode):
             self._unexpected(exc, "synthesis callback")
             return
         self._publish(msg.header, result, start)
+        done = time.perf_counter()
+        analysed = decoded + sum(result.timings_ms.values()) / 1e3
+        self._track_stages({"decode_msg": (decoded - start) * 1e3, **result.timings_ms,
+                            "encode_msg": max(0.0, (done - analysed) * 1e3)})
 
     def _publish(self, header, result, start: float) -> None:
         conf = np.clip(result.confidence, 0.0, 1.0).astype(np.float32)

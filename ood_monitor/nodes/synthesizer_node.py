@@ -18,11 +18,17 @@ from dataclasses import dataclass, replace
 from sensor_msgs.msg import Image
 
 from ood_monitor.core.diffusion.guided_ddim import GUIDANCE_KINDS
-from ood_monitor.core.diffusion.synthesizer import Synthesizer
+from ood_monitor.core.diffusion.synthesizer import (
+    NODE_BACKENDS,
+    SAMPLING_PRESETS,
+    Synthesizer,
+    sampling_overrides,
+    synthesizer_from_params,
+)
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import exit_process, run_node
-from ood_monitor.ros.params import Limits, at_least, one_of, positive
+from ood_monitor.ros.params import Limits, at_least, one_of
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore, SynthesisResult
@@ -37,12 +43,16 @@ PARAMETERS = {
     "output_topic": ("ood/synthesis", "SynthesisResult topic"),
     "model_dir": ("models/latent_dit", "latent_dit or pixel_ddpm model directory (relative: working dir, "
                   "then share/ood_monitor, then source tree)"),
-    "steps": (10, "denoising steps (DDIM, eta = 0)"),
-    "guidance": (4.0, "similarity guidance scale s (gradient) or w (gradfree)"),
-    "strength": (0.5, "start from the input noised to t = strength*T (1.0: pure noise)"),
-    "guidance_kind": ("gradient", "gradient (similarity-guided DDIM, docs/methods.md#similarity-guided-ddim) "
-                                  "| gradfree | none"),
-    "backend": ("torch", "inference backend: torch"),
+    "sampling": ("realtime", "realtime (gradient-free guidance w 4, 2 DDIM steps from strength 0.3: masks at camera "
+                             "rate on a 2-core CPU) | model (the model directory's sampling: Algorithm 1 of Jiang "
+                             "et al., 'Efficient Anomaly Detection using Diffusion Models', 10 steps, ~4x slower); "
+                             "steps, guidance, strength and guidance_kind override it when set"),
+    "steps": (0, "denoising steps (DDIM, eta = 0); 0: from sampling"),
+    "guidance": (-1.0, "similarity guidance scale s (gradient) or w (gradfree); -1: from sampling"),
+    "strength": (0.0, "start from the input noised to t = strength*T (1.0: pure noise); 0: from sampling"),
+    "guidance_kind": ("", "gradient (Algorithm 1: backprop through the DiT) | gradfree | none; empty: from sampling"),
+    "backend": ("auto", "auto (onnxruntime for fp32 when installed, else torch) | onnxruntime | torch; "
+                        "gradient guidance always runs the DiT in torch (it backpropagates)"),
     "device": ("cpu", "cpu | cuda"),
     "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),
     "threads": (0, "torch CPU threads (0: torch's default)"),
@@ -67,10 +77,11 @@ class Pending:
     arrived: float
 
 
-LIMITS = {
-    "steps": Limits(1, 1000), "guidance": at_least(0.0), "strength": positive(1.0),
-    "guidance_kind": one_of(*GUIDANCE_KINDS), "trigger": one_of(*TRIGGERS), "every_n": at_least(1),
-    "score_wait_s": at_least(0.0), "precision": one_of(*NODE_PRECISIONS), "backend": one_of("torch"),
+LIMITS = {  # 0 / -1 / "": the sampling preset's value
+    "sampling": one_of(*SAMPLING_PRESETS), "steps": Limits(0, 1000), "guidance": at_least(-1.0),
+    "strength": Limits(0.0, 1.0), "guidance_kind": one_of(*GUIDANCE_KINDS, ""), "trigger": one_of(*TRIGGERS),
+    "every_n": at_least(1), "score_wait_s": at_least(0.0), "precision": one_of(*NODE_PRECISIONS),
+    "backend": one_of(*NODE_BACKENDS),
     "device": one_of("cpu", "cuda"), "threads": Limits(0, 1024),
 }
 
@@ -78,10 +89,11 @@ LIMITS = {
 class SynthesizerNode(StageNode):
     PARAMETERS = PARAMETERS
     LIMITS = LIMITS
-    TUNABLE = ("steps", "guidance", "strength", "guidance_kind", "trigger", "every_n", "score_wait_s")
+    TUNABLE = ("sampling", "steps", "guidance", "strength", "guidance_kind", "trigger", "every_n", "score_wait_s")
 
     def __init__(self, node_name: str = "synthesizer_node", **kwargs) -> None:
         self.worker: threading.Thread | None = None
+        self.stage_ms: dict[str, float] = {}
         self.cond = threading.Condition()
         self.running = False
         super().__init__(node_name, **kwargs)
@@ -102,14 +114,24 @@ class SynthesizerNode(StageNode):
 
     def retune(self, name: str, value) -> None:
         """Sampling parameters take effect from the next frame; trigger settings immediately."""
-        fields = {"steps": "steps", "guidance": "scale", "strength": "strength", "guidance_kind": "kind"}
         with self.cond:
-            if name in fields:
-                self.synth.guidance = replace(self.synth.guidance, **{fields[name]: value})
+            if name in ("sampling", "steps", "guidance", "strength", "guidance_kind"):
+                self.synth.guidance = replace(self.synth.guidance, **self._sampling(self.p))
             self.cond.notify()
+
+    def _sampling(self, p: dict) -> dict:
+        """GuidanceConfig fields for the parameters (unset ones from the preset, then the model's config)."""
+        o = sampling_overrides(p["sampling"], p["steps"], p["guidance"], p["strength"], p["guidance_kind"])
+        defaults = self.model_sampling
+        return {"steps": int(o["steps"] if o["steps"] is not None else defaults.steps),
+                "scale": float(o["guidance"] if o["guidance"] is not None else defaults.scale),
+                "strength": float(o["strength"] if o["strength"] is not None else defaults.strength),
+                "kind": o["guidance_kind"] or defaults.kind}
 
     def _check_parameters(self, p: dict) -> None:
         """What the descriptors (LIMITS) cannot say: a combination of parameters."""
+        if -1.0 < p["guidance"] < 0.0:
+            raise ValueError(f"parameter guidance must be >= 0 (or -1: from sampling), got {p['guidance']}")
         if p["trigger"] == "on_ood" and not p["score_topics"]:
             raise ValueError("parameter score_topics is empty but trigger is on_ood")
 
@@ -119,29 +141,27 @@ class SynthesizerNode(StageNode):
             import torch
 
             torch.set_num_threads(p["threads"])
-        precision = "fp16-selected" if p["precision"] == "fp16" else p["precision"]
         self.model_dir = resolve_model_dir(p["model_dir"])
-        synth = Synthesizer.from_model_dir(self.model_dir, steps=p["steps"],
-                                           guidance=p["guidance"], strength=p["strength"],
-                                           guidance_kind=p["guidance_kind"], device=p["device"],
-                                           precision=precision, seed=p["seed"])
-        for module in (synth.denoiser, synth.autoencoder):
-            if module is not None:
-                module.register_forward_pre_hook(self._cancel_if_stopping)
+        synth = synthesizer_from_params(self.model_dir, p)
+        self.model_sampling = Synthesizer.card_sampling(self.model_dir)
+        synth.before_each_call(self._cancel_if_stopping)
+        g = synth.guidance
         self.get_logger().info(
-            f"synthesizing {p['input_topic']} with {self.model_dir} ({synth.backend}, {p['steps']} steps, "
-            f"{p['guidance_kind']} guidance {p['guidance']}, strength {p['strength']}, trigger {p['trigger']})")
+            f"synthesizing {p['input_topic']} with {self.model_dir} ({synth.backend}, sampling {p['sampling']}: "
+            f"{g.steps} steps, {g.kind} guidance {g.scale:g}, strength {g.strength:g}, trigger {p['trigger']})")
         return synth
 
-    def _cancel_if_stopping(self, _module, _inputs) -> None:
+    def _cancel_if_stopping(self) -> None:
         if not self.running:
             raise SynthesisCancelled
 
     def diagnostic_values(self) -> dict[str, str]:
         s = self.synth
+        stages = {f"stage_{k}_ms": f"{v:.1f}" for k, v in self.stage_ms.items()}  # moving average per stage
         return {"backend": s.backend, "model": str(self.model_dir), "model_hash": s.model_hash,
-                "steps": str(s.guidance.steps), "guidance": f"{s.guidance.kind} {s.guidance.scale}",
-                "strength": str(s.guidance.strength), "trigger": self.p["trigger"],
+                "sampling": self.p["sampling"], "steps": str(s.guidance.steps),
+                "guidance": f"{s.guidance.kind} {s.guidance.scale}",
+                "strength": str(s.guidance.strength), "trigger": self.p["trigger"], **stages,
                 **{k: str(v) for k, v in self.counts.items()}}
 
     # ------------------------------------------------------------------------------------ callbacks
@@ -242,12 +262,20 @@ class SynthesizerNode(StageNode):
         if not self.active:  # deactivated while this frame was synthesized: outputs stay silent
             return
         latency = (time.perf_counter() - start) * 1e3
+        self._track_stages(self.synth.last_timing.stages(), latency - self.synth.last_timing.total_ms)
         g = self.synth.guidance
         self.pub.publish(SynthesisResult(
             header=msg.header, input=array_to_image(rgb, "rgb8", header=msg.header),
             synthesized=array_to_image(out, "rgb8", header=msg.header), steps=int(g.steps),
             guidance=float(g.scale), backend=self.synth.backend, latency_ms=float(latency)))
         self.stats.on_output(latency)
+
+    def _track_stages(self, stages: dict[str, float], conversion_ms: float) -> None:
+        """Moving averages (weight 0.1) of the per-stage ms for /diagnostics: encode, dit, guidance, decode,
+        conversion (message to array, and the validation around the synthesis)."""
+        for name, ms in {**stages, "conversion": conversion_ms}.items():
+            old = self.stage_ms.get(name)
+            self.stage_ms[name] = ms if old is None else 0.9 * old + 0.1 * ms
 
     def destroy_node(self) -> None:
         self._stop_worker()

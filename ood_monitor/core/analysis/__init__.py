@@ -67,17 +67,26 @@ class Analyzer:
         self.nominal = nominal
 
     def analyze(self, image: np.ndarray, synthesized: np.ndarray) -> AnalysisResult:
+        """`timings_ms` is the per-stage profile: the discrepancy terms (features, colour, structure; each
+        only when enabled), nominal (normalisation), segmentation, pooling (+ confidence), mask (threshold
+        + regions); their sum is the frame's analysis time."""
         t0 = time.perf_counter()
         disc = self.discrepancy(image, synthesized)
+        timings = dict(self.discrepancy.last_ms)
+        t1 = time.perf_counter()
+        timings["weighting"] = max(0.0, (t1 - t0) * 1e3 - sum(timings.values()))
         if self.nominal is not None:
             disc = self.nominal(image, disc)
-        t1 = time.perf_counter()
-        pooled = disc if self.segmenter is None else pool_labels(disc, self.segmenter.labels(image))
-        conf = np.clip(pooled * np.float32(self.cfg.confidence_gain), 0.0, 1.0).astype(np.float32, copy=False)
         t2 = time.perf_counter()
-        mask = extract_regions(conf, self.cfg.threshold, self.cfg.min_region_px)
+        labels = None if self.segmenter is None else self.segmenter.labels(image)
         t3 = time.perf_counter()
-        timings = {"discrepancy": (t1 - t0) * 1e3, "pooling": (t2 - t1) * 1e3, "mask": (t3 - t2) * 1e3}
+        pooled = disc if labels is None else pool_labels(disc, labels)
+        conf = np.clip(pooled * np.float32(self.cfg.confidence_gain), 0.0, 1.0).astype(np.float32, copy=False)
+        t4 = time.perf_counter()
+        mask = extract_regions(conf, self.cfg.threshold, self.cfg.min_region_px)
+        t5 = time.perf_counter()
+        timings.update(nominal=(t2 - t1) * 1e3, segmentation=(t3 - t2) * 1e3, pooling=(t4 - t3) * 1e3,
+                       mask=(t5 - t4) * 1e3)
         return AnalysisResult(disc, conf, mask, timings)
 
 

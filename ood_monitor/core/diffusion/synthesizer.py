@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,16 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MODEL_TYPES = ("dcae", "latent_dit", "pixel_ddpm")
 TRAIN_COMMAND = {"dcae": "dcae", "latent_dit": "dit --dcae models/dcae", "pixel_ddpm": "ddpm"}
+BACKENDS = ("torch", "onnxruntime")
+NODE_BACKENDS = ("auto",) + BACKENDS
+# Sampling presets (synthesizer_node's `sampling` parameter; `ood-monitor evaluate` / `calibrate-analysis`
+# read the same from --params). "realtime": chosen for anomaly masks at camera rate on a 2-core CPU (issue 16,
+# docs/benchmarks-masks.md: scripts/tune_speed.py on tuning seeds, checked on the demo test split);
+# "model": the sampling stored in the model directory's config.json (the shipped latent_dit: Jiang et al.'s
+# Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
+SAMPLING_PRESETS = ("realtime", "model")
+REALTIME_SAMPLING = {"steps": 2, "scale": 4.0, "strength": 0.3, "kind": "gradfree"}
+UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
 
 
 class ModelFileError(RuntimeError):
@@ -100,6 +111,49 @@ def load_model(model_dir: str | Path, expected: str | None = None) -> tuple[nn.M
     return module.eval().requires_grad_(False), card
 
 
+def sampling_overrides(preset: str, steps: int = UNSET_STEPS, guidance: float = UNSET_GUIDANCE,
+                       strength: float = UNSET_STRENGTH, kind: str = UNSET_KIND) -> dict:
+    """from_model_dir's steps / guidance / strength / guidance_kind for a preset and the explicitly set
+    values (the UNSET_* ones fall back to the preset; None: the model directory's own default)."""
+    if preset not in SAMPLING_PRESETS:
+        raise ValueError(f"parameter sampling must be one of {SAMPLING_PRESETS}, got {preset!r}")
+    base = REALTIME_SAMPLING if preset == "realtime" else {"steps": None, "scale": None, "strength": None,
+                                                            "kind": None}
+    return {"steps": steps if steps != UNSET_STEPS else base["steps"],
+            "guidance": guidance if guidance != UNSET_GUIDANCE else base["scale"],
+            "strength": strength if strength != UNSET_STRENGTH else base["strength"],
+            "guidance_kind": kind if kind != UNSET_KIND else base["kind"]}
+
+
+def resolve_backend(backend: str, precision: str) -> str:
+    """auto: onnxruntime for fp32 when it is installed, else torch."""
+    if backend not in NODE_BACKENDS:
+        raise ValueError(f"parameter backend must be one of {NODE_BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if precision != "fp32":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+def synthesizer_from_params(model_dir: str | Path, p: dict) -> Synthesizer:
+    """The synthesizer synthesizer_node builds from its parameters `p` (a parameter file's synthesizer_node
+    section; absent names take the node's defaults), so the offline tools run what the node runs."""
+    precision = p.get("precision", "fp32")
+    precision = "fp16-selected" if precision == "fp16" else precision
+    sampling = sampling_overrides(p.get("sampling", "realtime"), p.get("steps", UNSET_STEPS),
+                                  p.get("guidance", UNSET_GUIDANCE), p.get("strength", UNSET_STRENGTH),
+                                  p.get("guidance_kind", UNSET_KIND))
+    return Synthesizer.from_model_dir(model_dir, **sampling, device=p.get("device", "cpu"), precision=precision,
+                                      seed=int(p.get("seed", 0)), backend=resolve_backend(p.get("backend", "auto"),
+                                                                                           precision),
+                                      threads=int(p.get("threads", 0)))
+
+
 def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"parameter device must be cpu or cuda, got {device!r}")
@@ -108,15 +162,46 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+
+
 @dataclass
 class SynthesisTiming:
+    """Where one synthesis spent its time. denoise = dit (the denoiser's forward passes) + guidance (the
+    rest of the sampling loop: Algorithm 1's backward pass through the denoiser, the guidance arithmetic
+    and the DDIM updates); decode includes the conversion back to uint8."""
+
     encode_ms: float = 0.0
     denoise_ms: float = 0.0
     decode_ms: float = 0.0
+    dit_ms: float = 0.0
+    steps: int = 0
+
+    @property
+    def guidance_ms(self) -> float:
+        return max(0.0, self.denoise_ms - self.dit_ms)
 
     @property
     def total_ms(self) -> float:
         return self.encode_ms + self.denoise_ms + self.decode_ms
+
+    def stages(self) -> dict[str, float]:
+        """Per-stage ms, the breakdown the benches and docs report."""
+        return {"encode": self.encode_ms, "dit": self.dit_ms, "guidance": self.guidance_ms,
+                "decode": self.decode_ms}
+
+
+class _TimedModel:
+    """Wraps the denoiser to add up the time of its forward passes."""
+
+    def __init__(self, model) -> None:
+        self.model, self.ms, self.calls = model, 0.0, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.model(x, t)
+        self.ms += (time.perf_counter() - t0) * 1e3
+        self.calls += 1
+        return out
 
 
 @dataclass
@@ -135,6 +220,9 @@ class Synthesizer:
     name: str = ""
     model_hash: str = ""
     seed: int = 0
+    runtime: str = "torch"
+    ort_denoiser: object | None = None
+    ort_autoencoder: object | None = None
     last_timing: SynthesisTiming = field(default_factory=SynthesisTiming)
 
     def __post_init__(self) -> None:
@@ -144,12 +232,18 @@ class Synthesizer:
     def from_model_dir(cls, path: str | Path, steps: int | None = None, guidance: float | None = None,
                        strength: float | None = None, guidance_kind: str | None = None,
                        device: str = "cpu", precision: str = "fp32", sampler: str = "ddim",
-                       seed: int = 0) -> Synthesizer:
-        """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config."""
+                       seed: int = 0, backend: str = "torch", threads: int = 0) -> Synthesizer:
+        """Load a latent_dit or pixel_ddpm directory; None keeps the sampling defaults in its config.
+
+        backend onnxruntime runs the three networks through ONNX Runtime (ort_backend.py; fp32 only). It
+        has no backward pass, so gradient guidance (Algorithm 1) runs the denoiser in torch and only the
+        DC-AE in ONNX Runtime. `threads` is its intra-op thread count (0: torch's current count)."""
         if precision not in PRECISIONS:
             raise ValueError(f"parameter precision must be one of {PRECISIONS}, got {precision!r}")
         if guidance_kind is not None and guidance_kind not in GUIDANCE_KINDS:
             raise ValueError(f"parameter guidance_kind must be one of {GUIDANCE_KINDS}, got {guidance_kind!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"parameter backend must be one of {BACKENDS}, got {backend!r}")
         dev = resolve_device(device)
         card = read_card(path)
         if card["type"] == "dcae":
@@ -162,21 +256,53 @@ class Synthesizer:
             scale=float(guidance if guidance is not None else defaults.get("scale", 1.0)),
             strength=float(strength if strength is not None else defaults.get("strength", 0.6)),
             kind=guidance_kind or defaults.get("kind", "gradient"))
+        if backend == "onnxruntime" and precision != "fp32":
+            raise ValueError(f"backend onnxruntime runs fp32 graphs; precision {precision} needs backend torch")
         autoencoder, scaling = None, 1.0
         if card["type"] == "latent_dit":
             ae_dir = (Path(path) / card["dcae"]).resolve()
             autoencoder, ae_card = load_model(ae_dir, "dcae")
             scaling = float(ae_card["arch"]["scaling_factor"])
+        size = int(card["image_size"])
+        ort_denoiser = ort_autoencoder = None
+        if backend == "onnxruntime":  # exported from the CPU modules, before they move to the device
+            from .ort_backend import OrtAutoencoder, OrtDenoiser
+
+            n = threads if threads > 0 else torch.get_num_threads()
+            shape = _model_input_shape(card, autoencoder, size)
+            ort_denoiser = OrtDenoiser(denoiser, shape, n, dev)
+            if autoencoder is not None:
+                ort_autoencoder = OrtAutoencoder(autoencoder, size, shape, n, dev)
+        if autoencoder is not None:
             autoencoder = quantize(autoencoder, precision).to(dev)
         denoiser = quantize(denoiser, precision).to(dev)
         return cls(denoiser=denoiser, schedule=ScheduleConfig(**card["schedule"]), guidance=gcfg,
-                   image_size=int(card["image_size"]), sampler=sampler, autoencoder=autoencoder,
+                   image_size=size, sampler=sampler, autoencoder=autoencoder,
                    scaling_factor=scaling, device=dev, precision=precision, name=Path(path).name,
-                   model_hash=card.get("weights_sha256", "")[:12], seed=seed)
+                   model_hash=card.get("weights_sha256", "")[:12], seed=seed, runtime=backend,
+                   ort_denoiser=ort_denoiser, ort_autoencoder=ort_autoencoder)
+
+    @staticmethod
+    def card_sampling(path: str | Path) -> GuidanceConfig:
+        """The sampling defaults a model directory's config.json stores (what from_model_dir uses for None)."""
+        d = read_card(path).get("sampling", {})
+        return GuidanceConfig(steps=int(d.get("steps", 10)), scale=float(d.get("scale", 1.0)),
+                              strength=float(d.get("strength", 0.6)), kind=d.get("kind", "gradient"))
+
+    def before_each_call(self, check: Callable[[], None]) -> None:
+        """Run `check` before every network call, torch or ONNX Runtime: raising there abandons the
+        synthesis at the next step (a node stopping must not wait for a long CPU synthesis)."""
+        for module in (self.denoiser, self.autoencoder):
+            if module is not None:
+                module.register_forward_pre_hook(lambda _module, _inputs: check())
+        for graph in (getattr(self.ort_denoiser, "graph", None), getattr(self.ort_autoencoder, "encoder", None),
+                      getattr(self.ort_autoencoder, "decoder", None)):
+            if graph is not None:
+                graph.before.append(check)
 
     @property
     def backend(self) -> str:
-        return f"torch-{self.device.type}-{self.precision}"
+        return f"{'ort' if self.runtime == 'onnxruntime' else 'torch'}-{self.device.type}-{self.precision}"
 
     def model_size_mb(self) -> float:
         """Denoiser (+ autoencoder) parameter and buffer bytes as loaded, in MB."""
@@ -195,17 +321,38 @@ class Synthesizer:
         self.validate(rgb)
         gen = torch.Generator(self.device).manual_seed(self.seed)
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        timing = SynthesisTiming()
+        gradient = self.guidance.kind == "gradient" and self.guidance.scale > 0  # needs torch's backward
+        model = _TimedModel(self.denoiser if gradient or self.ort_denoiser is None else self.ort_denoiser)
         with torch.no_grad():
             t0 = time.perf_counter()
-            y = encode(self.autoencoder, x, self.scaling_factor) if self.autoencoder is not None else x
+            y = self._encode(x)
             t1 = time.perf_counter()
-            out = guided_sample(self.denoiser, y, self.scheduler, self.guidance, gen)
+            out = guided_sample(model, y, self.scheduler, self.guidance, gen)
             t2 = time.perf_counter()
-            if self.autoencoder is not None:
-                out = decode(self.autoencoder, out, self.scaling_factor)
+            out = self._decode(out)
             img = ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
             t3 = time.perf_counter()
-        timing.encode_ms, timing.denoise_ms, timing.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-        self.last_timing = timing
+        self.last_timing = SynthesisTiming((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, model.ms, model.calls)
         return np.ascontiguousarray(img)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return x
+        if self.ort_autoencoder is not None:
+            return self.ort_autoencoder.encoder(x) * self.scaling_factor
+        return encode(self.autoencoder, x, self.scaling_factor)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return z
+        if self.ort_autoencoder is not None:
+            return self.ort_autoencoder.decoder(z / self.scaling_factor).clamp(-1.0, 1.0)
+        return decode(self.autoencoder, z, self.scaling_factor)
+
+
+def _model_input_shape(card: dict, autoencoder: nn.Module | None, size: int) -> tuple[int, ...]:
+    """(1, C, S, S) of what the denoiser sees: the DC-AE latent or the frame."""
+    if autoencoder is None:
+        return (1, 3, size, size)
+    arch = card["arch"]
+    return (1, int(arch["latent_channels"]), int(arch["latent_size"]), int(arch["latent_size"]))
