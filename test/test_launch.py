@@ -26,6 +26,7 @@ from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float32
 
+from ood_monitor.core.diffusion.synthesizer import REALTIME_SAMPLING
 from ood_msgs.msg import AnomalyMask, OODScore, SynthesisResult
 
 from ros_harness import RosHarness, wait_until
@@ -261,7 +262,7 @@ def test_ood_monitor_launch_runs_the_graph_on_the_demo_bag(workspace, demo_datas
         for m in got[f"ood/score/{detector}"]:
             check_ood_score(m, detector)
     for m in got["ood/synthesis"]:
-        check_synthesis(m, steps=10)
+        check_synthesis(m, steps=REALTIME_SAMPLING["steps"])  # the shipped sampling: realtime
     for m in got["ood/anomaly"]:
         check_anomaly_mask(m, prepared)
     dataset = yaml.safe_load((demo_dataset / "dataset.json").read_text())
