@@ -36,7 +36,7 @@ TRAIN_COMMAND = {"dcae": "dcae", "latent_dit": "dit --dcae models/dcae", "pixel_
 BACKENDS = ("torch", "onnxruntime")
 NODE_BACKENDS = ("auto",) + BACKENDS
 # Sampling presets (synthesizer_node's `sampling` parameter; `ood-monitor evaluate` / `calibrate-analysis`
-# read the same from --params). "realtime": chosen for anomaly masks at camera rate on a 2-core CPU (issue 16,
+# read the same from --params). "realtime": chosen for anomaly masks at camera rate on a 2-core CPU (
 # docs/benchmarks-masks.md: scripts/tune_speed.py on tuning seeds, checked on the demo test split);
 # "model": the sampling stored in the model directory's config.json (the shipped latent_dit: Jiang et al.'s
 # Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
