@@ -142,17 +142,10 @@ class AnalysisNode(StageNode):
 
     def _start_worker(self) -> None:
         if self.p["worker_thread"]:
-            self.running = True
-            self.worker = threading.Thread(target=self._work, name="analysis", daemon=True)
-            self.worker.start()
+            self.start_worker(self._work, "analysis")
 
     def _stop_worker(self) -> None:
-        with self.cond:
-            self.running = False
-            self.cond.notify_all()
-        if self.worker is not None and self.worker.is_alive() and threading.current_thread() is not self.worker:
-            self.worker.join(timeout=10.0)
-        self.worker = None
+        self.stop_worker()
 
     def on_cleanup(self, state):
         self._stop_worker()

@@ -36,7 +36,6 @@ from ood_msgs.msg import OODScore, SynthesisResult
 TRIGGERS = ("always", "on_ood", "every_n")
 NODE_PRECISIONS = ("fp32", "fp16", "int8-selected")
 SCORE_CACHE = 256
-STOP_TIMEOUT_S = 1.5  # a node must exit within 2 s of SIGINT (ros2 launch escalates to SIGTERM after 5 s)
 
 PARAMETERS = {
     "input_topic": ("ood/image", "preprocessed frames (rgb8 at the model's input size)"),
@@ -218,19 +217,10 @@ class SynthesizerNode(StageNode):
         return None
 
     def _start_worker(self) -> None:
-        self.running = True
-        self.worker = threading.Thread(target=self._work, name="synthesizer", daemon=True)
-        self.worker.start()
+        self.start_worker(self._work, "synthesizer")
 
     def _stop_worker(self) -> None:
-        with self.cond:
-            self.running = False
-            self.cond.notify_all()
-        if self.worker is not None and self.worker.is_alive() and threading.current_thread() is not self.worker:
-            self.worker.join(timeout=STOP_TIMEOUT_S)
-            if self.worker.is_alive():
-                self.get_logger().error(f"synthesis worker still running {STOP_TIMEOUT_S} s after stop")
-        self.worker = None
+        self.stop_worker()
 
     def on_cleanup(self, state):
         self._stop_worker()

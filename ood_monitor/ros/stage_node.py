@@ -18,6 +18,7 @@ operators can tell "bad input, refused" from "our code broke".
 """
 from __future__ import annotations
 
+import threading
 import traceback
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
@@ -61,6 +62,9 @@ STAGE_LIMITS = {
 }
 
 
+WORKER_STOP_TIMEOUT_S = 1.5  # a node must exit within 2 s of SIGINT (ros2 launch escalates to SIGTERM after 5 s)
+
+
 class StageNode(LifecycleNode):
     PARAMETERS: ClassVar[dict[str, tuple[Any, str]]] = {}
     # names changeable on a running node; a dict's values may add a check beyond LIMITS (name -> valid?)
@@ -93,6 +97,27 @@ class StageNode(LifecycleNode):
 
     def setup(self, p: dict[str, Any]) -> None:
         """Load models, create publishers, subscriptions and timers (subclasses)."""
+
+    def start_worker(self, target: Callable[[], None], name: str) -> None:
+        """Run `target` on a daemon thread; it loops while `self.running` and waits on `self.cond` (both the
+        node's), so the executor never blocks on heavy work."""
+        self.running = True
+        self.worker = threading.Thread(target=target, name=name, daemon=True)
+        self.worker.start()
+
+    def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
+        """Clear `running`, wake the worker and join it (from any thread but the worker's own); a node must
+        exit within 2 s of SIGINT, so a worker still busy after `timeout_s` is logged and left to die
+        with the process."""
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+        worker = getattr(self, "worker", None)
+        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
+            worker.join(timeout=timeout_s)
+            if worker.is_alive():
+                self.get_logger().error(f"{worker.name} worker still running {timeout_s} s after stop")
+        self.worker = None
 
     def start_health(self) -> QoSProfile:
         """In setup: the node's StageStats and its /diagnostics publisher, from the stage parameters;
