@@ -90,6 +90,7 @@ def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> 
     `alarm_settings`, ModelFileError when it has none). Returns ({test: AlarmConfig}, max_gap_s,
     {name: where it came from})."""
     from ood_monitor.core.alarm_calibration import resolve_alarm
+    from ood_monitor.core.conformal import AlarmConfig
 
     source = params if params is not None else shipped_params()
     section = node_parameters(source, f"vae_{kind}_detector") if source is not None else {}
@@ -100,7 +101,7 @@ def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> 
     if max_gap_s <= 0:
         raise ValueError(f"max_gap_s must be positive, got {max_gap_s} (from {origin['max_gap_s']})")
     if "pvalue_threshold" not in explicit:
-        explicit["pvalue_threshold"] = 0.01  # the node's default; not calibrated
+        explicit["pvalue_threshold"] = AlarmConfig.pvalue_threshold  # the node's default; not calibrated
         origin["pvalue_threshold"] = "node default"
     try:
         configs = {t: resolve_alarm(t, explicit, stored) for t in tests}

@@ -34,6 +34,7 @@ from ood_monitor.core.conformal import (
     log_mixture_martingale,
     log_power_martingale,
     monitor_sequence,
+    p_values,
 )
 
 WINDOWS = (2, 3, 4, 5, 6, 8, 10, 15, 20)
@@ -165,8 +166,6 @@ def level_with_budget(trace: np.ndarray, allowed: int) -> float:
 
 def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float) -> np.ndarray:
     """Each frame's conformal p-value against the frames of every other block (cross-fitting)."""
-    from ood_monitor.core.conformal import p_values
-
     p = np.empty(scores.size)
     for b in np.unique(blocks):
         held = blocks == b
