@@ -12,6 +12,7 @@ from ood_monitor.core.alarm_calibration import (
     block_ids,
     calibrate_alarms,
     cusum_theta,
+    drift_tail_index,
     resolve_alarm,
 )
 from ood_monitor.core.conformal import AlarmConfig, monitor_sequence
@@ -82,9 +83,35 @@ def test_stored_settings_round_trip_and_explicit_ones_win() -> None:
     cfg = resolve_alarm("cusum", {"window": 0, "martingale_threshold": 0.0}, lambda: stored)
     assert cfg.test == "cusum" and cfg.window == stored["window"] and cfg.cusum_threshold == stored["cusum_threshold"]
     explicit = {"martingale": "power", "epsilon": 0.4, "window": 9, "martingale_threshold": 11.0, "cusum_delta": 3.0,
-                "cusum_threshold": 30.0, "p_floor": 0.01}
+                "cusum_threshold": 30.0, "p_floor": 0.01, "tail": "pareto", "tail_index": 2.5}
 
     def never() -> dict:
         raise AssertionError("stored settings read although every setting was given")
 
     assert resolve_alarm("martingale", explicit, never) == AlarmConfig(test="martingale", **explicit)
+
+
+def test_pareto_tail_keeps_the_rate_and_catches_far_frames_at_once() -> None:
+    rng = np.random.default_rng(4)
+    nominal = rng.chisquare(10, size=600)
+    result = calibrate_alarms(nominal, target=AlarmTarget(tail="pareto", p_floor=1e-6))
+    s = result.settings
+    assert s["tail"] == "pareto" and s["tail_index"] > 1.0
+    assert result.p_min < 1.0 / 601  # the "shortest episode" is counted past the conformal floor
+    plain = calibrate_alarms(nominal).settings
+    fresh = rng.chisquare(10, size=40_000)
+    alarms = monitor_sequence(nominal, fresh, AlarmConfig(**s))["is_ood"]
+    assert alarms.mean() * 1000 <= 2.0
+    # a stretch far past every nominal score: the tail alarms on its first frames, the floor cannot
+    episode = np.r_[rng.chisquare(10, size=30), np.full(20, 10.0 * nominal.max())]
+    first = {name: int(np.argmax(monitor_sequence(nominal, episode, AlarmConfig(**cfg))["is_ood"][30:])) + 1
+             for name, cfg in (("tail", s), ("plain", plain))}
+    assert first["tail"] <= 2 and first["tail"] < first["plain"]
+
+
+def test_blocks_that_overshoot_each_other_make_the_tail_heavier() -> None:
+    rng = np.random.default_rng(5)
+    steady = rng.chisquare(10, size=500)
+    blocks = block_ids(np.zeros(500, int), 5)
+    drifting = steady * np.repeat([1.0, 1.0, 1.0, 1.0, 1.6], 100)  # the last stretch runs past the rest
+    assert drift_tail_index(drifting, blocks) < drift_tail_index(steady, blocks)

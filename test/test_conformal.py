@@ -8,6 +8,7 @@ from scipy.special import gammainc, gammaln
 from ood_monitor.core.conformal import (
     AlarmConfig,
     ConformalMonitor,
+    hill_tail_index,
     log_mixture_martingale,
     log_power_martingale,
     monitor_sequence,
@@ -141,3 +142,50 @@ def test_invalid_inputs() -> None:
         ConformalMonitor(np.array([]))
     with pytest.raises(ValueError, match="finite"):
         ConformalMonitor(calibration()).update(float("nan"))
+
+
+def test_tail_p_values_extend_past_the_calibration() -> None:
+    cal = np.sort(np.random.default_rng(RNG_SEED).chisquare(10, size=199))
+    inside = np.linspace(0.0, cal[-1], 50)
+    np.testing.assert_array_equal(p_values(cal, inside, 0.0, 3.0), p_values(cal, inside, 0.0))
+    beyond = cal[-1] * np.array([1.000001, 1.5, 2.0, 10.0])
+    p = p_values(cal, beyond, 0.0, 3.0)
+    assert p[0] == pytest.approx(1 / 200, rel=1e-4)  # continuous where the calibration ends
+    np.testing.assert_allclose(p[1:], np.array([1.5, 2.0, 10.0]) ** -3.0 / 200)
+    assert np.all(np.diff(p) < 0)
+    assert p_values(cal, cal[-1] * 100, 1e-6, 3.0)[0] == 1e-6  # the floor still holds
+
+
+def test_hill_tail_index_recovers_a_pareto_index() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    estimates = [hill_tail_index(np.sort(rng.pareto(3.0, size=2000) + 1.0)) for _ in range(10)]
+    assert np.mean(estimates) == pytest.approx(3.0, rel=0.1)
+    assert hill_tail_index(np.sort(rng.normal(-5.0, 0.1, size=100))) == 0.0  # non-positive scores: no tail
+
+
+@pytest.mark.parametrize("draw", ["chisquare", "pareto", "lognormal"])
+def test_tail_p_values_stay_close_to_valid_under_exchangeability(draw: str) -> None:
+    """Fresh nominal frames get p <= q about q of the time, also for q far below 1/(n+1)."""
+    rng = np.random.default_rng(RNG_SEED)
+    sample = {"chisquare": lambda n: rng.chisquare(10, n), "pareto": lambda n: rng.pareto(3.0, n) + 1.0,
+              "lognormal": lambda n: rng.lognormal(0.0, 1.0, n)}[draw]
+    p = []
+    for _ in range(20):
+        cal = np.sort(sample(300))
+        p.append(p_values(cal, sample(20_000), 0.0, hill_tail_index(cal)))
+    p = np.concatenate(p)
+    for q in (1e-3, 1e-4):
+        assert np.mean(p <= q) <= 2.0 * q, q
+
+
+def test_monitor_extrapolates_only_with_the_pareto_tail() -> None:
+    cal = np.random.default_rng(RNG_SEED).chisquare(10, size=99)
+    far = 10.0 * cal.max()
+    plain = ConformalMonitor(cal, AlarmConfig(p_floor=1e-9))
+    assert plain.tail_index == 0.0 and plain.p_value(far) == pytest.approx(0.01)
+    estimated = ConformalMonitor(cal, AlarmConfig(p_floor=1e-9, tail="pareto"))
+    assert estimated.tail_index == pytest.approx(hill_tail_index(np.sort(cal)))
+    given = ConformalMonitor(cal, AlarmConfig(p_floor=1e-9, tail="pareto", tail_index=2.0))
+    assert given.p_value(far) == pytest.approx(0.01 * 10.0 ** -2.0)
+    with pytest.raises(ValueError, match="tail"):
+        AlarmConfig(tail="gaussian")

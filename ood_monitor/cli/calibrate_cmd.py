@@ -12,6 +12,9 @@ from ood_monitor.cli.label_options import add_label_options, label_spec
 from ood_monitor.cli.train_cmd import SCORES
 
 MIN_FRAMES = 20
+TAILS = ("pareto", "none")       # core.conformal.TAILS (kept import-free here)
+DEFAULT_TAIL = "pareto"
+P_FLOORS = {"pareto": 1e-6, "none": 0.005}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="contiguous blocks the nominal frames are cut into: each block's alarms are traced "
                         "with the other blocks as calibration")
     p.add_argument("--cusum-delta", type=float, default=2.0, help="CUSUM drift per frame (> 1)")
+    p.add_argument("--tail", choices=TAILS, default=DEFAULT_TAIL,
+                   help="p-values of scores beyond the largest calibration score: pareto keeps them falling "
+                        "along the calibration's Pareto tail (a frame far past every nominal one gets a far "
+                        "smaller p-value than one just past), none stops them at 1/(n+1)")
+    p.add_argument("--p-floor", type=float, default=None,
+                   help=f"smallest p-value a frame can get (default {P_FLOORS['pareto']:g} with the pareto tail, "
+                        f"{P_FLOORS['none']:g} without)")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
     add_label_options(p)
     p.set_defaults(func=run)
@@ -49,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         card.score = args.score
         card.nonconformity  # noqa: B018 -- ValueError now if the card lacks the training statistics
     target = AlarmTarget(false_alarms_per_1000=args.false_alarms_per_1000, blocks=args.blocks,
-                         cusum_delta=args.cusum_delta)
+                         cusum_delta=args.cusum_delta, tail=args.tail,
+                         p_floor=P_FLOORS[args.tail] if args.p_floor is None else args.p_floor)
     scores, sequence, sources = score_recordings(args, encoder, card)
     if len(scores) < MIN_FRAMES:
         raise ValueError(f"only {len(scores)} calibration frames: p-values need at least {MIN_FRAMES} (better 200+)")
@@ -98,10 +109,15 @@ def score_recordings(args: argparse.Namespace, encoder, card) -> tuple:
 def print_summary(model: str, card, scores, alarms, target) -> None:
     import numpy as np
 
-    q = np.percentile(scores, [50, 95, 99])
     s = alarms.settings
+    q = np.percentile(scores, [50, 95, 99])
     print(f"stored {len(scores)} {card.score} calibration scores in {model}/config.json "
-          f"(median {q[0]:.2f}, p95 {q[1]:.2f}, p99 {q[2]:.2f}; smallest p-value {alarms.p_min:.4f})")
+          f"(median {q[0]:.2f}, p95 {q[1]:.2f}, p99 {q[2]:.2f})")
+    if s["tail"] == "pareto":
+        print(f"p-values past the largest score ({scores[-1]:.2f}) follow a Pareto tail of index {s['tail_index']:.2f}: "
+              f"a score twice as large gets p = {alarms.p_min:.2g} (floor {s['p_floor']:g})")
+    else:
+        print(f"smallest p-value {alarms.p_min:.4f} (1/(n+1) or the floor {s['p_floor']:g})")
     print(f"coverage: {alarms.coverage:.1%} of held-out nominal frames have p < 0.05 (5% when the calibration "
           f"covers the footage); per block {', '.join(f'{c:.0%}' for c in alarms.block_coverage)}")
     print(f"alarms for {target.false_alarms_per_1000:g} false alarms per 1000 frames: martingale window "

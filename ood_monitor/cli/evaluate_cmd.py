@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 MASK_TOPIC = "/ood/gt/mask"  # data.labeled_frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
-                "pvalue_threshold", "p_floor")
+                "pvalue_threshold", "p_floor", "tail", "tail_index")
 NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default
 SHIPPED_PARAMS = "config/default.yaml"
 

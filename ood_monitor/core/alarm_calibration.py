@@ -31,6 +31,7 @@ import numpy as np
 
 from ood_monitor.core.conformal import (
     AlarmConfig,
+    hill_tail_index,
     log_mixture_martingale,
     log_power_martingale,
     monitor_sequence,
@@ -39,6 +40,7 @@ from ood_monitor.core.conformal import (
 
 WINDOWS = (2, 3, 4, 5, 6, 8, 10, 15, 20)
 NOMINAL_P = 0.5  # a typical nominal frame's p-value, for the "shortest episode" estimate
+REFERENCE_EXCESS = 2.0  # with a tail: the "shortest episode" is counted at a score this many times the largest nominal one
 MIN_BLOCK_FRAMES = 8
 
 
@@ -58,6 +60,7 @@ class AlarmTarget:
     epsilon: float = 0.5
     cusum_delta: float = 2.0
     p_floor: float = 0.005
+    tail: str = "none"
     coverage_alpha: float = 0.05
 
     def __post_init__(self) -> None:
@@ -74,7 +77,8 @@ class AlarmTarget:
         return cls(false_alarms_per_1000=float(stored.get("target_false_alarms_per_1000", 1.0)),
                    blocks=int(stored.get("heldout", {}).get("blocks", 5)),
                    martingale=stored.get("martingale", "mixture"), epsilon=float(stored.get("epsilon", 0.5)),
-                   cusum_delta=float(stored.get("cusum_delta", 2.0)), p_floor=float(stored.get("p_floor", 0.005)))
+                   cusum_delta=float(stored.get("cusum_delta", 2.0)), p_floor=float(stored.get("p_floor", 0.005)),
+                   tail=stored.get("tail", "none"))
 
     @property
     def rate(self) -> float:
@@ -164,13 +168,38 @@ def level_with_budget(trace: np.ndarray, allowed: int) -> float:
     return float(ordered[allowed]) if allowed < ordered.size else float("-inf")
 
 
-def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float) -> np.ndarray:
+def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float, tail_index: float = 0.0) -> np.ndarray:
     """Each frame's conformal p-value against the frames of every other block (cross-fitting)."""
     p = np.empty(scores.size)
     for b in np.unique(blocks):
         held = blocks == b
-        p[held] = p_values(np.sort(scores[~held]), scores[held], floor)
+        p[held] = p_values(np.sort(scores[~held]), scores[held], floor, tail_index)
     return p
+
+
+def drift_tail_index(scores: np.ndarray, blocks: np.ndarray) -> float:
+    """The Pareto index p-values are extrapolated with: the heavier (smaller) of Hill's estimate over all
+    nominal scores and the one the blocks themselves show, i.e. how far each held-out block's frames go
+    past the largest score of the other blocks (the MLE of a Pareto index from those excess ratios).
+    Within one stretch of footage the tail is light; between stretches (later in the drive, another
+    session) nominal frames overshoot further, and that is the overshoot a new stretch will show."""
+    hill = hill_tail_index(np.sort(scores))
+    log_excess = []
+    for b in np.unique(blocks):
+        held = blocks == b
+        top = scores[~held].max()
+        if top > 0:
+            over = scores[held][scores[held] > top]
+            log_excess.extend(np.log(over / top))
+    if not log_excess or hill == 0.0:
+        return hill
+    return min(hill, len(log_excess) / max(float(np.sum(log_excess)), 1e-12))
+
+
+def reference_p(n: int, tail_index: float, floor: float) -> float:
+    """The p-value the "shortest episode" is counted at: the conformal floor 1/(n+1), or with a tail the
+    p-value of a score REFERENCE_EXCESS times the largest nominal one (never below `floor`)."""
+    return max(floor, REFERENCE_EXCESS ** -tail_index / (n + 1.0))
 
 
 def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig) -> dict[str, np.ndarray]:
@@ -205,7 +234,8 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
     warnings: list[str] = []
     if n_blocks < target.blocks:
         warnings.append(f"{scores.size} nominal frames: {n_blocks} blocks instead of {target.blocks}")
-    p = heldout_pvalues(scores, blocks, target.p_floor)
+    tail_index = drift_tail_index(scores, blocks) if target.tail == "pareto" else 0.0
+    p = heldout_pvalues(scores, blocks, target.p_floor, tail_index)
     low = p < target.coverage_alpha
     coverage = float(low.mean())
     block_coverage = [float(low[blocks == b].mean()) for b in np.unique(blocks)]
@@ -220,14 +250,14 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
                         f"far more p < {target.coverage_alpha} than chance allows ({fmt_blocks(block_coverage)}): "
                         f"those stretches look unlike the rest of the nominal footage")
     n = scores.size
-    p_min = max(target.p_floor, 1.0 / (n + 1.0))
+    p_min = reference_p(n, tail_index, target.p_floor)
     allowed = int(math.floor(target.rate * n))
     if n * target.rate < 1.0:
         warnings.append(f"{n} held-out frames can show a false-alarm rate down to {1000.0 / n:.1f} per 1000 only: "
                         f"the {target.false_alarms_per_1000:g} per 1000 target rests on the exchangeability "
                         f"bound (record {int(math.ceil(1.0 / target.rate))}+ nominal frames to check it)")
     base = AlarmConfig(martingale=target.martingale, epsilon=target.epsilon, cusum_delta=target.cusum_delta,
-                       p_floor=target.p_floor)
+                       p_floor=target.p_floor, tail=target.tail, tail_index=round(tail_index, 6))
     bound = math.log(1.0 / target.rate)
     rows, best = [], None
     for window in target.windows:
@@ -272,7 +302,8 @@ def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significan
     return odd
 
 
-CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor")
+CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor",
+              "tail", "tail_index")
 
 
 def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> AlarmConfig:

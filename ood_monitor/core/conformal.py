@@ -23,6 +23,17 @@ finite. Single p-values are noisy; a camera stream is a sequence, so alarms come
   nominal-looking frame inside an episode, and a Page CUSUM never needs more than the threshold.
 * `pvalue`: alarm on a single frame with p <= pvalue_threshold (no memory; for comparison).
 
+Tail beyond the calibration (`tail: pareto`): a conformal p-value cannot fall below 1/(n+1), so a
+frame just past the largest calibration score and a frame a thousand times past it get the same p-value.
+On a real camera the calibration never covers every nominal stretch, so frames of ordinary drift sit at
+that floor as often as fogged or blinded ones do, and no threshold can tell them apart. With the tail on,
+a score s beyond the largest calibration score c_max gets p = (c_max / s)^alpha / (n + 1): the p-value
+keeps falling along a Pareto tail whose index alpha is Hill's estimate from the top 10 % of the
+calibration scores (Hill 1975, "A simple general approach to inference about the tail of a
+distribution"; the peaks-over-threshold idea of Siffer et al., KDD 2017). Inside the calibration's range
+nothing changes. A Pareto tail decays slower than the chi-square-like tails of these scores, so the
+extrapolated p-values err on the large (cautious) side.
+
 Everything is numpy, O(window) per update.
 """
 from __future__ import annotations
@@ -35,6 +46,9 @@ import numpy as np
 
 TESTS = ("martingale", "cusum", "pvalue")
 MARTINGALES = ("mixture", "power")
+TAILS = ("none", "pareto")
+TAIL_FRACTION = 0.1   # share of the calibration scores Hill's estimator reads
+MIN_TAIL = 5          # ... and never fewer than this many
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(96)
 _EPS = 0.5 * (_GL_NODES + 1.0)            # nodes mapped to (0, 1)
 _LOG_EPS = np.log(_EPS)
@@ -55,12 +69,18 @@ class AlarmConfig:
     cusum_threshold: float = 20.0
     pvalue_threshold: float = 0.01
     p_floor: float = 0.005
+    tail: str = "none"
+    tail_index: float = 0.0  # Pareto index of the tail; 0 with tail "pareto": Hill's estimate from the calibration
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
             raise ValueError(f"alarm test must be one of {TESTS}, got {self.test!r}")
         if self.martingale not in MARTINGALES:
             raise ValueError(f"martingale must be one of {MARTINGALES}, got {self.martingale!r}")
+        if self.tail not in TAILS:
+            raise ValueError(f"p-value tail must be one of {TAILS}, got {self.tail!r}")
+        if self.tail_index < 0:
+            raise ValueError(f"tail index must be >= 0 (0: estimate it), got {self.tail_index}")
         if not 0.0 < self.epsilon < 1.0:
             raise ValueError(f"power martingale epsilon must be in (0, 1), got {self.epsilon}")
         if self.window < 1:
@@ -78,12 +98,36 @@ class Decision(NamedTuple):
     is_ood: bool
 
 
-def p_values(cal_sorted: np.ndarray, scores: np.ndarray | float, floor: float = 0.005) -> np.ndarray:
-    """Conformal p-values of `scores` against ascending calibration scores, floored at `floor`."""
+def p_values(cal_sorted: np.ndarray, scores: np.ndarray | float, floor: float = 0.005,
+             tail_index: float = 0.0) -> np.ndarray:
+    """Conformal p-values of `scores` against ascending calibration scores, floored at `floor`; with a
+    `tail_index` > 0, scores beyond the largest calibration score follow its Pareto tail (module doc)."""
     cal = np.asarray(cal_sorted, dtype=np.float64)
     s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
     at_least = cal.size - np.searchsorted(cal, s, side="left")
-    return np.maximum((at_least + 1.0) / (cal.size + 1.0), floor)
+    p = (at_least + 1.0) / (cal.size + 1.0)
+    if tail_index > 0.0:
+        beyond = s > cal[-1]
+        p[beyond] = (cal[-1] / s[beyond]) ** tail_index / (cal.size + 1.0)
+    return np.maximum(p, floor)
+
+
+def hill_tail_index(cal_sorted: np.ndarray) -> float:
+    """Hill's estimate of the Pareto index of the calibration scores' upper tail, from the top
+    TAIL_FRACTION of them over the next one; 0 (no tail) when there are too few or non-positive scores."""
+    cal = np.asarray(cal_sorted, dtype=np.float64)
+    k = max(MIN_TAIL, int(round(TAIL_FRACTION * cal.size)))
+    if cal.size < k + 1 or cal[-k - 1] <= 0.0:
+        return 0.0
+    mean_log = float(np.mean(np.log(cal[-k:] / cal[-k - 1])))
+    return 1.0 / mean_log if mean_log > 0.0 else 0.0
+
+
+def tail_index_for(cal_sorted: np.ndarray, cfg: AlarmConfig) -> float:
+    """The Pareto index a monitor extrapolates p-values with (0: no tail)."""
+    if cfg.tail != "pareto":
+        return 0.0
+    return cfg.tail_index or hill_tail_index(cal_sorted)
 
 
 def log_power_martingale(sum_log_p: float, n: int, epsilon: float) -> float:
@@ -115,6 +159,7 @@ class ConformalMonitor:
             raise ValueError("calibration scores must be a non-empty 1-D array of finite numbers")
         self.cal = cal
         self.cfg = cfg or AlarmConfig()
+        self.tail_index = tail_index_for(cal, self.cfg)
         self.score_threshold = score_threshold(cal, self.cfg.pvalue_threshold)
         self._log_p: deque[float] = deque(maxlen=self.cfg.window)
         self._cusum = 0.0
@@ -125,7 +170,7 @@ class ConformalMonitor:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        return float(p_values(self.cal, score, self.cfg.p_floor)[0])
+        return float(p_values(self.cal, score, self.cfg.p_floor, self.tail_index)[0])
 
     def update(self, score: float) -> Decision:
         if not np.isfinite(score):

@@ -15,7 +15,7 @@ import time
 from sensor_msgs.msg import Image
 
 from ood_monitor.core.alarm_calibration import resolve_alarm
-from ood_monitor.core.conformal import MARTINGALES, TESTS, AlarmConfig, ConformalMonitor
+from ood_monitor.core.conformal import MARTINGALES, TAILS, TESTS, AlarmConfig, ConformalMonitor
 from ood_monitor.core.detector import VaeDetector
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.core.vae.io import ModelFileError
@@ -56,6 +56,9 @@ PARAMETERS = {
                              "calibrate` chose"),
     "pvalue_threshold": (0.01, "alarm test pvalue: a frame with p below this is OOD"),
     "p_floor": (0.0, "p-values are clipped at this floor (keeps the martingale finite); 0: the model's setting"),
+    "tail": ("", "none | pareto: p-values of scores beyond the largest calibration score keep falling along the "
+                 "calibration's Pareto tail instead of stopping at 1/(n+1); empty: the model's calibrated setting"),
+    "tail_index": (0.0, "Pareto index of that tail (larger: p falls faster); 0: the model's calibrated index"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
     **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }
@@ -89,7 +92,7 @@ def alarm_config(p: dict, card, model_dir) -> AlarmConfig:
 
 def alarm_summary(cfg: AlarmConfig) -> str:
     return (f"{cfg.test}; martingale {cfg.martingale} window {cfg.window} threshold {cfg.martingale_threshold:g}; "
-            f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}")
+            f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}; tail {cfg.tail}")
 
 
 LIMITS = {
@@ -107,6 +110,7 @@ class VaeDetectorNode(StageNode):
         "epsilon": lambda v: 0 <= v < 1, "window": lambda v: v >= 0, "martingale_threshold": lambda v: v >= 0,
         "cusum_delta": lambda v: v == 0 or v > 1, "cusum_threshold": lambda v: v >= 0,
         "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 <= v < 1,
+        "tail": lambda v: v in TAILS or v == "", "tail_index": lambda v: v >= 0,
         "mc_z": None, "ignore_uncertain": None,
     }
 

@@ -28,6 +28,7 @@ from .beta_vae import VaeConfig
 FORMAT = "ood_monitor.vae/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0}  # alarm settings added later, with the value a card without them behaves as
 
 
 class ModelFileError(RuntimeError):
@@ -137,11 +138,11 @@ class ModelCard:
         how to calibrate them."""
         from ood_monitor.core.conformal import AlarmConfig
 
-        fields = set(AlarmConfig.__dataclass_fields__) - {"test"}
+        fields = set(AlarmConfig.__dataclass_fields__) - {"test"} - set(OPTIONAL_ALARM)
         if not self.alarm or not fields <= set(self.alarm):
             raise ModelFileError(f"{Path(model_dir) / CONFIG} has no calibrated alarm thresholds: "
                                  f"{calibrate_hint(model_dir)}")
-        return {k: self.alarm[k] for k in fields}
+        return {**OPTIONAL_ALARM, **{k: v for k, v in self.alarm.items() if k in fields | set(OPTIONAL_ALARM)}}
 
 
 def sha256_bytes(data: bytes) -> str:
