@@ -87,6 +87,20 @@ def iter_frames(
         raise ValueError(f"not a rosbag2 bag or an image folder: {path}")
 
 
+def frame_count(path: Path | str, image_topic: str = "/camera/image_raw") -> int | None:
+    """How many frames `iter_frames` yields, from the bag's index or the folder's listing (no frame is
+    read; images sharing a stamp in a bag count once each here); None when the input cannot say, e.g. it
+    cannot be opened: reading it will report why."""
+    path = Path(path)
+    try:
+        if is_bag(path):
+            return bags.bag_topics(path).get(image_topic, ("", 0))[1]
+        frames_dir = path / "frames"
+        return len(_images_in(frames_dir if frames_dir.is_dir() else path))
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class _MaskEpisodes:
     """Labels for frames whose only ground truth is a mask: each run of frames with anomaly pixels is
