@@ -53,23 +53,36 @@ def test_plan_tasks_chunks_recordings_of_known_length_only(clips, demo_dataset):
         plan_tasks([bag], ScoringJob(MODELS, chunk_frames=10, limit=20))
 
 
-@pytest.mark.parametrize("source", ["folder", "bag"])
-def test_chunks_of_a_recording_stitch_to_its_unchunked_scores(clips, demo_dataset, source):
+@pytest.fixture(scope="module")
+def masks_only(demo_dataset, tmp_path_factory) -> Path:
+    """The demo test images without labels.csv: frames are OOD by their masks, episodes numbered by them."""
+    folder = tmp_path_factory.mktemp("masks_only") / "test"
+    shutil.copytree(demo_dataset / "images" / "test", folder, ignore=shutil.ignore_patterns("labels.csv"))
+    return folder
+
+
+@pytest.mark.parametrize("source", ["folder", "bag", "masks_only"])
+def test_chunks_of_a_recording_stitch_to_its_unchunked_scores(clips, demo_dataset, masks_only, source):
     """Without Ray: the core of a chunked read. Flow into a chunk's first frame needs the frame before
-    it; without that overlap every chunk after the first would lose a flow frame."""
+    it (without that overlap every chunk after the first would lose a flow frame), and the frames
+    before a chunk, skipped undecoded, still number the positions and the mask episodes."""
     from ood_monitor.data.labeled_frames import frame_count
     from ood_monitor.fleet.scoring import ModelScorer, ScoreTable, score_source
 
-    path = clips[0] if source == "folder" else demo_dataset / "bags" / "calibration"
+    path = {"folder": clips[0], "bag": demo_dataset / "bags" / "calibration", "masks_only": masks_only}[source]
+    chunk = 7 if source == "folder" else 23
     scorers = [ModelScorer(m, calibrated=False) for m in MODELS]
     whole = score_source(path, scorers)
     n = frame_count(path)
-    parts = [score_source(path, scorers, start=a, stop=a + 7) for a in range(0, n, 7)]
+    parts = [score_source(path, scorers, start=a, stop=a + chunk) for a in range(0, n, chunk)]
     assert len(whole[0]) == n
+    if source == "masks_only":
+        assert whole[0].episode.max() >= 3 and whole[0].is_ood.any()  # episodes to number
     for m, table in enumerate(whole):
         stitched = ScoreTable.concat(p[m] for p in parts)
         assert len(stitched) == len(table) > n - 14  # flow: none into the first frame of each drive in it
-        assert (stitched.frame == table.frame).all() and (stitched.stamp_ns == table.stamp_ns).all()
+        for column in ("frame", "stamp_ns", "episode", "is_ood", "kind"):
+            assert (getattr(stitched, column) == getattr(table, column)).all(), column
         np.testing.assert_allclose(stitched.score, table.score, rtol=1e-5)
         assert len(table.data_hash) == 64 and all(p[m].data_hash == "" for p in parts)  # a chunk is not the data
 

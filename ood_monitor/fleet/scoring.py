@@ -213,10 +213,10 @@ def score_source(path: str | Path, scorers: list[Any], image_topic: str = "/came
     from ood_monitor.data.labeled_frames import iter_frames
 
     topics = {"mask_topic": mask_topic} if mask_topic else {}
-    frames = iter_frames(path, image_topic=image_topic, labels=labels, **topics)
     warmup = min(start, 1)
-    if start or stop is not None:
-        frames = islice(frames, start - warmup, stop)
+    frames = iter_frames(path, image_topic=image_topic, labels=labels, start=start - warmup, **topics)
+    if stop is not None:
+        frames = islice(frames, stop - start + warmup)
     tables = score_frames(frames, scorers, source=str(path), batch=batch, progress=progress, limit=limit,
                           warmup=warmup)
     if start or stop is not None:
