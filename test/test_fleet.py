@@ -1,11 +1,9 @@
 """Many recordings: inputs and globs, the local and Ray engines giving the same scores, a damaged
-recording skipped and reported, a worker killed mid-run retried by Ray, evaluate's fleet report."""
+recording skipped and reported, a worker killed mid-run retried by Ray, evaluate's fleet report. The
+`ray_local` and `clips` fixtures are in conftest.py (test_fleet_engines.py shares them)."""
 from __future__ import annotations
 
-import csv
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,48 +13,6 @@ from ood_monitor.fleet.engines import ScoringJob, score_local
 from ood_monitor.fleet.inputs import expand_inputs
 
 MODELS = ["models/vae_image", "models/vae_flow"]  # the shipped models: nothing to train
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One in-process Ray instance for the module (start-up costs seconds), 2 CPUs."""
-    ray = pytest.importorskip("ray")
-    from ood_monitor.fleet.ray_engine import ensure_ray
-
-    ensure_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def clips(demo_dataset, tmp_path_factory) -> list[Path]:
-    """Three 16-frame image folders cut from the demo test split (8 nominal frames, then an 8-frame
-    episode), plus a damaged bag (its storage file cut in half) and a bag whose metadata is garbage."""
-    src = demo_dataset / "images" / "test"
-    with (src / "labels.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    root = tmp_path_factory.mktemp("fleet")
-    out = []
-    for k in range(3):
-        clip = root / "fleet" / f"robot{k}"
-        (clip / "frames").mkdir(parents=True)
-        part = rows[16 * k:16 * (k + 1)]
-        for row in part:
-            name = f"{int(row['frame']):06d}.png"
-            shutil.copy(src / "frames" / name, clip / "frames" / name)
-        with (clip / "labels.csv").open("w", newline="") as handle:
-            w = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(part)
-        out.append(clip)
-    truncated = root / "fleet" / "robot3_truncated"
-    shutil.copytree(demo_dataset / "bags" / "calibration", truncated)
-    storage = next(truncated.glob("*.mcap"))
-    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
-    garbage = root / "fleet" / "robot4_garbage"
-    garbage.mkdir()
-    (garbage / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, bag\n")
-    return out + [truncated, garbage]
 
 
 def test_inputs_expand_globs_in_order_and_refuse_a_pattern_matching_nothing(clips):

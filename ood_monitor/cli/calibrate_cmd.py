@@ -1,13 +1,15 @@
 """`ood-monitor calibrate`: score nominal recordings with a trained VAE, store the sorted scores (the
 conformal calibration) in its config.json, and choose the alarm thresholds for a false-alarm target on
 held-out blocks of the same recordings (core/alarm_calibration.py), so a detector node starts with
-settings measured on the camera it watches."""
+settings measured on the camera it watches. The frames are scored by the fleet engines evaluate uses
+(`--engine local|ray`); the calibration itself runs here on the gathered scores, whichever engine."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from ood_monitor.cli.engine_options import add_engine_options
 from ood_monitor.cli.label_options import add_label_options, label_spec
 from ood_monitor.cli.train_cmd import SCORES
 
@@ -23,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory, e.g. models/vae_image")
     p.add_argument("--data", required=True, nargs="+",
                    help="nominal bags or image folders, not the training data; several recordings (other "
-                        "places, times, days) make the calibration cover ordinary nominal variation")
+                        "places, times, days) make the calibration cover ordinary nominal variation; globs "
+                        "are expanded (quote them)")
     p.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
     p.add_argument("--score", choices=SCORES, default=None,
                    help="switch the model's nonconformity score before calibrating (default: keep it)")
@@ -41,27 +44,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p-floor", type=float, default=None,
                    help=f"smallest p-value a frame can get (default {P_FLOORS['pareto']:g} with the pareto tail, "
                         f"{P_FLOORS['none']:g} without)")
-    p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
+                   help="torch CPU threads (--engine ray: of each actor)")
+    add_engine_options(p, "a Ray Data pipeline, one read task per recording, actors that load the model once",
+                       "scoring actors")
     add_label_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
-    from ood_monitor.core.vae.io import load_encoder, write_card
+    from ood_monitor.core.vae.io import write_card
+    from ood_monitor.fleet.scoring import ModelScorer
 
-    torch.set_num_threads(max(1, args.threads))
-    encoder, card = load_encoder(args.model)
-    if args.score:
-        card.score = args.score
-        card.nonconformity  # noqa: B018 -- ValueError now if the card lacks the training statistics
+    scorer = ModelScorer(args.model, args.score, calibrated=False)  # ValueError now if --score lacks statistics
+    card = scorer.card
     target = AlarmTarget(false_alarms_per_1000=args.false_alarms_per_1000, blocks=args.blocks,
                          cusum_delta=args.cusum_delta, tail=args.tail,
                          p_floor=P_FLOORS[args.tail] if args.p_floor is None else args.p_floor)
-    scores, sequence, sources = score_recordings(args, encoder, card)
+    scores, sequence, sources, fleet = score_recordings(args, scorer)
     if len(scores) < MIN_FRAMES:
         raise ValueError(f"only {len(scores)} calibration frames: p-values need at least {MIN_FRAMES} (better 200+)")
     alarms = calibrate_alarms(scores, sequence, target)
@@ -73,37 +76,47 @@ def run(args: argparse.Namespace) -> int:
     card.alarm = alarms.to_dict(target)
     write_card(args.model, card)
     print_summary(args.model, card, order, alarms, target)
+    if fleet.failed:  # the rest is calibrated; the exit status says the calibration lacks those inputs
+        print(fleet.failure_note("calibrate"), file=sys.stderr)
+        return 1
     return 0
 
 
-def score_recordings(args: argparse.Namespace, encoder, card) -> tuple:
-    """Nominal scores of every --data recording in stream order, the recording index of each frame, and
-    what was read from where. Refuses the model's own training data."""
+def score_recordings(args: argparse.Namespace, scorer) -> tuple:
+    """Nominal scores of every --data recording in stream order, the recording index of each frame, what
+    was read from where, and the engine's result (failed inputs). Refuses the model's own training data."""
     import numpy as np
 
+    from ood_monitor.cli.evaluate_cmd import input_paths, run_engine
     from ood_monitor.cli.provenance import note_if_foreign
-    from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.model_input import FrameConfig
-    from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC, load_frames
+    from ood_monitor.core.vae.dataset import DEFAULT_IMAGE_TOPIC
+    from ood_monitor.fleet.engines import ScoringJob
 
-    topic = args.image_topic or card.data.get("image_topic", DEFAULT_IMAGE_TOPIC)
-    cfg = card.config
+    card, cfg = scorer.card, scorer.card.config
+    paths = input_paths(args)
+    for path in paths:
+        note_if_foreign(args.model, card.data, path)
+    job = ScoringJob([str(scorer.path)], args.image_topic or card.data.get("image_topic", DEFAULT_IMAGE_TOPIC),
+                     labels=label_spec(args), score=args.score, limit=args.max_frames)
+    print(f"scoring {card.kind} frames ({cfg.height}x{cfg.width}) of {len(paths)} recording(s), engine "
+          f"{getattr(args, 'engine', 'local')} ...", flush=True)
+    fleet = run_engine(args, paths, job, [scorer])
     scores, sequence, sources = [], [], []
-    for i, data in enumerate(args.data):
-        note_if_foreign(args.model, card.data, data)
-        print(f"reading {card.kind} frames from {data} ({cfg.height}x{cfg.width}) ...", flush=True)
-        frames = load_frames(data, card.kind, FrameConfig(cfg.width, cfg.height), topic, limit=args.max_frames,
-                             progress=lambda m: print(m, flush=True), labels=label_spec(args))
-        if card.data.get("hash") == frames.data_hash:
-            raise ValueError(f"{data} is the training data of {args.model}: calibrate on a separate recording "
+    for i, path in enumerate(fleet.sources):
+        if path not in fleet.per_source:
+            continue
+        table = fleet.per_source[path][0]
+        if card.data.get("hash") == table.data_hash:
+            raise ValueError(f"{path} is the training data of {args.model}: calibrate on a separate recording "
                              f"or the p-values will be too large")
-        if frames.is_ood.any():
-            print(f"ignoring {int(frames.is_ood.sum())} frames labelled OOD in {data}", flush=True)
-            frames = frames.subset(~frames.is_ood)
-        scores.append(score_frameset(encoder, card, frames))
-        sequence.append(np.full(len(frames), i))
-        sources.append({"path": str(data), "hash": frames.data_hash, "frames": len(frames)})
-    return np.concatenate(scores), np.concatenate(sequence), sources
+        if table.is_ood.any():
+            print(f"ignoring {int(table.is_ood.sum())} frames labelled OOD in {path}", flush=True)
+            table = table.subset(~table.is_ood)
+        scores.append(table.score)
+        sequence.append(np.full(len(table), i))
+        sources.append({"path": path, "hash": table.data_hash, "frames": len(table)})
+    empty = [np.zeros(0)]  # every input read was empty: the frame count check says so
+    return np.concatenate(scores or empty), np.concatenate(sequence or empty), sources, fleet
 
 
 def print_summary(model: str, card, scores, alarms, target) -> None:

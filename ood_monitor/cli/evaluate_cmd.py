@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ood_monitor.cli.engine_options import add_engine_options
 from ood_monitor.cli.label_options import add_label_options, label_spec
 
 if TYPE_CHECKING:
@@ -52,12 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="anomaly masks: discrepancy feature extractor "
                                       "(default: the --params analysis_node feature_extractor, else auto)")
     p.add_argument("--max-mask-frames", type=int, default=80, help="anomaly masks: frames evaluated at most")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: this process; ray: a Ray Data pipeline, one read task per recording, actors "
-                        "that load each model once (ray.init() in-process, or --address)")
-    p.add_argument("--address", default=None,
-                   help="--engine ray: attach to this Ray cluster ('auto' after `ray start --head`)")
-    p.add_argument("--workers", type=int, default=2, help="--engine ray: scoring actors")
+    add_engine_options(p, "a Ray Data pipeline, one read task per recording (or --chunk-frames), actors that "
+                          "load each model once", "scoring actors", chunks=True)
     p.add_argument("--batch", type=int, default=64, help="frames scored per batch (memory is this many frames)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the local engine and of each Ray actor (default 1, as the shipped "
@@ -154,6 +151,18 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
 
     data = args.data if isinstance(args.data, list | tuple) else [args.data]
     return expand_inputs(data)
+
+
+def run_engine(args: argparse.Namespace, paths: list[Path], job, scorers: list):
+    """Score `paths` with `job` on --engine (evaluate, calibrate): the local engine with the `scorers`
+    already loaded here, Ray with --workers actors; ValueError when no input could be read."""
+    from ood_monitor.fleet.engines import score_sources
+
+    fleet = score_sources(paths, job, getattr(args, "engine", "local"), getattr(args, "workers", 2),
+                          getattr(args, "address", None), lambda m: print(m, flush=True),
+                          threads=getattr(args, "threads", 1), scorers=scorers)
+    fleet.require_some()
+    return fleet
 
 
 def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, tests: list[str]) -> dict:
@@ -414,7 +423,7 @@ def masks_markdown(m: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ood_monitor.cli.provenance import note_if_foreign
-    from ood_monitor.fleet.engines import ScoringJob, score_sources
+    from ood_monitor.fleet.engines import ScoringJob
     from ood_monitor.fleet.inputs import describe
     from ood_monitor.fleet.scoring import ModelScorer
 
@@ -427,25 +436,12 @@ def run(args: argparse.Namespace) -> int:
             note_if_foreign(scorer.path, scorer.card.data, path)  # prints once per model and origin
     sources = frame_sources(args)
     job = ScoringJob([str(s.path) for s in scorers], sources["image_topic"], sources["mask_topic"],
-                     sources["labels"], getattr(args, "batch", 64))
+                     sources["labels"], getattr(args, "batch", 64), chunk_frames=getattr(args, "chunk_frames", None))
     engine = getattr(args, "engine", "local")
     title = describe(paths)
     print(f"evaluating {', '.join(s.name for s in scorers)} on {title} ({len(paths)} recording(s), engine {engine})",
           flush=True)
-    threads = getattr(args, "threads", 1)
-    if engine == "local":
-        import torch
-
-        from ood_monitor.fleet.engines import score_local
-
-        torch.set_num_threads(max(1, threads))
-        fleet = score_local(paths, job, lambda m: print(m, flush=True), scorers)
-    else:
-        fleet = score_sources(paths, job, engine, getattr(args, "workers", 2), getattr(args, "address", None),
-                              threads=threads)
-    if not fleet.per_source:
-        raise ValueError(f"none of the {len(paths)} input(s) could be read: "
-                         + "; ".join(f"{p}: {why}" for p, why in fleet.failed.items()))
+    fleet = run_engine(args, paths, job, scorers)
     results = []
     for i, scorer in enumerate(scorers):
         table = fleet.table(i)
@@ -457,7 +453,8 @@ def run(args: argparse.Namespace) -> int:
     masks = evaluate_masks(args, paths, fleet.failed)
     (args.out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float))
     summary = {"inputs": [str(p) for p in paths], "failed": fleet.failed, "engine": fleet.engine,
-               "workers": fleet.workers, "frames": fleet.frames, "scoring_s": fleet.seconds, "ranking": ranked}
+               "workers": fleet.workers, "tasks": fleet.tasks, "chunk_frames": job.chunk_frames,
+               "frames": fleet.frames, "scoring_s": fleet.seconds, "ranking": ranked}
     (args.out / "fleet.json").write_text(json.dumps(summary, indent=2, default=float))
     text = markdown(results, title, fleet.failed, ranked)
     if masks is not None:
@@ -481,7 +478,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {report} and {', '.join(r['scores_csv'] for r in results)} ({fleet.frames} frames scored in "
           f"{fleet.seconds:.1f} s)")
     if fleet.failed:
-        print(f"ood-monitor evaluate: {len(fleet.failed)} of {len(paths)} input(s) failed and were skipped: "
-              + "; ".join(f"{p} ({why})" for p, why in fleet.failed.items()), file=sys.stderr)
+        print(fleet.failure_note("evaluate"), file=sys.stderr)
         return 1
     return 0

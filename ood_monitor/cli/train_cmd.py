@@ -76,11 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     """--engine local|ray, --workers, --address (train vae, dcae, dit, ddpm)."""
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="ray: data-parallel on Ray Train's TorchTrainer (gloo, CPU workers)")
-    p.add_argument("--workers", type=int, default=2, help="--engine ray: training workers (--threads each)")
-    p.add_argument("--address", default=None, help="--engine ray: Ray cluster to attach to ('auto'); default: "
-                                                   "start Ray in this process")
+    from ood_monitor.cli import engine_options
+
+    engine_options.add_engine_options(p, "data-parallel on Ray Train's TorchTrainer (gloo, CPU workers)",
+                                      "training workers (--threads each)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,12 +67,15 @@ def iter_frames(
     semantic_topic: str = "/ood/gt/semantic",
     label_topic: str = "/ood/gt/label",
     labels: LabelSpec | None = None,
+    start: int = 0,
 ) -> Iterator[LabeledFrame]:
     """Frames in order from a rosbag2 bag (dir or file) or an image folder (with or without labels).
 
     `labels` reads ground truth the way datasets such as RUGD give it: colour label PNGs (folders only)
     and a class colour file naming the anomaly classes; without label PNGs, the semantic class ids of
-    the data become masks. A frame without a label row/message is OOD when its mask has any pixel."""
+    the data become masks. A frame without a label row/message is OOD when its mask has any pixel.
+    `start`: begin at that frame (a chunk of a long recording); the frames before it still number the
+    positions and mask episodes, but images are decoded only where their labels need them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such bag or image folder: {path}")
@@ -80,11 +83,25 @@ def iter_frames(
     if is_bag(path):
         if label_set is not None and label_set.labels_dir is not None:
             raise ValueError(f"label PNGs ({label_set.labels_dir}) go with an image folder, not a bag ({path})")
-        yield from _bag_frames(path, image_topic, mask_topic, semantic_topic, label_topic, label_set)
+        yield from _bag_frames(path, image_topic, mask_topic, semantic_topic, label_topic, label_set, start)
     elif path.is_dir():
-        yield from _folder_frames(path, label_set)
+        yield from _folder_frames(path, label_set, start)
     else:
         raise ValueError(f"not a rosbag2 bag or an image folder: {path}")
+
+
+def frame_count(path: Path | str, image_topic: str = "/camera/image_raw") -> int | None:
+    """How many frames `iter_frames` yields, from the bag's index or the folder's listing (no frame is
+    read; images sharing a stamp in a bag count once each here); None when the input cannot say, e.g. it
+    cannot be opened: reading it will report why."""
+    path = Path(path)
+    try:
+        if is_bag(path):
+            return bags.bag_topics(path).get(image_topic, ("", 0))[1]
+        frames_dir = path / "frames"
+        return len(_images_in(frames_dir if frames_dir.is_dir() else path))
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -123,7 +140,7 @@ def rgb_from_image_msg(msg: Any) -> np.ndarray:
 
 
 def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: str, label_topic: str,
-                label_set: LabelSet | None) -> Iterator[LabeledFrame]:
+                label_set: LabelSet | None, start: int = 0) -> Iterator[LabeledFrame]:
     present = bags.bag_topics(path)
     if image_topic not in present:
         raise ValueError(f"bag {path} has no image topic {image_topic} (topics: {sorted(present)})")
@@ -142,12 +159,22 @@ def _bag_frames(path: Path, image_topic: str, mask_topic: str, semantic_topic: s
                 break
             del pending[oldest]
             if "image" in parts:
-                yield _frame_from_messages(oldest, parts, position, episodes, label_set)
+                yield from _bag_frame(oldest, parts, position, episodes, label_set, start)
                 position += 1
     for stamp in sorted(pending):
         if "image" in pending[stamp]:
-            yield _frame_from_messages(stamp, pending[stamp], position, episodes, label_set)
+            yield from _bag_frame(stamp, pending[stamp], position, episodes, label_set, start)
             position += 1
+
+
+def _bag_frame(stamp_ns: int, parts: dict[str, Any], position: int, episodes: _MaskEpisodes,
+               label_set: LabelSet | None, start: int) -> Iterator[LabeledFrame]:
+    """The frame at `position`, if it is not before `start`; one before it is built only when it has no
+    label message (its mask then numbers the episodes)."""
+    if position >= start or "label" not in parts:
+        frame = _frame_from_messages(stamp_ns, parts, position, episodes, label_set)
+        if position >= start:
+            yield frame
 
 
 def _frame_from_messages(stamp_ns: int, parts: dict[str, Any], position: int, episodes: _MaskEpisodes,
@@ -190,7 +217,7 @@ def _read_labels(path: Path) -> dict[int, dict[str, str]]:
         return {int(row["frame"]): row for row in csv.DictReader(handle)}
 
 
-def _folder_frames(folder: Path, label_set: LabelSet | None) -> Iterator[LabeledFrame]:
+def _folder_frames(folder: Path, label_set: LabelSet | None, start: int = 0) -> Iterator[LabeledFrame]:
     frames_dir = folder / "frames"
     image_dir = frames_dir if frames_dir.is_dir() else folder
     images = _images_in(image_dir)
@@ -206,6 +233,12 @@ def _folder_frames(folder: Path, label_set: LabelSet | None) -> Iterator[Labeled
     for position, image_path in enumerate(images):
         index = int(image_path.stem) if image_path.stem.isdigit() else position
         row = labels.get(index)
+        if position < start and (row or colour is None):  # before a chunk: only what numbers the episodes
+            if not row:
+                episodes.label(LabeledFrame(index=index, stamp_ns=0, image=None,
+                                            mask=_read_mono(folder / "masks" / image_path.name),
+                                            semantic=_read_mono(folder / "semantic" / image_path.name)), label_set)
+            continue
         frame = LabeledFrame(
             index=index,
             stamp_ns=int(row["stamp_ns"]) if row else int(round(position * 1e9 / DEFAULT_FPS)),
@@ -221,7 +254,8 @@ def _folder_frames(folder: Path, label_set: LabelSet | None) -> Iterator[Labeled
             frame.is_ood = row["is_ood"].strip().lower() in ("1", "true")
         else:
             episodes.label(frame, label_set)
-        yield frame
+        if position >= start:
+            yield frame
     if unlabelled["pixels"]:
         log.warning("%d pixels in %d label images of %s have colours of no class: ignored in evaluation",
                     unlabelled["pixels"], unlabelled["images"], colour.labels_dir)

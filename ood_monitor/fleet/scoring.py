@@ -8,7 +8,9 @@ not grow with the recording. All detectors of one evaluation are fed from one pa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from ood_monitor.core.model_input import FrameConfig
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
+from ood_monitor.core.vae.dataset import frame_digest
 
 DEFAULT_BATCH = 64
 
@@ -32,9 +35,21 @@ class ScoreTable:
     kind: np.ndarray  # str
     episode: np.ndarray  # int64: episode id of the source's labels (0: nominal)
     score: np.ndarray  # float64
+    # the recording's data hash as training records it (core.vae.dataset.frame_digest): "" when the table
+    # is not one whole recording (several concatenated, or a chunk of one)
+    data_hash: str = field(default="", compare=False)
 
     def __len__(self) -> int:
         return int(self.score.size)
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The per-frame fields (all but data_hash)."""
+        return tuple(f.name for f in fields(cls) if f.name != "data_hash")
+
+    def subset(self, keep: np.ndarray) -> ScoreTable:
+        """The rows selected by a boolean mask, same data hash (it names the recording, not the rows)."""
+        return type(self)(**{c: getattr(self, c)[keep] for c in self.columns()}, data_hash=self.data_hash)
 
     @classmethod
     def empty(cls) -> ScoreTable:
@@ -46,11 +61,11 @@ class ScoreTable:
         tables = [t for t in tables if len(t)]
         if not tables:
             return cls.empty()
-        return cls(**{f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)})
+        return cls(**{c: np.concatenate([getattr(t, c) for t in tables]) for c in cls.columns()})
 
     def to_dict(self) -> dict[str, list]:
         """Plain lists (what a Ray batch or JSON carries)."""
-        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+        return {c: getattr(self, c).tolist() for c in self.columns()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreTable:
@@ -60,16 +75,27 @@ class ScoreTable:
 
 
 class ModelScorer:
-    """A detector model loaded once: encoder, card and calibration scores (what each Ray actor holds)."""
+    """A detector model loaded once: encoder and card (what each Ray actor holds). `score` switches the
+    card's nonconformity score first (calibrate --score). `calibrated`: load the calibration scores now,
+    so a model without them fails before any frame is read (evaluate); calibrate and the actors, which
+    only score, pass False."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, score: str | None = None, calibrated: bool = True) -> None:
         from ood_monitor.core.model_dirs import resolve_model_dir
         from ood_monitor.core.vae.io import load_encoder
 
         self.path = resolve_model_dir(path)
         self.encoder, self.card = load_encoder(self.path)
-        self.calibration = self.card.calibration_scores(self.path)
-        self.score_fn = self.card.nonconformity
+        if score:
+            self.card.score = score
+        self.score_fn = self.card.nonconformity  # ValueError now if the card lacks the score's statistics
+        if calibrated:
+            self.calibration  # noqa: B018 -- ModelFileError now, not after scoring a fleet
+
+    @cached_property
+    def calibration(self) -> np.ndarray:
+        """Sorted calibration scores (ModelFileError saying how to calibrate when there are none)."""
+        return self.card.calibration_scores(self.path)
 
     @property
     def name(self) -> str:
@@ -97,7 +123,8 @@ class ModelScorer:
 
 
 class _Buffer:
-    """Frames of one detector waiting to be scored, and its scored columns so far."""
+    """Frames of one detector waiting to be scored, its scored columns so far and the data hash of the
+    prepared frames it has seen."""
 
     def __init__(self, scorer: Any, batch: int) -> None:
         self.scorer, self.batch = scorer, batch
@@ -105,6 +132,10 @@ class _Buffer:
         self.rows: list[tuple] = []
         self.columns: list[tuple] = []
         self.scores: list[np.ndarray] = []
+        self.digest = frame_digest(scorer.kind, scorer.frame_config)
+
+    def __len__(self) -> int:
+        return len(self.columns) + len(self.items)
 
     def add(self, item: np.ndarray, row: tuple) -> None:
         self.items.append(item)
@@ -126,15 +157,20 @@ class _Buffer:
         return ScoreTable(source=np.array(cols[0], dtype=object), frame=np.array(cols[1], np.int64),
                           stamp_ns=np.array(cols[2], np.int64), is_ood=np.array(cols[3], bool),
                           category=np.array(cols[4], dtype=object), kind=np.array(cols[5], dtype=object),
-                          episode=np.array(cols[6], np.int64), score=np.concatenate(self.scores))
+                          episode=np.array(cols[6], np.int64), score=np.concatenate(self.scores),
+                          data_hash=self.digest.hexdigest())
 
 
 def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", batch: int = DEFAULT_BATCH,
-                 progress: Callable[[str], None] | None = None) -> list[ScoreTable]:
+                 progress: Callable[[str], None] | None = None, limit: int | None = None,
+                 warmup: int = 0) -> list[ScoreTable]:
     """One table per scorer from labelled frames (objects with image, stamp_ns, index, is_ood, category,
     kind, episode) in stream order. A flow detector scores the flow into each frame; flow restarts where
     the stamps say the stream broke, as in the preprocess node. A frame with the same stamp as the one
-    before is skipped: the detector node rejects it."""
+    before is skipped: the detector node rejects it. `limit`: stop once every scorer has that many
+    frames (calibrate --max-frames, counted as training counts them). `warmup`: the first frames only
+    prime the preprocessors (the previous frame for flow, stamp gaps) and are neither scored nor
+    hashed: a chunk's overlap with the chunk before it."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(scorers):
         cfg = s.frame_config
@@ -145,6 +181,8 @@ def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", ba
     buffers = [_Buffer(s, batch) for s in scorers]
     last_stamp = None
     for n, fr in enumerate(frames):
+        if limit is not None and all(len(b) >= limit for b in buffers):
+            break
         if fr.stamp_ns == last_stamp:
             continue
         last_stamp = fr.stamp_ns
@@ -152,7 +190,10 @@ def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", ba
                int(fr.episode))
         for size, members in groups.items():
             out = pre[size].process(fr.image, fr.stamp_ns)
+            if n < warmup or out.image is None:
+                continue
             for i in members:
+                buffers[i].digest.update(np.ascontiguousarray(out.image))
                 item = out.image if scorers[i].kind == "image" else out.flow
                 if item is not None:
                     buffers[i].add(item, row)
@@ -163,11 +204,22 @@ def score_frames(frames: Iterable[Any], scorers: list[Any], source: str = "", ba
 
 def score_source(path: str | Path, scorers: list[Any], image_topic: str = "/camera/image_raw",
                  mask_topic: str | None = None, labels: Any = None, batch: int = DEFAULT_BATCH,
-                 progress: Callable[[str], None] | None = None) -> list[ScoreTable]:
-    """`score_frames` over a bag or image folder (`ood_monitor.data.labeled_frames.iter_frames`). Raises
-    FileNotFoundError / ValueError naming the source when it cannot be read."""
+                 progress: Callable[[str], None] | None = None, limit: int | None = None,
+                 start: int = 0, stop: int | None = None) -> list[ScoreTable]:
+    """`score_frames` over a bag or image folder (`ood_monitor.data.labeled_frames.iter_frames`); with
+    `start`/`stop`, only frames [start, stop) of it (a chunk: the frame before `start` is read too, for
+    the flow into `start`, and the tables carry no data hash). Raises FileNotFoundError / ValueError
+    naming the source when it cannot be read."""
     from ood_monitor.data.labeled_frames import iter_frames
 
     topics = {"mask_topic": mask_topic} if mask_topic else {}
-    return score_frames(iter_frames(path, image_topic=image_topic, labels=labels, **topics), scorers,
-                        source=str(path), batch=batch, progress=progress)
+    warmup = min(start, 1)
+    frames = iter_frames(path, image_topic=image_topic, labels=labels, start=start - warmup, **topics)
+    if stop is not None:
+        frames = islice(frames, stop - start + warmup)
+    tables = score_frames(frames, scorers, source=str(path), batch=batch, progress=progress, limit=limit,
+                          warmup=warmup)
+    if start or stop is not None:
+        for table in tables:
+            table.data_hash = ""
+    return tables

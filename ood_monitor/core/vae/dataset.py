@@ -66,6 +66,13 @@ def auto_flow_scale(flow: np.ndarray, quantile: float = 99.0) -> float:
     return max(0.25, float(np.ceil(q * 4.0) / 4.0))
 
 
+def frame_digest(kind: str, frame_cfg: FrameConfig) -> Any:
+    """The data hash before any frame; every prepared uint8 frame read is then added with `update`. One
+    definition for training (`collect`) and calibration scoring (`fleet.scoring`), so calibrate can
+    recognise a model's training data by the hash its card records."""
+    return hashlib.sha256(f"{kind}:{frame_cfg.width}x{frame_cfg.height}:{frame_cfg.crop}".encode())
+
+
 def collect(frames: Iterable[Any], kind: str, frame_cfg: FrameConfig, source: str = "",
             limit: int | None = None, progress: Callable[[str], None] | None = None) -> FrameSet:
     """Run labelled frames (objects with image, stamp_ns, episode, is_ood, category, kind, index)
@@ -76,7 +83,7 @@ def collect(frames: Iterable[Any], kind: str, frame_cfg: FrameConfig, source: st
     if kind not in ("image", "flow"):
         raise ValueError(f"kind must be 'image' or 'flow', got {kind!r}")
     pre = Preprocessor(PreprocessConfig(frame=frame_cfg, flow_enabled=kind == "flow"))
-    digest = hashlib.sha256(f"{kind}:{frame_cfg.width}x{frame_cfg.height}:{frame_cfg.crop}".encode())
+    digest = frame_digest(kind, frame_cfg)
     rows: list[np.ndarray] = []
     labels: list[tuple[bool, str, str, int, int]] = []
     for n, fr in enumerate(frames):
