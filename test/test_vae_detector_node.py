@@ -184,5 +184,5 @@ def test_alarm_settings_come_from_the_model_unless_set(ros, tmp_path):
     with pytest.raises(ModelFileError, match="no calibrated alarm thresholds: run `ood-monitor calibrate"):
         start(ros, model, "image")
     fixed = start(ros, model, "image", martingale="mixture", epsilon=0.5, window=4, martingale_threshold=8.0,
-                  cusum_delta=2.0, cusum_threshold=20.0, p_floor=0.005)  # every setting given: no need for it
+                  cusum_delta=2.0, cusum_threshold=20.0, p_floor=0.005, tail="none")  # every setting given: no need for it
     assert fixed.detector.monitor.cfg.window == 4

@@ -311,7 +311,8 @@ def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> Ala
     `overrides`, or absent) come from `stored()` (a model card's `alarm_settings`), which is only asked
     for when something is left to take from it."""
     explicit = {k: v for k, v in overrides.items() if k in CALIBRATED + ("pvalue_threshold",) and v not in ("", 0)}
-    missing = [k for k in CALIBRATED if k not in explicit]
+    unused = {"tail_index"} if explicit.get("tail") == "none" else set()  # no tail: its index is never read
+    missing = [k for k in CALIBRATED if k not in explicit and k not in unused]
     base = stored() if missing else {}
     return AlarmConfig(test=test, **{k: base[k] for k in missing}, **explicit)
 
