@@ -23,7 +23,10 @@ def test_blocks_are_contiguous_and_never_span_two_recordings() -> None:
     blocks = block_ids(seq, 4)
     assert np.all(np.diff(blocks) >= 0)  # contiguous, in order
     assert set(blocks[:50]).isdisjoint(blocks[50:])  # a block belongs to one recording
-    assert len(np.unique(blocks)) == 5  # 4 stretches, one of them cut at the recording boundary
+    assert len(np.unique(blocks)) == 4  # two per recording: shares in proportion to the lengths
+    uneven = block_ids(np.r_[np.zeros(95, int), np.ones(385, int)], 5)  # a boundary just past a fifth
+    sizes = np.bincount(uneven)
+    assert set(uneven[:95]) == {0} and sizes.min() >= 90  # no sliver of a block at the boundary
 
 
 def test_cusum_theta_solves_the_adjustment_equation() -> None:

@@ -114,13 +114,19 @@ class AlarmCalibration:
 
 
 def block_ids(sequence: np.ndarray, blocks: int) -> np.ndarray:
-    """Contiguous block number of each frame: `blocks` nearly equal stretches of the stream, never
-    spanning two sequences (a sequence shorter than a block is a block of its own)."""
+    """Contiguous block number of each frame: about `blocks` nearly equal stretches of the stream, each
+    within one sequence. Every sequence gets a share of the blocks in proportion to its length (at least
+    one), so a recording boundary never leaves a sliver of a block behind."""
     sequence = np.asarray(sequence)
     n = sequence.size
-    by_position = np.arange(n) * blocks // max(n, 1)
-    change = np.r_[True, (sequence[1:] != sequence[:-1]) | (by_position[1:] != by_position[:-1])]
-    return np.cumsum(change) - 1
+    starts = np.flatnonzero(np.r_[True, sequence[1:] != sequence[:-1]]) if n else np.zeros(0, np.int64)
+    out = np.empty(n, np.int64)
+    first = 0
+    for a, b in zip(starts, np.r_[starts[1:], n], strict=True):
+        share = max(1, int(round(blocks * (b - a) / n)))
+        out[a:b] = first + np.arange(b - a) * share // (b - a)
+        first += share
+    return out
 
 
 def cusum_theta(delta: float) -> float:
