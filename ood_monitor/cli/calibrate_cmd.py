@@ -16,7 +16,7 @@ from ood_monitor.cli.train_cmd import SCORES
 MIN_FRAMES = 20
 TAILS = ("pareto", "none")       # core.conformal.TAILS (kept import-free here)
 DEFAULT_TAIL = "pareto"
-P_FLOORS = {"pareto": 1e-6, "none": 0.005}
+P_FLOORS = {"pareto": 1e-5, "none": 0.005}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
