@@ -36,6 +36,11 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("config/default.yaml"),
                    help="ROS parameter file the alarms and the analysis start from (default: the shipped one)")
     p.add_argument("--no-masks", action="store_true", help="skip the DC-AE, DiT and anomaly-mask evaluation")
+    p.add_argument("--keep-models", action="store_true",
+                   help="reuse the models an earlier run trained in --work (recalibrate and evaluate only)")
+    p.add_argument("--extra-calibration", nargs="+", type=Path, default=[], metavar="PATH",
+                   help="more nominal recordings of the same camera (other sessions) that `calibrate` reads "
+                        "beside the recording's calibration split")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests (default martingale,cusum)")
     p.add_argument("--markdown", type=Path, help="also write the tables as Markdown (docs/real_footage.md's form)")
@@ -110,26 +115,38 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
     if "vae_epochs" in budget:
         vae += ["--epochs", str(budget["vae_epochs"])]
     for kind in ("image", "flow"):
-        cli(["train", "vae", "--kind", kind, "--data", str(train), "--out", str(work / f"vae_{kind}"), *vae, *threads])
+        if not kept(args, work / f"vae_{kind}"):
+            cli(["train", "vae", "--kind", kind, "--data", str(train), "--out", str(work / f"vae_{kind}"), *vae,
+                 *threads])
     params = write_params(args.params, work)
     synthesizer = "none"
     if not args.no_masks:
-        cli(["train", "dcae", "--data", str(train), "--out", str(work / "dcae"), "--steps", str(budget["dcae_steps"]),
-             "--time-limit", str(budget["dcae_seconds"]), *threads])
-        cli(["train", "dit", "--data", str(train), "--dcae", str(work / "dcae"), "--out", str(work / "latent_dit"),
-             "--steps", str(budget["dit_steps"]), "--time-limit", str(budget["dit_seconds"]), *threads])
+        if not kept(args, work / "dcae"):
+            cli(["train", "dcae", "--data", str(train), "--out", str(work / "dcae"), "--steps",
+                 str(budget["dcae_steps"]), "--time-limit", str(budget["dcae_seconds"]), *threads])
+        if not kept(args, work / "latent_dit"):
+            cli(["train", "dit", "--data", str(train), "--dcae", str(work / "dcae"), "--out", str(work / "latent_dit"),
+                 "--steps", str(budget["dit_steps"]), "--time-limit", str(budget["dit_seconds"]), *threads])
         cli(["calibrate-analysis", "--data", str(calibration), "--synthesizer", str(work / "latent_dit"),
              "--params", str(params), "--out", str(work / "analysis_nominal"), "--every", "1",
              "--max-frames", str(budget["analysis_frames"]), "--clusters", str(budget["analysis_clusters"]), *threads])
         synthesizer = str(work / "latent_dit")
     models = [str(work / "vae_image"), str(work / "vae_flow")]
     for model in models:
-        cli(["calibrate", "--model", model, "--data", str(calibration), *threads])
+        cli(["calibrate", "--model", model, "--data", str(calibration), *map(str, args.extra_calibration), *threads])
     report = work / "eval"
     cli(["evaluate", "--data", str(test), "--models", *models, "--out", str(report), "--params", str(params),
          "--tests", args.tests, "--synthesizer", synthesizer, "--max-mask-frames", str(budget["mask_frames"])])
     tests = [t.strip() for t in args.tests.split(",") if t.strip()]
     return summarize(data, report, models, params, tests)
+
+
+def kept(args: argparse.Namespace, model: Path) -> bool:
+    """--keep-models and an earlier run left this model: say so and reuse it."""
+    if args.keep_models and (model / "config.json").is_file():
+        print(f"reusing {model} (--keep-models)", flush=True)
+        return True
+    return False
 
 
 def write_params(base: Path, work: Path) -> Path:
