@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                "martingale", "martingale_delay", "cusum", "cusum_delay"]
     print(format_table(rows, columns))
     print()
-    print(format_table(summaries, ["recording", "role", "calibration_frames", "p_floor", "clean_frames",
+    print(format_table(summaries, ["recording", "role", "calibration_frames", "p_reference", "clean_frames",
                                    "vae_image_clean_p_below_0.05", "vae_flow_clean_p_below_0.05",
                                    "vae_image_max_log_martingale", "martingale_threshold",
                                    "fa_per_1000_martingale", "fa_per_1000_cusum", "pixel_auc_pr", "f_star",
@@ -186,8 +186,9 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
             for name, a in found.items():
                 row[f"{name}_{test}_delay"] = a["median_delay"] if a else None
         rows.append(row)
-    summary: dict = {"rows": rows, "calibration_frames": dataset["splits"]["calibration"],
-                     "p_floor": 1.0 / (dataset["splits"]["calibration"] + 1),
+    first = next(iter(checks.values()))
+    summary: dict = {"rows": rows, "calibration_frames": first["calibration_frames"],
+                     "p_reference": first["p_reference"],
                      "clean_frames": int(sum(1 for _ in nominal_rows(data / "test")))}
     for test in tests:
         per = {name: a[test]["all"]["false_alarms_per_1000"] for name, a in alarms.items()}
@@ -196,7 +197,7 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
     for name, c in checks.items():
         summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
         summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
-    summary["martingale_threshold"] = next(iter(checks.values()))["martingale_threshold"]
+    summary["martingale_threshold"] = first["martingale_threshold"]
     summary["evaluate_alarms"] = {name: r["alarms"] for name, r in evaluation.items()}
     summary["evaluate_alarm_settings"] = {name: r["alarm_settings"] for name, r in evaluation.items()}
     if masks is not None:
@@ -227,9 +228,11 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     """One calibrated detector on the test split: alarm metrics per OOD kind ("category:<kind>") and over
     all frames, per test; `coverage`, the share of clean frames with p < 0.05 (about 0.05 when calibration
     covers the nominal variation); `max_log_martingale`, the highest log martingale the window can reach
-    at the p-value floor, beside the threshold."""
+    at the conformal floor (with the Pareto tail: at a score twice the largest nominal one), beside the
+    threshold."""
     from ood_monitor.cli.evaluate_cmd import alarm_settings
-    from ood_monitor.core.conformal import log_mixture_martingale, p_values
+    from ood_monitor.core.alarm_calibration import reference_p
+    from ood_monitor.core.conformal import log_mixture_martingale, p_values, tail_index_for
     from ood_monitor.core.detector import score_frameset
     from ood_monitor.core.detector_evaluation import Labels, alarm_table
     from ood_monitor.core.model_input import FrameConfig
@@ -246,8 +249,10 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     results, _ = alarm_table(calibration, scores, labels, configs)
     p = p_values(np.sort(calibration), scores[~frames.is_ood], floor=0.0)
     cfg = next(iter(configs.values()))
-    floor = max(1.0 / (len(calibration) + 1), cfg.p_floor)
+    # what the window reaches at the conformal floor, or with the tail at a score twice the largest nominal one
+    floor = reference_p(len(calibration), tail_index_for(np.sort(calibration), cfg), cfg.p_floor)
     return {"alarms": results, "coverage": float(np.mean(p < 0.05)),
+            "calibration_frames": len(calibration), "p_reference": floor,
             "max_log_martingale": log_mixture_martingale(cfg.window * float(np.log(floor)), cfg.window),
             "martingale_threshold": cfg.martingale_threshold, "window": cfg.window}
 
@@ -268,11 +273,11 @@ def markdown(report: dict) -> str:
         mad = _cell(r["mad128"], 1) + ("" if r.get("visible", True) else " (not visible)")
         lines.append(f"| {r['recording']} | {r['role']} | {r['kind']} | {r['category']} | {mad} "
                      f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} |")
-    lines += ["", "| recording | role | calibration frames | p-value floor | clean test frames | clean frames with "
+    lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | clean test frames | clean frames with "
               "p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
               "CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
-        lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {_cell(s['p_floor'], 3)} "
+        lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {s['p_reference']:.2g} "
                      f"| {s['clean_frames']} | {_cell(s.get('vae_image_clean_p_below_0.05'))}, "
                      f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
                      f" / {_cell(s.get('martingale_threshold'), 0)} "
