@@ -308,6 +308,7 @@ def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significan
     return odd
 
 
+OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0}  # settings added later: what a model stored without them runs
 CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor",
               "tail", "tail_index")
 
@@ -319,7 +320,7 @@ def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> Ala
     explicit = {k: v for k, v in overrides.items() if k in CALIBRATED + ("pvalue_threshold",) and v not in ("", 0)}
     unused = {"tail_index"} if explicit.get("tail") == "none" else set()  # no tail: its index is never read
     missing = [k for k in CALIBRATED if k not in explicit and k not in unused]
-    base = stored() if missing else {}
+    base = {**OPTIONAL_ALARM, **stored()} if missing else {}
     return AlarmConfig(test=test, **{k: base[k] for k in missing}, **explicit)
 
 

@@ -28,7 +28,6 @@ from .beta_vae import VaeConfig
 FORMAT = "ood_monitor.vae/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0}  # alarm settings added later, with the value a card without them behaves as
 
 
 class ModelFileError(RuntimeError):
@@ -136,6 +135,7 @@ class ModelCard:
     def alarm_settings(self, model_dir: str | Path) -> dict:
         """The calibrated alarm settings (AlarmConfig fields without `test`), or ModelFileError saying
         how to calibrate them."""
+        from ood_monitor.core.alarm_calibration import OPTIONAL_ALARM
         from ood_monitor.core.conformal import AlarmConfig
 
         fields = set(AlarmConfig.__dataclass_fields__) - {"test"} - set(OPTIONAL_ALARM)
