@@ -38,6 +38,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-masks", action="store_true", help="skip the DC-AE, DiT and anomaly-mask evaluation")
     p.add_argument("--keep-models", action="store_true",
                    help="reuse the models an earlier run trained in --work (recalibrate and evaluate only)")
+    p.add_argument("--tail", choices=("pareto", "none"), default="pareto",
+                   help="`calibrate --tail`: p-values past the largest calibration score (default pareto)")
     p.add_argument("--extra-calibration", nargs="+", type=Path, default=[], metavar="PATH",
                    help="more nominal recordings of the same camera (other sessions) that `calibrate` reads "
                         "beside the recording's calibration split")
@@ -133,8 +135,10 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
         synthesizer = str(work / "latent_dit")
     models = [str(work / "vae_image"), str(work / "vae_flow")]
     for model in models:
-        cli(["calibrate", "--model", model, "--data", str(calibration), *map(str, args.extra_calibration), *threads])
+        cli(["calibrate", "--model", model, "--data", str(calibration), *map(str, args.extra_calibration),
+             "--tail", args.tail, *threads])
     report = work / "eval"
+    (report / "masks.json").unlink(missing_ok=True)  # an earlier run's masks must not count for this one
     cli(["evaluate", "--data", str(test), "--models", *models, "--out", str(report), "--params", str(params),
          "--tests", args.tests, "--synthesizer", synthesizer, "--max-mask-frames", str(budget["mask_frames"])])
     tests = [t.strip() for t in args.tests.split(",") if t.strip()]
