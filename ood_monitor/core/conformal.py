@@ -28,8 +28,9 @@ frame just past the largest calibration score and a frame a thousand times past 
 On a real camera the calibration never covers every nominal stretch, so frames of ordinary drift sit at
 that floor as often as fogged or blinded ones do, and no threshold can tell them apart. With the tail on,
 a score s beyond the largest calibration score c_max gets p = (c_max / s)^alpha / (n + 1): the p-value
-keeps falling along a Pareto tail whose index alpha is Hill's estimate from the top 10 % of the
-calibration scores (Hill 1975, "A simple general approach to inference about the tail of a
+keeps falling along a Pareto tail of index alpha: the one `ood-monitor calibrate` stored (the heavier of
+Hill's estimate and the overshoot between held-out blocks, core/alarm_calibration.py), else Hill's
+estimate from the top 10 % of the calibration scores (Hill 1975, "A simple general approach to inference about the tail of a
 distribution"; the peaks-over-threshold idea of Siffer et al., KDD 2017). Inside the calibration's range
 nothing changes. A Pareto tail decays slower than the chi-square-like tails of these scores, so the
 extrapolated p-values err on the large (cautious) side.
