@@ -43,7 +43,7 @@ def tiny_image_model(demo_dataset, tmp_path_factory):
 def ray_local():
     """One in-process Ray instance per fleet test module (start-up costs seconds), 2 CPUs; shut down after
     the module, so Ray's daemons do not share the two cores with the later tests (launched nodes then
-    missed launch's 2 s between SIGINT and SIGTERM)."""
+    missed the time launch gives between SIGINT and SIGTERM)."""
     ray = pytest.importorskip("ray")
     from ood_monitor.fleet.ray_engine import ensure_ray
 

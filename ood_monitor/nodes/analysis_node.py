@@ -26,7 +26,7 @@ from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to
 from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
+from ood_monitor.ros.stage_node import EXIT_WORKER_WAIT_S, StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
 # Analysis defaults come from the dataclasses (one source: evaluate, bench and the node run the same).
@@ -152,7 +152,7 @@ class AnalysisNode(StageNode):
         return super().on_cleanup(state)
 
     def destroy_node(self) -> None:
-        self._stop_worker()
+        self.stop_worker(EXIT_WORKER_WAIT_S)
         super().destroy_node()
 
     def _track_stages(self, stages: dict[str, float]) -> None:
@@ -241,6 +241,8 @@ class AnalysisNode(StageNode):
             return
         except Exception as exc:  # noqa: BLE001 - last resort: a callback must never take the node down
             self._unexpected(exc, "synthesis callback")
+            return
+        if self.p["worker_thread"] and not self.running:  # stopped while this frame was analysed
             return
         self._publish(msg.header, result, start)
         done = time.perf_counter()

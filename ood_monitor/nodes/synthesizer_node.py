@@ -30,7 +30,7 @@ from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to
 from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of
 from ood_monitor.ros.qos import sensor_qos
-from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
+from ood_monitor.ros.stage_node import EXIT_WORKER_WAIT_S, StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore, SynthesisResult
 
 TRIGGERS = ("always", "on_ood", "every_n")
@@ -249,7 +249,7 @@ class SynthesizerNode(StageNode):
         except Exception as exc:  # noqa: BLE001 - last resort: the worker must never die
             self._unexpected(exc, "synthesis worker")
             return
-        if not self.active:  # deactivated while this frame was synthesized: outputs stay silent
+        if not (self.active and self.running):  # deactivated or stopped during this frame: outputs stay silent
             return
         latency = (time.perf_counter() - start) * 1e3
         self._track_stages(self.synth.last_timing.stages(), latency - self.synth.last_timing.total_ms)
@@ -268,7 +268,7 @@ class SynthesizerNode(StageNode):
             self.stage_ms[name] = ms if old is None else 0.9 * old + 0.1 * ms
 
     def destroy_node(self) -> None:
-        self._stop_worker()
+        self.stop_worker(EXIT_WORKER_WAIT_S)
         super().destroy_node()
 
 

@@ -62,7 +62,10 @@ STAGE_LIMITS = {
 }
 
 
-WORKER_STOP_TIMEOUT_S = 1.5  # a node must exit within 2 s of SIGINT (ros2 launch escalates to SIGTERM after 5 s)
+WORKER_STOP_TIMEOUT_S = 1.5  # lifecycle cleanup: let a frame in progress finish before the worker is replaced
+# at exit the process ends (os._exit) right after destroy_node, so a frame still in progress is not waited for
+# long: ros2 launch escalates to SIGTERM 5 s after SIGINT, and a niced node on a loaded CPU is slow to finish one
+EXIT_WORKER_WAIT_S = 0.3
 
 
 class StageNode(LifecycleNode):
@@ -106,9 +109,8 @@ class StageNode(LifecycleNode):
         self.worker.start()
 
     def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
-        """Clear `running`, wake the worker and join it (from any thread but the worker's own); a node must
-        exit within 2 s of SIGINT, so a worker still busy after `timeout_s` is logged and left to die
-        with the process."""
+        """Clear `running`, wake the worker and join it (from any thread but the worker's own); a worker
+        still busy after `timeout_s` is logged and left to finish its frame (or to die with the process)."""
         with self.cond:
             self.running = False
             self.cond.notify_all()
