@@ -10,9 +10,11 @@ from ood_monitor.core.alarm_calibration import (
     AlarmCalibrationError,
     AlarmTarget,
     block_ids,
+    block_tolerance,
     calibrate_alarms,
     cusum_theta,
     drift_tail_index,
+    heldout_tolerances,
     resolve_alarm,
 )
 from ood_monitor.core.conformal import AlarmConfig, monitor_sequence
@@ -86,7 +88,8 @@ def test_stored_settings_round_trip_and_explicit_ones_win() -> None:
     cfg = resolve_alarm("cusum", {"window": 0, "martingale_threshold": 0.0}, lambda: stored)
     assert cfg.test == "cusum" and cfg.window == stored["window"] and cfg.cusum_threshold == stored["cusum_threshold"]
     explicit = {"martingale": "power", "epsilon": 0.4, "window": 9, "martingale_threshold": 11.0, "cusum_delta": 3.0,
-                "cusum_threshold": 30.0, "p_floor": 0.01, "tail": "pareto", "tail_index": 2.5}
+                "cusum_threshold": 30.0, "p_floor": 0.01, "tail": "pareto", "tail_index": 2.5,
+                "score_tolerance": 1.5}
 
     def never() -> dict:
         raise AssertionError("stored settings read although every setting was given")
@@ -118,3 +121,39 @@ def test_blocks_that_overshoot_each_other_make_the_tail_heavier() -> None:
     blocks = block_ids(np.zeros(500, int), 5)
     drifting = steady * np.repeat([1.0, 1.0, 1.0, 1.0, 1.6], 100)  # the last stretch runs past the rest
     assert drift_tail_index(drifting, blocks) < drift_tail_index(steady, blocks)
+
+
+def test_score_tolerance_is_measured_between_blocks_and_never_on_the_block_it_checks() -> None:
+    rng = np.random.default_rng(6)
+    steady = rng.chisquare(10, size=500)
+    blocks = block_ids(np.zeros(500, int), 5)
+    drifting = steady * np.repeat([1.0, 1.0, 1.0, 2.0, 2.0], 100)  # the camera moved on for the last two fifths
+    kappa = block_tolerance(drifting, blocks)
+    assert 1.0 <= block_tolerance(steady, blocks) < 1.5 < kappa
+    nested = heldout_tolerances(drifting, blocks, AlarmTarget(score_tolerance=0.0))
+    assert nested[4] > 1.4 and nested[3] > 1.4  # the other drifted block taught each one the tolerance
+    assert heldout_tolerances(drifting, blocks, AlarmTarget(score_tolerance=2.5)) == {b: 2.5 for b in range(5)}
+    measured = calibrate_alarms(drifting, target=AlarmTarget(score_tolerance=0.0))
+    fixed = calibrate_alarms(drifting, target=AlarmTarget(score_tolerance=2.0))
+    plain = calibrate_alarms(drifting)
+    assert measured.settings["score_tolerance"] == pytest.approx(kappa, abs=1e-4)
+    assert measured.to_dict(AlarmTarget(score_tolerance=0.0))["score_tolerance_measured"]
+    assert fixed.settings["score_tolerance"] == 2.0 and plain.settings["score_tolerance"] == 1.0
+    # a last stretch at 2x, checked against the others: covered with the tolerance, strange without it
+    last = steady * np.repeat([1.0, 1.0, 1.0, 1.0, 2.0], 100)
+    covered = calibrate_alarms(last, target=AlarmTarget(score_tolerance=2.0)).coverage
+    assert covered < 0.07 < 0.1 < calibrate_alarms(last).coverage
+    # a stretch 2x the calibration is nominal with the tolerance; 10x still alarms within 2 frames
+    cal = np.sort(steady)
+    moved = monitor_sequence(cal, 2.0 * rng.chisquare(10, size=2000), AlarmConfig(**fixed.settings))["is_ood"]
+    assert moved.mean() * 1000 <= 2.0
+    far = np.r_[rng.chisquare(10, size=30), np.full(20, 10.0 * cal[-1])]
+    fired = monitor_sequence(cal, far, AlarmConfig(**{**fixed.settings, "tail": "none", "p_floor": 0.005}))
+    assert 1 <= int(np.argmax(fired["is_ood"][30:])) + 1 <= 4
+
+
+def test_score_tolerance_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="score tolerance"):
+        AlarmConfig(score_tolerance=0.5)
+    with pytest.raises(ValueError, match="score tolerance"):
+        AlarmTarget(score_tolerance=0.9)

@@ -245,6 +245,12 @@ def test_calibrate_takes_several_recordings_and_stores_alarm_thresholds(tmp_path
     det = VaeDetector.from_model_dir(out)  # the stored thresholds are what a detector runs by default
     assert (det.monitor.cfg.window, det.monitor.cfg.martingale_threshold) == (alarm["window"],
                                                                               alarm["martingale_threshold"])
+    # the score tolerance: measured between the blocks by default, fixed when given, refused below 1
+    assert alarm["score_tolerance_measured"] and det.monitor.cfg.score_tolerance == alarm["score_tolerance"] >= 1.0
+    assert cli("calibrate", "--model", str(out), "--data", str(a), str(b), "--score-tolerance", "1.5") == 0
+    assert read_card(out).alarm["score_tolerance"] == 1.5 and not read_card(out).alarm["score_tolerance_measured"]
+    with pytest.raises(SystemExit):
+        cli("calibrate", "--model", str(out), "--data", str(a), "--score-tolerance", "0.5")
 
 
 def test_small_recordings_get_enough_optimizer_steps(capsys: pytest.CaptureFixture[str]) -> None:

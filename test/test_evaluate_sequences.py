@@ -22,7 +22,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
 
 
 STORED = {"martingale": "mixture", "epsilon": 0.5, "window": 5, "martingale_threshold": 9.5, "cusum_delta": 2.0,
-          "cusum_threshold": 25.0, "p_floor": 0.005, "tail": "none"}  # what `calibrate` stores (AlarmConfig fields)
+          "cusum_threshold": 25.0, "p_floor": 0.005, "tail": "none", "score_tolerance": 1.0}  # what `calibrate` stores (AlarmConfig fields)
 
 
 def stub_scorer(tmp_path: Path, alarm: dict | None = None) -> SimpleNamespace:

@@ -175,8 +175,12 @@ def test_alarm_settings_come_from_the_model_unless_set(ros, tmp_path):
     assert (cfg.window, cfg.martingale_threshold, cfg.cusum_threshold) == (
         stored["window"], stored["martingale_threshold"], stored["cusum_threshold"])
     assert f"window {stored['window']}" in node.diagnostic_values()["alarm"]
-    other = start(ros, model, "image", window=7, martingale_threshold=12.5)
+    assert cfg.score_tolerance == stored.get("score_tolerance", 1.0)
+    other = start(ros, model, "image", window=7, martingale_threshold=12.5, score_tolerance=2.0)
     assert (other.detector.monitor.cfg.window, other.detector.monitor.cfg.martingale_threshold) == (7, 12.5)
+    # a frame scoring twice a calibration score gets that score's p-value
+    mon = other.detector.monitor
+    assert mon.p_value(2.0 * float(mon.cal[len(mon.cal) // 2])) == node.detector.monitor.p_value(float(mon.cal[len(mon.cal) // 2]))
     assert other.detector.monitor.cfg.cusum_threshold == stored["cusum_threshold"]
     card = read_card(model)
     card.alarm = {}
@@ -184,5 +188,6 @@ def test_alarm_settings_come_from_the_model_unless_set(ros, tmp_path):
     with pytest.raises(ModelFileError, match="no calibrated alarm thresholds: run `ood-monitor calibrate"):
         start(ros, model, "image")
     fixed = start(ros, model, "image", martingale="mixture", epsilon=0.5, window=4, martingale_threshold=8.0,
-                  cusum_delta=2.0, cusum_threshold=20.0, p_floor=0.005, tail="none")  # every setting given: no need for it
+                  cusum_delta=2.0, cusum_threshold=20.0, p_floor=0.005, tail="none",
+                  score_tolerance=1.0)  # every setting given: no need for it
     assert fixed.detector.monitor.cfg.window == 4

@@ -40,6 +40,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="reuse the models an earlier run trained in --work (recalibrate and evaluate only)")
     p.add_argument("--tail", choices=("pareto", "none"), default="pareto",
                    help="`calibrate --tail`: p-values past the largest calibration score (default pareto)")
+    p.add_argument("--score-tolerance", default="", metavar="K|auto",
+                   help="`calibrate --score-tolerance` of both detectors (default: calibrate's)")
     p.add_argument("--extra-calibration", nargs="+", type=Path, default=[], metavar="PATH",
                    help="more nominal recordings of the same camera (other sessions) that `calibrate` reads "
                         "beside the recording's calibration split")
@@ -136,7 +138,8 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
     models = [str(work / "vae_image"), str(work / "vae_flow")]
     for model in models:
         cli(["calibrate", "--model", model, "--data", str(calibration), *map(str, args.extra_calibration),
-             "--tail", args.tail, *threads])
+             "--tail", args.tail, *(["--score-tolerance", args.score_tolerance] if args.score_tolerance else []),
+             *threads])
     report = work / "eval"
     (report / "masks.json").unlink(missing_ok=True)  # an earlier run's masks must not count for this one
     cli(["evaluate", "--data", str(test), "--models", *models, "--out", str(report), "--params", str(params),
@@ -201,6 +204,7 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
     for name, c in checks.items():
         summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
         summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
+        summary[f"{name}_score_tolerance"] = c["score_tolerance"]
     summary["martingale_threshold"] = first["martingale_threshold"]
     summary["evaluate_alarms"] = {name: r["alarms"] for name, r in evaluation.items()}
     summary["evaluate_alarm_settings"] = {name: r["alarm_settings"] for name, r in evaluation.items()}
@@ -231,7 +235,7 @@ def stream_sequences(test: Path, index: np.ndarray) -> np.ndarray:
 def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict:
     """One calibrated detector on the test split: alarm metrics per OOD kind ("category:<kind>") and over
     all frames, per test; `coverage`, the share of clean frames with p < 0.05 (about 0.05 when calibration
-    covers the nominal variation); `max_log_martingale`, the highest log martingale the window can reach
+    covers the nominal variation; scores divided by the score tolerance, as the monitor does); `max_log_martingale`, the highest log martingale the window can reach
     at the conformal floor (with the Pareto tail: at a score twice the largest nominal one), beside the
     threshold."""
     from ood_monitor.cli.evaluate_cmd import alarm_settings
@@ -251,14 +255,15 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
                     stream_sequences(test, frames.index))
     configs, _, _ = alarm_settings(card.kind, lambda: card.alarm_settings(model), params, tests)
     results, _ = alarm_table(calibration, scores, labels, configs)
-    p = p_values(np.sort(calibration), scores[~frames.is_ood], floor=0.0)
     cfg = next(iter(configs.values()))
+    p = p_values(np.sort(calibration), scores[~frames.is_ood] / cfg.score_tolerance, floor=0.0)
     # what the window reaches at the conformal floor, or with the tail at a score twice the largest nominal one
     floor = reference_p(len(calibration), tail_index_for(np.sort(calibration), cfg), cfg.p_floor)
     return {"alarms": results, "coverage": float(np.mean(p < 0.05)),
             "calibration_frames": len(calibration), "p_reference": floor,
             "max_log_martingale": log_mixture_martingale(cfg.window * float(np.log(floor)), cfg.window),
-            "martingale_threshold": cfg.martingale_threshold, "window": cfg.window}
+            "martingale_threshold": cfg.martingale_threshold, "window": cfg.window,
+            "score_tolerance": cfg.score_tolerance}
 
 def _cell(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -277,11 +282,12 @@ def markdown(report: dict) -> str:
         mad = _cell(r["mad128"], 1) + ("" if r.get("visible", True) else " (not visible)")
         lines.append(f"| {r['recording']} | {r['role']} | {r['kind']} | {r['category']} | {mad} "
                      f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} |")
-    lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | clean test frames | clean frames with "
-              "p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
-              "CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | score tolerance "
+              "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
+              "CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
         lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {s['p_reference']:.2g} "
+                     f"| {_cell(s.get('vae_image_score_tolerance'))}, {_cell(s.get('vae_flow_score_tolerance'))} "
                      f"| {s['clean_frames']} | {_cell(s.get('vae_image_clean_p_below_0.05'))}, "
                      f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
                      f" / {_cell(s.get('martingale_threshold'), 0)} "

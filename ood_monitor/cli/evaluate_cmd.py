@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 MASK_TOPIC = "/ood/gt/mask"  # data.labeled_frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
-                "pvalue_threshold", "p_floor", "tail", "tail_index")
+                "pvalue_threshold", "p_floor", "tail", "tail_index", "score_tolerance")
 NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default
 SHIPPED_PARAMS = "config/default.yaml"
 
@@ -184,7 +184,8 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     if metrics:
         groups = {k: v for k, v in group_masks(labels).items() if k.startswith("category:")}
         plots_written.append(plots.curves(out / f"curves_{name}.png", scores, labels.is_ood, groups, name).name)
-    threshold = score_threshold(scorer.calibration, next(iter(configs.values())).pvalue_threshold)
+    first = next(iter(configs.values()))
+    threshold = first.score_tolerance * score_threshold(scorer.calibration, first.pvalue_threshold)
     plots_written.append(plots.timeline(out / f"timeline_{name}.png", scores, labels, traces, configs, threshold,
                                         card.score, f"{name} on {title}").name)
     csv_path = write_scores_csv(out / f"scores_{name}.csv", table, labels, traces)

@@ -61,6 +61,7 @@ class AlarmTarget:
     cusum_delta: float = 2.0
     p_floor: float = 0.005
     tail: str = "none"
+    score_tolerance: float = 1.0  # >= 1 fixed (1: none); 0: measured between the blocks (block_tolerance)
     coverage_alpha: float = 0.05
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class AlarmTarget:
             raise ValueError(f"alarm calibration needs at least 2 blocks, got {self.blocks}")
         if not self.windows or min(self.windows) < 1:
             raise ValueError("martingale windows must be >= 1")
+        if self.score_tolerance != 0.0 and not self.score_tolerance >= 1.0:
+            raise ValueError(f"score tolerance must be >= 1 (1: none) or 0 (measure it), got {self.score_tolerance}")
 
     @classmethod
     def from_settings(cls, stored: dict) -> AlarmTarget:
@@ -78,7 +81,9 @@ class AlarmTarget:
                    blocks=int(stored.get("heldout", {}).get("blocks", 5)),
                    martingale=stored.get("martingale", "mixture"), epsilon=float(stored.get("epsilon", 0.5)),
                    cusum_delta=float(stored.get("cusum_delta", 2.0)), p_floor=float(stored.get("p_floor", 0.005)),
-                   tail=stored.get("tail", "none"))
+                   tail=stored.get("tail", "none"),
+                   score_tolerance=0.0 if stored.get("score_tolerance_measured") else
+                   float(stored.get("score_tolerance", 1.0)))
 
     @property
     def rate(self) -> float:
@@ -105,6 +110,7 @@ class AlarmCalibration:
 
     def to_dict(self, target: AlarmTarget) -> dict:
         return {**self.settings, "target_false_alarms_per_1000": target.false_alarms_per_1000,
+                "score_tolerance_measured": target.score_tolerance == 0.0,
                 "heldout": {"frames": self.heldout_frames, "blocks": len(self.block_coverage),
                             "coverage_p05": self.coverage, "block_coverage_p05": self.block_coverage,
                             "false_alarms_per_1000": self.heldout_false_alarms_per_1000},
@@ -174,26 +180,52 @@ def level_with_budget(trace: np.ndarray, allowed: int) -> float:
     return float(ordered[allowed]) if allowed < ordered.size else float("-inf")
 
 
-def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float, tail_index: float = 0.0) -> np.ndarray:
-    """Each frame's conformal p-value against the frames of every other block (cross-fitting)."""
+def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float, tail_index: float = 0.0,
+                    tolerance: dict[int, float] | None = None) -> np.ndarray:
+    """Each frame's conformal p-value against the frames of every other block (cross-fitting), its score
+    divided by the held-out block's score tolerance (`heldout_tolerances`; none if not given)."""
     p = np.empty(scores.size)
     for b in np.unique(blocks):
         held = blocks == b
-        p[held] = p_values(np.sort(scores[~held]), scores[held], floor, tail_index)
+        kappa = tolerance[int(b)] if tolerance else 1.0
+        p[held] = p_values(np.sort(scores[~held]), scores[held] / kappa, floor, tail_index)
     return p
 
 
-def drift_tail_index(scores: np.ndarray, blocks: np.ndarray) -> float:
+def block_tolerance(scores: np.ndarray, blocks: np.ndarray) -> float:
+    """The score tolerance the nominal data asks for: the largest factor by which a contiguous block's top
+    score exceeds the top score of all blocks before it (1 if none does). Within a block, frames are
+    near-duplicates; later the camera has moved on, and how far a new stretch went past everything seen
+    before it is how far the next one may go past the calibration (conformal.py: Score tolerance)."""
+    kappa, top = 1.0, None
+    for b in np.unique(blocks):  # block ids follow the stream
+        peak = float(scores[blocks == b].max())
+        if top is not None and top > 0.0:
+            kappa = max(kappa, peak / top)
+        top = peak if top is None else max(top, peak)
+    return kappa
+
+
+def heldout_tolerances(scores: np.ndarray, blocks: np.ndarray, target: AlarmTarget) -> dict[int, float]:
+    """The score tolerance each held-out block is checked with: the target's fixed one, or (measured)
+    `block_tolerance` of the other blocks only, so the check never sees the block it checks."""
+    if target.score_tolerance:
+        return {int(b): target.score_tolerance for b in np.unique(blocks)}
+    return {int(b): block_tolerance(scores[blocks != b], blocks[blocks != b]) for b in np.unique(blocks)}
+
+
+def drift_tail_index(scores: np.ndarray, blocks: np.ndarray, tolerance: float = 1.0) -> float:
     """The Pareto index p-values are extrapolated with: the heavier (smaller) of Hill's estimate over all
     nominal scores and the one the blocks themselves show, i.e. how far each held-out block's frames go
-    past the largest score of the other blocks (the MLE of a Pareto index from those excess ratios).
-    Within one stretch of footage the tail is light; between stretches (later in the drive, another
-    session) nominal frames overshoot further, and that is the overshoot a new stretch will show."""
+    past `tolerance` times the largest score of the other blocks (the MLE of a Pareto index from those
+    excess ratios). Within one stretch of footage the tail is light; between stretches (later in the
+    drive, another session) nominal frames overshoot further, and that is the overshoot a new stretch
+    will show."""
     hill = hill_tail_index(np.sort(scores))
     log_excess = []
     for b in np.unique(blocks):
         held = blocks == b
-        top = scores[~held].max()
+        top = tolerance * scores[~held].max()
         if top > 0:
             over = scores[held][scores[held] > top]
             log_excess.extend(np.log(over / top))
@@ -208,13 +240,15 @@ def reference_p(n: int, tail_index: float, floor: float) -> float:
     return max(floor, REFERENCE_EXCESS ** -tail_index / (n + 1.0))
 
 
-def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig) -> dict[str, np.ndarray]:
+def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig,
+                   tolerance: dict[int, float] | None = None) -> dict[str, np.ndarray]:
     """log M and (uncapped) CUSUM over each held-out block, as the node would run them with the other
-    blocks as calibration; restarts at every block boundary."""
-    cfg_uncapped = AlarmConfig(**{**asdict(cfg), "cusum_threshold": 1e12})
+    blocks as calibration (and the block's score tolerance); restarts at every block boundary."""
     out = {"log_martingale": np.empty(scores.size), "cusum": np.empty(scores.size)}
     for b in np.unique(blocks):
         held = blocks == b
+        kappa = tolerance[int(b)] if tolerance else cfg.score_tolerance
+        cfg_uncapped = AlarmConfig(**{**asdict(cfg), "cusum_threshold": 1e12, "score_tolerance": kappa})
         trace = monitor_sequence(scores[~held], scores[held], cfg_uncapped)
         out["log_martingale"][held] = trace["log_martingale"]
         out["cusum"][held] = trace["cusum"]
@@ -240,8 +274,10 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
     warnings: list[str] = []
     if n_blocks < target.blocks:
         warnings.append(f"{scores.size} nominal frames: {n_blocks} blocks instead of {target.blocks}")
-    tail_index = drift_tail_index(scores, blocks) if target.tail == "pareto" else 0.0
-    p = heldout_pvalues(scores, blocks, target.p_floor, tail_index)
+    kappa = target.score_tolerance or block_tolerance(scores, blocks)
+    tolerance = heldout_tolerances(scores, blocks, target)
+    tail_index = drift_tail_index(scores, blocks, kappa) if target.tail == "pareto" else 0.0
+    p = heldout_pvalues(scores, blocks, target.p_floor, tail_index, tolerance)
     low = p < target.coverage_alpha
     coverage = float(low.mean())
     block_coverage = [float(low[blocks == b].mean()) for b in np.unique(blocks)]
@@ -263,11 +299,12 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
                         f"the {target.false_alarms_per_1000:g} per 1000 target rests on the exchangeability "
                         f"bound (record {int(math.ceil(1.0 / target.rate))}+ nominal frames to check it)")
     base = AlarmConfig(martingale=target.martingale, epsilon=target.epsilon, cusum_delta=target.cusum_delta,
-                       p_floor=target.p_floor, tail=target.tail, tail_index=round(tail_index, 6))
+                       p_floor=target.p_floor, tail=target.tail, tail_index=round(tail_index, 6),
+                       score_tolerance=round_up(kappa))
     bound = math.log(1.0 / target.rate)
     rows, best = [], None
     for window in target.windows:
-        trace = heldout_traces(scores, blocks, AlarmConfig(**{**asdict(base), "window": window}))
+        trace = heldout_traces(scores, blocks, AlarmConfig(**{**asdict(base), "window": window}), tolerance)
         threshold = max(bound, level_with_budget(trace["log_martingale"], allowed))
         run = shortest_martingale_run(window, threshold, p_min, target)
         reach = martingale_run(window, window, p_min, target)
@@ -308,9 +345,10 @@ def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significan
     return odd
 
 
-OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0}  # settings added later: what a model stored without them runs
+# settings added later: what a model stored without them runs
+OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0, "score_tolerance": 1.0}
 CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor",
-              "tail", "tail_index")
+              "tail", "tail_index", "score_tolerance")
 
 
 def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> AlarmConfig:

@@ -59,6 +59,9 @@ PARAMETERS = {
     "tail": ("", "none | pareto: p-values of scores beyond the largest calibration score keep falling along the "
                  "calibration's Pareto tail instead of stopping at 1/(n+1); empty: the model's calibrated setting"),
     "tail_index": (0.0, "Pareto index of that tail (larger: p falls faster); 0: the model's calibrated index"),
+    "score_tolerance": (0.0, "scores are compared with the calibration as score / score_tolerance (>= 1): nominal "
+                             "stretches scoring up to that many times the calibration's are not strange yet; 0: "
+                             "the model's calibrated setting (`ood-monitor calibrate --score-tolerance`)"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
     **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }
@@ -92,7 +95,8 @@ def alarm_config(p: dict, card, model_dir) -> AlarmConfig:
 
 def alarm_summary(cfg: AlarmConfig) -> str:
     return (f"{cfg.test}; martingale {cfg.martingale} window {cfg.window} threshold {cfg.martingale_threshold:g}; "
-            f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}; tail {cfg.tail}")
+            f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}; tail {cfg.tail}; "
+            f"score tolerance {cfg.score_tolerance:g}")
 
 
 LIMITS = {
@@ -111,6 +115,7 @@ class VaeDetectorNode(StageNode):
         "cusum_delta": lambda v: v == 0 or v > 1, "cusum_threshold": lambda v: v >= 0,
         "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 <= v < 1,
         "tail": lambda v: v in TAILS or v == "", "tail_index": lambda v: v >= 0,
+        "score_tolerance": lambda v: v == 0 or v >= 1,
         "mc_z": None, "ignore_uncertain": None,
     }
 
