@@ -113,16 +113,22 @@ def test_evaluate_chunked_on_ray_gives_the_unchunked_scores_and_alarms(clips, de
 
 def test_calibrate_on_ray_equals_local_and_skips_an_unreadable_input(clips, ray_local, tmp_path, capsys):
     cards = {}
-    for engine in ("local", "ray"):
-        model = tmp_path / engine / "vae_image"
+    for name, engine, chunks in (("local", "local", []), ("ray", "ray", []), ("chunked", "ray", ["--chunk-frames", "5"])):
+        model = tmp_path / name / "vae_image"
         shutil.copytree(MODELS[0], model)
         code = cli(["calibrate", "--model", str(model), "--data", *map(str, clips[:4]), "--engine", engine,
-                    "--workers", "2", "--threads", "1", "--blocks", "3"])
+                    "--workers", "2", "--threads", "1", "--blocks", "3", *chunks])
         assert code == 1  # calibrated on the rest, but the exit status says an input was missing
-        err = capsys.readouterr().err
+        printed = capsys.readouterr()
+        err = printed.err
+        # read in chunks (16 frames, 5 a task): no whole-recording data hash, and calibrate says so
+        assert ("3 recording(s) read in chunks carry no data hash" in printed.out) == (name == "chunked")
         assert "calibrate: 1 of 4 input(s) failed" in err and str(clips[3]) in err
-        cards[engine] = json.loads((model / "config.json").read_text())
+        cards[name] = json.loads((model / "config.json").read_text())
     local, ray = cards["local"], cards["ray"]
+    # one read task per 5 frames of each clip: the same scores, in the same order
+    np.testing.assert_allclose(cards["chunked"]["calibration"]["scores"], local["calibration"]["scores"], rtol=1e-5)
+    assert_close(local["alarm"], cards["chunked"]["alarm"])
     assert [s["path"] for s in ray["calibration"]["sources"]] == [str(c) for c in clips[:3]]
     assert ray["calibration"]["frames"] == 24  # 8 nominal frames of each clip; its episode is ignored
     assert_close(local["calibration"]["sources"], ray["calibration"]["sources"])  # hashes included

@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "image models, 1 for flow models; docs/methods.md#score-tolerance)")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
                    help="torch CPU threads (--engine ray: of each actor)")
-    add_engine_options(p, "a Ray Data pipeline, one read task per recording, actors that load the model once",
-                       "scoring actors")
+    add_engine_options(p, "a Ray Data pipeline, one read task per recording (or --chunk-frames), actors that "
+                          "load the model once", "scoring actors", chunks=True)
     add_label_options(p)
     p.set_defaults(func=run)
 
@@ -120,7 +120,8 @@ def score_recordings(args: argparse.Namespace, scorer) -> tuple:
     for path in paths:
         note_if_foreign(args.model, card.data, path)
     job = ScoringJob([str(scorer.path)], args.image_topic or card.data.get("image_topic", DEFAULT_IMAGE_TOPIC),
-                     labels=label_spec(args), score=args.score, limit=args.max_frames)
+                     labels=label_spec(args), score=args.score, limit=args.max_frames,
+                     chunk_frames=getattr(args, "chunk_frames", None))
     print(f"scoring {card.kind} frames ({cfg.height}x{cfg.width}) of {len(paths)} recording(s), engine "
           f"{getattr(args, 'engine', 'local')} ...", flush=True)
     fleet = run_engine(args, paths, job, [scorer])
@@ -138,6 +139,10 @@ def score_recordings(args: argparse.Namespace, scorer) -> tuple:
         scores.append(table.score)
         sequence.append(np.full(len(table), i))
         sources.append({"path": path, "hash": table.data_hash, "frames": len(table)})
+    unhashed = [s["path"] for s in sources if not s["hash"]]
+    if unhashed:
+        print(f"note: {len(unhashed)} recording(s) read in chunks carry no data hash, so calibrate cannot check "
+              f"that they are not the model's training data: {', '.join(unhashed)}", flush=True)
     empty = [np.zeros(0)]  # every input read was empty: the frame count check says so
     return np.concatenate(scores or empty), np.concatenate(sequence or empty), sources, fleet
 
