@@ -77,6 +77,20 @@ def test_bench_pipeline_samples_memory_and_latency_over_time(demo_dataset, tmp_p
     assert report["nodes"]["vae_image_detector"]["processed"] > 0
 
 
+def test_live_graph_puts_the_heavy_stages_in_one_process_or_one_per_node(tmp_path):
+    from ood_monitor.ros.live import LiveGraph
+
+    def layout(**kw) -> dict[str, list[str]]:
+        graph = LiveGraph(tmp_path / "p.yaml", "all", tmp_path / "bag", None, {}, camera_in_process=False, **kw)
+        return {name: [s.name for s in group] for name, group in graph.process_specs.items()}
+
+    shared, per_stage = layout(), layout(heavy_per_stage=True)
+    assert shared["heavy_stages"] == ["synthesizer_node", "analysis_node", "nav_bridge_node"]
+    assert per_stage["synthesis_stage"] == ["synthesizer_node"]  # as ros2 launch: synthesis alone
+    assert per_stage["analysis_stage"] == ["analysis_node", "nav_bridge_node"]
+    assert shared["camera_stages"] == per_stage["camera_stages"] and "heavy_stages" not in per_stage
+
+
 def test_bench_analysis_scores_the_shipped_synthesizer(demo_dataset, tmp_path):
     out = tmp_path / "analysis.json"
     assert cli(["bench", "analysis", "--quick", "--data", str(demo_dataset / "bags" / "test"), "--json", str(out)]) == 0

@@ -22,6 +22,9 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stress", action="store_true", help="a long run (default 300 s) to expose leaks and backlogs")
     p.add_argument("--seconds", type=float, default=None, help="run time (default 60; --stress 300; --quick 60)")
     p.add_argument("--interval", type=float, default=10.0, help="sampling window in seconds (default 10)")
+    p.add_argument("--heavy-process-per-stage", action="store_true",
+                   help="synthesis and analysis in a process each, as ros2 launch runs every node (default: one "
+                        "process for both, which was faster on 2 cores)")
     p.add_argument("--plot", type=Path, default=None, help="memory/latency plot PNG (default: next to --json; none without either)")
     p.set_defaults(func=run)
     return p
@@ -147,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench pipeline: {args.data} looped at {args.rate_hz:g} Hz ({factor:.2f}x) through stages "
           f"'{args.stages}' for {seconds:.0f} s, {interval:.0f} s windows", flush=True)
     with LiveGraph(args.params, args.stages, args.data, playback, latency_topic_classes(), "ood_bench_io",
-                   camera_in_process=False) as lg:
+                   camera_in_process=False,
+                   heavy_per_stage=args.heavy_process_per_stage) as lg:
         lg.play()
         rows = sample(lg, seconds, interval)
         steady = summary_rows(lg, rows[0]["t_s"], rows[-1]["t_s"], rows[-1]["published"] - rows[0]["published"])

@@ -1,6 +1,9 @@
 """Running the node graph live for the demo and the pipeline benchmark: end-to-end latency by header
-stamp, and the heavy stages (synthesis, analysis, Nav2 bridge) in a process of their own, as on a robot
-where torch there must not starve the camera-rate stages of the GIL."""
+stamp, and the heavy stages (synthesis, analysis, Nav2 bridge) in a process of their own, where torch
+must not starve the camera-rate stages of the GIL. `heavy_per_stage=True` gives synthesis and analysis a
+process each, as `ros2 launch` runs every node; on 2 cores that was slower (docs/benchmarks-masks.md:
+the two heavy processes' threads then compete with the detectors, where one process's GIL kept the heavy
+work near one core)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 HEAVY_STAGES = ("synthesize", "analysis", "nav")
+HEAVY_PROCESSES = {"synthesize": "synthesis_stage", "analysis": "analysis_stage", "nav": "analysis_stage"}
 HEAVY_NICE = 10  # the best-effort stages yield the CPU to the camera-rate detectors on a small machine
 STAGE_OUTPUTS = {"/ood/image": "preprocess_node", "/ood/score/image": "vae_image_detector",
                  "/ood/score/flow": "vae_flow_detector", "/ood/synthesis": "synthesizer_node",
@@ -145,14 +149,14 @@ def rss_mb(pid: int | None = None) -> float:
 
 
 class LiveGraph:
-    """The whole graph as deployed, fed from a bag: heavy stages in a child process; camera-rate stages
+    """The whole graph as deployed, fed from a bag: heavy stages in child processes; camera-rate stages
     in this process (NodeGraph, their StageStats readable directly) or, with `camera_in_process=False`,
     in a second child process, as on a robot where the camera driver is a process of its own. A helper
     node `io` carries the bag player on the camera topics, latency probes on `latency_topics`
     ({topic: message class}) and a /diagnostics listener for the nodes in other processes."""
 
     def __init__(self, params: Path, stages: str, bag: Path, playback, latency_topics: dict[str, type],
-                 io_name: str = "ood_live_io", camera_in_process: bool = True) -> None:
+                 io_name: str = "ood_live_io", camera_in_process: bool = True, heavy_per_stage: bool = False) -> None:
         from ood_monitor.pipeline import nodes_for
 
         specs = nodes_for(stages)
@@ -160,7 +164,9 @@ class LiveGraph:
         self.latency_topics = latency_topics
         camera = [s for s in specs if s.stage not in HEAVY_STAGES]
         heavy = [s for s in specs if s.stage in HEAVY_STAGES]
-        groups = {"heavy_stages": heavy} if camera_in_process else {"camera_stages": camera, "heavy_stages": heavy}
+        groups = {} if camera_in_process else {"camera_stages": camera}
+        for spec in heavy:  # the Nav2 bridge is light: it shares the analysis' process
+            groups.setdefault(HEAVY_PROCESSES[spec.stage] if heavy_per_stage else "heavy_stages", []).append(spec)
         self.process_specs = {name: group for name, group in groups.items() if group}
         self.in_process_specs = camera if camera_in_process else []
         self.remote_names = [s.name for group in self.process_specs.values() for s in group]
@@ -178,7 +184,7 @@ class LiveGraph:
         from ood_monitor.ros.graph import NodeGraph
 
         for name, group in self.process_specs.items():
-            nice = HEAVY_NICE if name == "heavy_stages" else 0
+            nice = 0 if name == "camera_stages" else HEAVY_NICE
             self.procs[name] = start_stages(self.params, list(dict.fromkeys(s.stage for s in group)), nice)
         self.graph = NodeGraph(self.in_process_specs, self.params).__enter__()
         self.io = self.graph.helper_node(self.io_name)
