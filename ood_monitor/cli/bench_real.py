@@ -256,7 +256,7 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     configs, _, _ = alarm_settings(card.kind, lambda: card.alarm_settings(model), params, tests)
     results, _ = alarm_table(calibration, scores, labels, configs)
     cfg = next(iter(configs.values()))
-    p = p_values(np.sort(calibration), scores[~frames.is_ood] / cfg.score_tolerance, floor=0.0)
+    p = p_values(np.sort(calibration), scores[~frames.is_ood], floor=0.0, tolerance=cfg.score_tolerance)
     # what the window reaches at the conformal floor, or with the tail at a score twice the largest nominal one
     floor = reference_p(len(calibration), tail_index_for(np.sort(calibration), cfg), cfg.p_floor)
     return {"alarms": results, "coverage": float(np.mean(p < 0.05)),

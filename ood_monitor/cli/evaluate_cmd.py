@@ -169,7 +169,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     """Metrics, alarms, plots and the per-frame CSV of one detector over `table` (its frames of every
     recording, in order)."""
     from ood_monitor.core import plots
-    from ood_monitor.core.conformal import score_threshold
+    from ood_monitor.core.conformal import ConformalMonitor
     from ood_monitor.core.detector_evaluation import alarm_table, frame_table, group_masks, stream_labels
 
     name, card = scorer.name, scorer.card
@@ -184,8 +184,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     if metrics:
         groups = {k: v for k, v in group_masks(labels).items() if k.startswith("category:")}
         plots_written.append(plots.curves(out / f"curves_{name}.png", scores, labels.is_ood, groups, name).name)
-    first = next(iter(configs.values()))
-    threshold = first.score_tolerance * score_threshold(scorer.calibration, first.pvalue_threshold)
+    threshold = ConformalMonitor(scorer.calibration, next(iter(configs.values()))).score_threshold
     plots_written.append(plots.timeline(out / f"timeline_{name}.png", scores, labels, traces, configs, threshold,
                                         card.score, f"{name} on {title}").name)
     csv_path = write_scores_csv(out / f"scores_{name}.csv", table, labels, traces)

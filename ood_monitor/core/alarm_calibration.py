@@ -188,7 +188,7 @@ def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float, tail_i
     for b in np.unique(blocks):
         held = blocks == b
         kappa = tolerance[int(b)] if tolerance else 1.0
-        p[held] = p_values(np.sort(scores[~held]), scores[held] / kappa, floor, tail_index)
+        p[held] = p_values(np.sort(scores[~held]), scores[held], floor, tail_index, kappa)
     return p
 
 

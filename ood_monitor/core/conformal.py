@@ -41,8 +41,8 @@ non-negative (squared distances, KL sums), so the factor is a shift in log score
 calibration is a few tens of seconds; later stretches of the same drive (a camera nudged, another corner
 of the room, the light later in the day) scored 1.2-4x the calibration's largest score while the
 corruptions and objects of the real-footage benchmark scored 5-200x (docs/real_footage.md). `ood-monitor
-calibrate` measures kappa on the nominal data itself: the most any contiguous block's top score exceeds
-the top score of the other blocks (core/alarm_calibration.py).
+calibrate` measures kappa on the nominal data itself: the most a contiguous block's top score exceeds
+the top score of every block before it (core/alarm_calibration.py, `block_tolerance`).
 
 Everything is numpy, O(window) per update.
 """
@@ -112,11 +112,12 @@ class Decision(NamedTuple):
 
 
 def p_values(cal_sorted: np.ndarray, scores: np.ndarray | float, floor: float = 0.005,
-             tail_index: float = 0.0) -> np.ndarray:
-    """Conformal p-values of `scores` against ascending calibration scores, floored at `floor`; with a
-    `tail_index` > 0, scores beyond the largest calibration score follow its Pareto tail (module doc)."""
+             tail_index: float = 0.0, tolerance: float = 1.0) -> np.ndarray:
+    """Conformal p-values of `scores` / `tolerance` against ascending calibration scores, floored at
+    `floor`; with a `tail_index` > 0, scores beyond the largest calibration score follow its Pareto tail
+    (module doc)."""
     cal = np.asarray(cal_sorted, dtype=np.float64)
-    s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+    s = np.atleast_1d(np.asarray(scores, dtype=np.float64)) / tolerance
     at_least = cal.size - np.searchsorted(cal, s, side="left")
     p = (at_least + 1.0) / (cal.size + 1.0)
     if tail_index > 0.0:
@@ -183,7 +184,7 @@ class ConformalMonitor:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        return float(p_values(self.cal, score / self.cfg.score_tolerance, self.cfg.p_floor, self.tail_index)[0])
+        return float(p_values(self.cal, score, self.cfg.p_floor, self.tail_index, self.cfg.score_tolerance)[0])
 
     def update(self, score: float) -> Decision:
         if not np.isfinite(score):
