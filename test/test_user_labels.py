@@ -203,7 +203,7 @@ def test_train_vae_command_drops_anomalous_frames(rugd: Path, tmp_path: Path, ca
             "--latent", "4", "--widths", "8", "--hidden", "16", "--epochs", "1", "--min-steps", "0", "--batch", "8", "--select-k", "2",
             "--threads", "1", "--val-split", "0.25"]
     assert cli(args) == 0
-    assert "dropping 4 frames labelled OOD" in capsys.readouterr().out
+    assert "dropped 4 frames labelled OOD" in capsys.readouterr().out
     assert json.loads((model / "config.json").read_text())["data"]["frames"] == 8
     assert cli(args + ["--anomaly-classes", "rock-bed"]) == 2
     assert "rock-bed" in capsys.readouterr().err

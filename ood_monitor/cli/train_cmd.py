@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     v.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
     add_engine_options(v)
+    add_spool_option(v)
     add_label_options(v, training=True)
     v.set_defaults(func=run)
 
@@ -82,7 +83,23 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                                       "training workers (--threads each)")
 
 
+def add_spool_option(p: argparse.ArgumentParser) -> None:
+    """--spool-dir (train vae, dcae, dit, ddpm): where the frames wait on disk while training."""
+    p.add_argument("--spool-dir", default=None, metavar="DIR",
+                   help="folder for the training frames while the model trains: they are written there once and "
+                        "read back memory-mapped, so memory does not grow with the footage (a temporary "
+                        "folder inside DIR, removed at exit; default: the system's temporary folder)")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ood_monitor.data.spool import spool_directory
+
+    with spool_directory(args.spool_dir) as folder:
+        return train_from(args, folder)
+
+
+def train_from(args: argparse.Namespace, spool_dir) -> int:
+    """`train vae` with its frames spooled in `spool_dir`."""
     import numpy as np
     import torch
 
@@ -111,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
     data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])
     print(f"reading {args.kind} frames from {describe(data)} ({args.size}x{args.size}) ...", flush=True)
     frames = load_training_frames(data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
-                                  limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args))
-    if frames.is_ood.any() and not args.keep_anomalous_frames:
-        print(f"dropping {int(frames.is_ood.sum())} frames labelled OOD: a detector trains on "
+                                  limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args),
+                                  spool_dir=spool_dir, drop_ood=not args.keep_anomalous_frames)
+    if frames.dropped_ood:
+        print(f"dropped {frames.dropped_ood} frames labelled OOD: a detector trains on "
               f"in-distribution data only (--keep-anomalous-frames keeps them)", flush=True)
-        frames = frames.subset(~frames.is_ood)
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {describe(data)}: need at least 8")
     score = args.score or DEFAULT_SCORES[args.kind]

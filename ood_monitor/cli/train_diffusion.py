@@ -25,9 +25,10 @@ def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop:
     p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
-    from ood_monitor.cli.train_cmd import add_engine_options
+    from ood_monitor.cli.train_cmd import add_engine_options, add_spool_option
 
     add_engine_options(p)
+    add_spool_option(p)
     add_label_options(p, training=True)
 
 
@@ -58,21 +59,32 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
-def load_all(tr, data: list, args: argparse.Namespace, log):
-    """Frames of every input, in order, at most --max-frames in all."""
-    import numpy as np
+def load_all(tr, data: list, args: argparse.Namespace, log, spool_dir):
+    """Frames of every input, in order, at most --max-frames in all, spooled in `spool_dir` (one read-only
+    memory map over all inputs)."""
+    from ood_monitor.data.spool import FrameSpool
 
-    parts, left = [], args.max_frames
+    spool = FrameSpool(spool_dir, "images")
+    left = args.max_frames
     for path in data:
         if left is not None and left <= 0:
             break
-        parts.append(tr.load_images(path, args.size, left, log, labels=label_spec(args),
-                                    keep_ood=args.keep_anomalous_frames, image_topic=args.image_topic))
-        left = None if left is None else left - len(parts[-1])
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        part = tr.load_images(path, args.size, left, log, labels=label_spec(args),
+                              keep_ood=args.keep_anomalous_frames, image_topic=args.image_topic, spool=spool)
+        left = None if left is None else left - len(part)
+    spool.close()
+    return spool.array()
 
 
 def run(args: argparse.Namespace) -> int:
+    from ood_monitor.data.spool import spool_directory
+
+    with spool_directory(args.spool_dir) as folder:
+        return train_from(args, folder)
+
+
+def train_from(args: argparse.Namespace, spool_dir) -> int:
+    """`train dcae|dit|ddpm` with its frames spooled in `spool_dir`."""
     import torch
 
     from ood_monitor.core.diffusion import train as tr
@@ -95,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])
         source = ", ".join(map(str, data))
         log(f"reading frames from {describe(data)} ({args.size}x{args.size}) ...")
-        images = load_all(tr, data, args, log)
+        images = load_all(tr, data, args, log, spool_dir)
         log(f"{len(images)} frames; training {args.model} -> {args.out}")
         if args.model == "dcae":
             arch = DcaeConfig(image_size=args.size, latent_channels=args.latent_channels,

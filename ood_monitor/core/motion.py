@@ -66,7 +66,10 @@ class MotionStats:
 
     @classmethod
     def fit_flows(cls, flows: np.ndarray) -> MotionStats:
-        return cls.fit(motion_features(flows))
+        """`fit` on (N, H, W, 2) flow fields, read block by block (they may be a memory map on disk)."""
+        from ood_monitor.data.spool import chunks
+
+        return cls.fit(np.concatenate([motion_features(block) for block in chunks(flows)]))
 
     def features(self, flows: np.ndarray) -> np.ndarray:
         return motion_features(flows)

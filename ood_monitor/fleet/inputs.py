@@ -41,29 +41,38 @@ def describe(paths: list[Path]) -> str:
 
 
 def load_training_frames(paths: list[Path], kind: str, frame_cfg, image_topic: str, limit: int | None = None,
-                         progress=None, labels=None):
+                         progress=None, labels=None, spool_dir: Path | None = None, drop_ood: bool = False):
     """The frames of every recording as one FrameSet (recordings in order; `limit` counts them all).
-    Training revisits every frame each epoch, so these are held in memory as compact uint8 (images) or
-    float32 (flow) arrays; the data hash covers every recording's hash in order."""
+    Training revisits every frame each epoch: with `spool_dir` the frames are written to one file there
+    and come back memory-mapped (memory independent of the number of frames; see data/spool.py), without
+    it they are held in memory as compact uint8 (images) or float32 (flow) arrays. `drop_ood` leaves out
+    frames labelled OOD as they are read. The data hash covers every recording's hash in order."""
     import hashlib
 
     import numpy as np
 
     from ood_monitor.core.vae.dataset import load_frames
+    from ood_monitor.data.spool import FrameSpool
 
+    spool = FrameSpool(spool_dir, kind) if spool_dir is not None else None
     sets = []
     for path in paths:
         left = None if limit is None else limit - sum(len(s) for s in sets)
         if left is not None and left <= 0:
             break
-        sets.append(load_frames(path, kind, frame_cfg, image_topic, limit=left, progress=progress, labels=labels))
+        sets.append(load_frames(path, kind, frame_cfg, image_topic, limit=left, progress=progress, labels=labels,
+                                spool=spool, drop_ood=drop_ood))
+    if spool is not None:
+        spool.close()
     if len(sets) == 1:
         return sets[0]
     first = sets[0]
     digest = hashlib.sha256("".join(s.data_hash for s in sets).encode()).hexdigest()
     cat = {name: np.concatenate([getattr(s, name) for s in sets])
-           for name in ("raw", "is_ood", "category", "ood_kind", "episode", "index")}
-    return type(first)(kind=kind, data_hash=digest, source=", ".join(s.source for s in sets), **cat)
+           for name in ("is_ood", "category", "ood_kind", "episode", "index")}
+    raw = spool.array() if spool is not None else np.concatenate([s.raw for s in sets])
+    return type(first)(kind=kind, data_hash=digest, source=", ".join(s.source for s in sets), raw=raw,
+                       dropped_ood=sum(s.dropped_ood for s in sets), **cat)
 
 
 def iter_many_frames(paths: list[Path], failed: dict[str, str] | None = None, **sources):

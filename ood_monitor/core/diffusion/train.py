@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ood_monitor.data.spool import FrameSpool, chunks
+
 from .dcae import DcaeConfig, build_dcae, dcae_loss, encode
 from .dit import Dit, DitConfig
 from .schedules import ScheduleConfig, ddpm_scheduler
@@ -55,36 +57,39 @@ class TrainConfig:
 
 def load_images(path: str | Path, size: int = 128, limit: int | None = None, log: Log | None = None,
                 labels: LabelSpec | None = None, keep_ood: bool = False,
-                image_topic: str = "/camera/image_raw") -> np.ndarray:
+                image_topic: str = "/camera/image_raw", spool: FrameSpool | None = None) -> np.ndarray:
     """(N, size, size, 3) uint8 frames of a bag or image folder, prepared like ood/image; frames labelled
-    OOD (`labels`: anomaly pixels in their label image) are skipped unless `keep_ood`."""
+    OOD (`labels`: anomaly pixels in their label image) are skipped unless `keep_ood`. With `spool` they are
+    appended to it and come back as a read-only memory map (data/spool.py)."""
     from ood_monitor.core.model_input import FrameConfig, prepare_frame
     from ood_monitor.data.labeled_frames import iter_frames
 
     if not Path(path).exists():
         raise FileNotFoundError(f"data not found: {path}")
     cfg = FrameConfig(size, size)
-    frames = []
+    frames: list[np.ndarray] | FrameSpool = spool if spool is not None else []
+    start = len(frames)
     skipped = 0
     for f in iter_frames(path, image_topic=image_topic, labels=labels):
         if f.is_ood and not keep_ood:
             skipped += 1
             continue
         frames.append(prepare_frame(f.image, cfg))
-        if log and len(frames) % 200 == 0:
-            log(f"  read {len(frames)} frames")
-        if limit and len(frames) >= limit:
+        read = len(frames) - start
+        if log and read % 200 == 0:
+            log(f"  read {read} frames")
+        if limit and read >= limit:
             break
     if log and skipped:
         log(f"skipped {skipped} frames labelled OOD: the models train on in-distribution frames only")
-    if not frames:
+    if len(frames) == start:
         raise ValueError(f"no nominal frames in {path}")
-    return np.stack(frames)
+    return spool.array(start) if spool is not None else np.stack(frames)
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def image_batch(images: np.ndarray, rng: np.random.Generator, batch: int, crop: int | None) -> torch.Tensor:
@@ -240,7 +245,10 @@ def _worker_batch(cfg: TrainConfig, parallel: Parallel | None) -> int:
 def data_record(images: np.ndarray, source: str) -> dict:
     import hashlib
 
-    return {"source": source, "frames": int(len(images)), "sha256": hashlib.sha256(images.tobytes()).hexdigest()[:16]}
+    digest = hashlib.sha256()
+    for block in chunks(images):
+        digest.update(block.tobytes())
+    return {"source": source, "frames": int(len(images)), "sha256": digest.hexdigest()[:16]}
 
 
 @torch.no_grad()
@@ -287,9 +295,9 @@ def encode_dataset(dcae_dir: str | Path, images: np.ndarray, batch: int = 32) ->
     """Scaled latents of the frames and of their mirror images (the DiT's training set)."""
     ae, card = load_model(dcae_dir, "dcae")
     scale = float(card["arch"]["scaling_factor"])
-    both = np.concatenate([images, images[:, :, ::-1]])
-    z = torch.cat([encode(ae, to_model_range(both[i:i + batch]), scale) for i in range(0, len(both), batch)])
-    return z, card
+    z = [encode(ae, to_model_range(images[i:i + batch]), scale) for i in range(0, len(images), batch)]
+    z += [encode(ae, to_model_range(images[i:i + batch, :, ::-1]), scale) for i in range(0, len(images), batch)]
+    return torch.cat(z), card
 
 
 def train_dit(images: np.ndarray, dcae_dir: str | Path, arch: DitConfig, schedule: ScheduleConfig,
