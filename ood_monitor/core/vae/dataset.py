@@ -59,15 +59,17 @@ def model_input(raw: np.ndarray, kind: str, flow_scale: float) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(np.asarray(raw, dtype=np.float32) / np.float32(flow_scale), -1, -3))
 
 
-AUTO_SCALE_FRAMES = 2048  # flow fields auto_flow_scale reads at most (evenly spaced; 270 MB at 128 px)
+AUTO_SCALE_FRAMES = 256  # flow fields auto_flow_scale reads at most (evenly spaced; 34 MB at 128 px)
 
 
 def auto_flow_scale(flow: np.ndarray, quantile: float = 99.0) -> float:
     """A fixed normaliser for flow: the given percentile of |u|, |v| on training data, rounded up to
-    0.25 px so it reads well in config.json (never below 0.25)."""
+    0.25 px so it reads well in config.json (never below 0.25). Read on at most AUTO_SCALE_FRAMES evenly
+    spaced fields, so memory does not grow with the footage (on the demo train split: 4.33 px on 256
+    fields vs 4.32 px on all 888, both 4.5 after rounding)."""
     if flow.size == 0:
         return 1.0
-    if len(flow) > AUTO_SCALE_FRAMES:  # a spooled recording: an even sample, never the whole map in memory
+    if len(flow) > AUTO_SCALE_FRAMES:
         flow = flow[np.linspace(0, len(flow) - 1, AUTO_SCALE_FRAMES).round().astype(np.int64)]
     q = float(np.percentile(np.abs(flow), quantile))
     return max(0.25, float(np.ceil(q * 4.0) / 4.0))
