@@ -109,8 +109,12 @@ def test_train_dcae_on_ray_writes_the_checkpoint_a_local_run_resumes(demo_datase
 def test_bench_fleet_quick_rows(tmp_path, demo_dataset, ray_local):
     report = tmp_path / "fleet.json"
     assert cli(["bench", "fleet", "--quick", "--data", str(demo_dataset / "bags" / "calibration"), "--models",
-                MODELS[0], "--json", str(report)]) == 0
+                MODELS[0], "--json", str(report), "--rounds", "2"]) == 0
     rows = {r["variant"]: r for r in json.loads(report.read_text())["rows"]}
     assert set(rows) == {"local", "ray-1", "ray-2"}
     assert len({r["frames"] for r in rows.values()}) == 1 and rows["local"]["x_local"] == 1.0
     assert all(r["frames_per_s"] > 0 and r["overhead_s_per_task"] >= 0 for r in rows.values())
+    for row in rows.values():  # the reported run is one of the two rounds, and the lower one (median of 2)
+        assert len(row["rounds_frames_per_s"]) == 2 and len(row["rounds_x_local"]) == 2
+        assert round(row["frames_per_s"], 1) == min(row["rounds_frames_per_s"])
+    assert rows["local"]["rounds_x_local"] == [1.0, 1.0]

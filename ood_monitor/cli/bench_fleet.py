@@ -25,6 +25,10 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=8, help="links to each recording (tasks; default 8)")
     p.add_argument("--models", type=Path, nargs="+", default=[Path("models/vae_image"), Path("models/vae_flow")])
     p.add_argument("--threads", type=int, default=1, help="torch threads of the local engine and of each actor")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run local, ray-1, ray-2 this many times in turn (Ray restarted each round, down while the "
+                        "local engine runs) and report each row's median: on a shared machine one round's rows "
+                        "can differ by a third from the next's")
     p.add_argument("--memory", type=Path, nargs="?", const=Path("demo_data/images/test"), default=None,
                    metavar="FOLDER", help="also measure evaluate's peak RSS on this labelled image folder and on "
                                           "it repeated 4x as one recording (default demo_data/images/test)")
@@ -105,45 +109,66 @@ def engine_row(name: str, fleet, workers: int) -> dict:
     return row
 
 
+def one_round(sources: list[Path], job, scorers: list, threads: int) -> list[dict]:
+    """local (Ray down), then Ray started and ray-1, ray-2 (Ray shut down after, unless someone else
+    started it); the last row carries this round's Ray start-up seconds."""
+    import ray
+
+    from ood_monitor.fleet.engines import score_local
+    from ood_monitor.fleet.ray_engine import ensure_ray, score_on_ray
+
+    rows = [engine_row("local", score_local(sources, job, progress=None, scorers=scorers), 1)]
+    print(f"  local: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
+    started = not ray.is_initialized()  # a Ray someone else started stays up
+    t0 = time.perf_counter()
+    ensure_ray(num_cpus=max(2, os.cpu_count() or 1))
+    ray_start = time.perf_counter() - t0
+    for workers in (1, 2):
+        fleet = score_on_ray(sources, job, workers=workers, progress=None, threads=threads)
+        if fleet.failed:
+            raise RuntimeError(f"ray-{workers}: {fleet.failed}")
+        rows.append(engine_row(f"ray-{workers}", fleet, workers))
+        print(f"  ray-{workers}: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
+    if started:
+        ray.shutdown()
+    rows[-1]["ray_start_s"] = ray_start
+    return rows
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One variant over the rounds: the run with the median frames/s (its other columns with it), plus
+    every round's frames/s."""
+    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
+    row = {k: v for k, v in ordered[(len(ordered) - 1) // 2].items() if k != "ray_start_s"}
+    row["rounds_frames_per_s"] = [round(r["frames_per_s"], 1) for r in runs]
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
-    from ood_monitor.fleet.engines import ScoringJob, score_local
+    from ood_monitor.fleet.engines import ScoringJob
     from ood_monitor.fleet.inputs import expand_inputs
-    from ood_monitor.fleet.ray_engine import ensure_ray, score_on_ray
     from ood_monitor.fleet.scoring import ModelScorer
 
     data = expand_inputs(args.data)
     copies = 2 if args.quick else args.copies
     scorers = [ModelScorer(m) for m in args.models]
     job = ScoringJob([str(s.path) for s in scorers])
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_fleet_") as tmp:
         sources = linked_copies(data, copies, Path(tmp))
         print(f"{len(sources)} recordings ({copies} x {', '.join(map(str, data))}), models "
               f"{', '.join(s.name for s in scorers)}, {os.cpu_count()} cores", flush=True)
         torch.set_num_threads(args.threads)
-        local = score_local(sources, job, progress=None, scorers=scorers)
-        rows.append(engine_row("local", local, 1))
-        print(f"  local: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
-        import ray
-
-        started = not ray.is_initialized()  # a Ray someone else started stays up
-        t0 = time.perf_counter()
-        ensure_ray(num_cpus=max(2, os.cpu_count() or 1))
-        ray_start = time.perf_counter() - t0
-        for workers in (1, 2):
-            fleet = score_on_ray(sources, job, workers=workers, progress=None, threads=args.threads)
-            if fleet.failed:
-                raise RuntimeError(f"ray-{workers}: {fleet.failed}")
-            rows.append(engine_row(f"ray-{workers}", fleet, workers))
-            print(f"  ray-{workers}: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
-        if started:
-            ray.shutdown()
+        rounds = [one_round(sources, job, scorers, args.threads) for _ in range(max(1, args.rounds))]
+        rows = [median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
+        ray_start = float(np.median([r[-1]["ray_start_s"] for r in rounds]))
         base = rows[0]["frames_per_s"]
-        for r in rows:
+        for i, r in enumerate(rows):
             r["x_local"] = r["frames_per_s"] / base
+            r["rounds_x_local"] = [round(one[i]["frames_per_s"] / one[0]["frames_per_s"], 3) for one in rounds]
         memory = {}
         if args.memory is not None:
             folder = repeated_folder(args.memory, 4, Path(tmp) / "x4")
@@ -155,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
             memory["ratio_4x_1x"] = memory["4x"]["peak_rss_mb"] / memory["1x"]["peak_rss_mb"]
     print(format_table(rows, ["variant", "workers", "tasks", "frames", "seconds", "frames_per_s", "x_local",
                               "per_worker_frames_per_s", "overhead_s_per_task"]))
+    if len(rounds) > 1:
+        for r in rows[1:]:
+            print(f"{r['variant']} / local per round: {', '.join(f'{x:.2f}' for x in r['rounds_x_local'])}")
     if memory:
         print(f"peak memory 4x / 1x: {memory['ratio_4x_1x']:.3f}")
     write_report(rows, machine_info(torch_threads=args.threads, load_average=os.getloadavg()), args.json,
