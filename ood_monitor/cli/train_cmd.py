@@ -130,6 +130,8 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     frames = load_training_frames(data, args.kind, FrameConfig(args.size, args.size), args.image_topic,
                                   limit=args.max_frames, progress=lambda m: print(m, flush=True), labels=label_spec(args),
                                   spool_dir=spool_dir, drop_ood=not args.keep_anomalous_frames)
+    print(f"{len(frames)} frames ({frames.raw.nbytes / 1e6:.0f} MB) spooled in {spool_dir}, read memory-mapped "
+          f"while training", flush=True)
     if frames.dropped_ood:
         print(f"dropped {frames.dropped_ood} frames labelled OOD: a detector trains on "
               f"in-distribution data only (--keep-anomalous-frames keeps them)", flush=True)

@@ -108,7 +108,8 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
         source = ", ".join(map(str, data))
         log(f"reading frames from {describe(data)} ({args.size}x{args.size}) ...")
         images = load_all(tr, data, args, log, spool_dir)
-        log(f"{len(images)} frames; training {args.model} -> {args.out}")
+        log(f"{len(images)} frames ({images.nbytes / 1e6:.0f} MB, spooled in {spool_dir}); training {args.model} "
+            f"-> {args.out}")
         if args.model == "dcae":
             arch = DcaeConfig(image_size=args.size, latent_channels=args.latent_channels,
                               channels=_ints(args.channels), layers=_ints(args.layers))
