@@ -54,9 +54,9 @@ class Setting:
 
 
 def segmenter(spec: str):
-    kind, a, side = spec.split(":")
+    kind, a, side, *rest = spec.split(":")
     if kind == "slic":
-        return SlicSegmenter(n_segments=int(a), max_side=int(side))
+        return SlicSegmenter(n_segments=int(a), max_side=int(side), iterations=int(rest[0]) if rest else SlicSegmenter.iterations)
     return FelzenszwalbSegmenter(scale=float(a), max_side=int(side))
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--calibration", default="demo_data/images/calibration")
     p.add_argument("--calib-frames", type=int, default=150)
     p.add_argument("--settings", nargs="+", type=Setting.parse, required=True, metavar="BACKEND:KIND:STEPS:SCALE:STRENGTH")
-    p.add_argument("--segmenters", nargs="+", default=["slic:400:160"], metavar="slic:N:SIDE|felzenszwalb:SCALE:SIDE")
+    p.add_argument("--segmenters", nargs="+", default=["slic:400:160"], metavar="slic:N:SIDE[:ITERATIONS]|felzenszwalb:SCALE:SIDE")
     p.add_argument("--max-mask-frames", type=int, default=200)
     p.add_argument("--params", type=Path, default=Path("config/default.yaml"))
     p.add_argument("--json", type=Path)

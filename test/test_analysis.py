@@ -203,11 +203,12 @@ def test_shipped_parameter_file_equals_the_dataclass_defaults():
     section = yaml.safe_load((root / "config" / "default.yaml").read_text())["/**/analysis_node"]["ros__parameters"]
     assert analysis_config(section) == AnalysisConfig()
     assert section["slic_segments"] == SlicSegmenter.n_segments == make_segmenter("auto").segmenter.n_segments
+    assert section["slic_iterations"] == SlicSegmenter.iterations
     pytest.importorskip("rclpy")
     from ood_monitor.nodes.analysis_node import PARAMETERS
 
     for name in ("weight_feature", "weight_colour", "weight_structure", "confidence_gain", "threshold",
-                 "min_region_px", "slic_segments"):
+                 "min_region_px", "slic_segments", "slic_iterations"):
         assert PARAMETERS[name][0] == section[name], name
 
 
@@ -236,6 +237,14 @@ def test_segmenter_falls_back_with_reason(kwargs, reason):
     choice = make_segmenter(**kwargs)
     assert choice.reason.startswith(reason), choice.reason
     assert choice.segmenter.name == reason.split()[1].rstrip(":")
+
+
+def test_fallback_keeps_the_configured_slic_settings():
+    slic = SlicSegmenter(n_segments=50, iterations=2)
+    assert make_segmenter("sam", slic=slic).segmenter is slic
+    assert make_segmenter("felzenszwalb", slic=slic).segmenter.name == "felzenszwalb"
+    img = scene()
+    assert not np.array_equal(slic.labels(img), SlicSegmenter(n_segments=50).labels(img))  # iterations reach slic
 
 
 def test_wrong_checkpoint_type_falls_back_naming_the_mismatch(tmp_path):

@@ -129,7 +129,8 @@ def mask_analysis(args: argparse.Namespace, nominal: bool = True):
                           p.get("sam_stability_score_thresh", dflt.stability_score_thresh))
     choice = make_segmenter(p.get("segmenter", "auto"), p.get("sam_checkpoint", ""), p.get("sam_model_type", "vit_b"),
                             p.get("sam_onnx_dir", ""), fallback=p.get("fallback_segmenter", "slic"), auto=auto,
-                            n_segments=p.get("slic_segments", SlicSegmenter.n_segments))
+                            slic=SlicSegmenter(n_segments=p.get("slic_segments", SlicSegmenter.n_segments),
+                                               iterations=p.get("slic_iterations", SlicSegmenter.iterations)))
     extractor, features = make_feature_extractor(p.get("feature_extractor", "auto"),
                                                  resolve_model_dir(p.get("models_dir", "models")))
     if not nominal:

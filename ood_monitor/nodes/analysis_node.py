@@ -35,6 +35,7 @@ PARAMETERS = {
     "segmenter": ("auto", "auto | sam | sam_onnx | slic | felzenszwalb (auto: SAM when configured, else fallback)"),
     "fallback_segmenter": ("slic", "superpixels used without SAM: slic | felzenszwalb"),
     "slic_segments": (SlicSegmenter.n_segments, "number of SLIC superpixels"),
+    "slic_iterations": (SlicSegmenter.iterations, "SLIC k-means iterations (cost about linear in them)"),
     "sam_checkpoint": ("", "SAM weights (.pth state_dict or .safetensors), user-supplied"),
     "sam_model_type": ("vit_b", "vit_b | vit_l | vit_h | custom (<checkpoint>.json)"),
     "sam_onnx_dir": ("", "folder written by ood_monitor.core.analysis.sam_export"),
@@ -93,6 +94,7 @@ LIMITS = {
     "weight_colour": at_least(0.0), "weight_structure": at_least(0.0), "confidence_gain": positive(),
     "segmenter": one_of("auto", "sam", "sam_onnx", "slic", "felzenszwalb"),
     "fallback_segmenter": one_of("slic", "felzenszwalb"), "slic_segments": Limits(1, 100_000),
+    "slic_iterations": Limits(1, 100),
     "sam_model_type": one_of("vit_b", "vit_l", "vit_h", "custom"), "sam_points_per_side": Limits(1, 256),
     "sam_pred_iou_thresh": Limits(0.0, 1.0), "sam_stability_score_thresh": Limits(0.0, 1.0),
     "feature_extractor": one_of(*FEATURE_KINDS), "torch_threads": Limits(0, 1024),
@@ -185,7 +187,8 @@ class AnalysisNode(StageNode):
             cv2.setNumThreads(p["torch_threads"])
         auto = AutoMaskConfig(p["sam_points_per_side"], p["sam_pred_iou_thresh"], p["sam_stability_score_thresh"])
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
-                                p["device"], p["fallback_segmenter"], auto, p["slic_segments"])
+                                p["device"], p["fallback_segmenter"], auto,
+                                SlicSegmenter(n_segments=p["slic_segments"], iterations=p["slic_iterations"]))
         self.segmenter_reason = choice.reason
         self.models_dir = resolve_model_dir(p["models_dir"])
         if not self.models_dir.is_dir():

@@ -71,6 +71,7 @@ class SlicSegmenter(Segmenter):
     compactness: float = 10.0
     sigma: float = 1.0
     max_side: int = 160  # segment a copy no larger than this (0: full size)
+    iterations: int = 10  # k-means iterations (scikit-image's default); cost is about linear in them
     name: str = field(default="slic", init=False)
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ class SlicSegmenter(Segmenter):
 
         return _superpixels(rgb, self.max_side, lambda im: slic(
             im, n_segments=self.n_segments, compactness=self.compactness, sigma=self.sigma, start_label=0,
-            convert2lab=True))
+            convert2lab=True, max_num_iter=self.iterations))
 
     def segment(self, rgb: np.ndarray) -> list[np.ndarray]:
         return _masks_from_labels(self.labels(rgb))
@@ -328,15 +329,16 @@ class SegmenterChoice:
     reason: str
 
 
-def make_superpixels(kind: str, n_segments: int = SlicSegmenter.n_segments) -> Segmenter:
+def make_superpixels(kind: str, slic: SlicSegmenter | None = None) -> Segmenter:
+    """`slic` carries the SLIC settings (segments, iterations) used when kind is slic."""
     if kind == "felzenszwalb":
         return FelzenszwalbSegmenter()
-    return SlicSegmenter(n_segments=n_segments)
+    return slic or SlicSegmenter()
 
 
 def make_segmenter(kind: str = "auto", checkpoint: str = "", model_type: str = "vit_b", onnx_dir: str = "",
                    device: str = "cpu", fallback: str = "slic", auto: AutoMaskConfig | None = None,
-                   n_segments: int = SlicSegmenter.n_segments) -> SegmenterChoice:
+                   slic: SlicSegmenter | None = None) -> SegmenterChoice:
     """The requested segmenter, or the superpixel `fallback` with the reason SAM is not used.
 
     auto: ONNX SAM when onnx_dir is set, else torch SAM when a checkpoint is set, else the fallback.
@@ -346,16 +348,16 @@ def make_segmenter(kind: str = "auto", checkpoint: str = "", model_type: str = "
     if fallback not in ("slic", "felzenszwalb"):
         raise ValueError(f"fallback segmenter must be slic or felzenszwalb, got {fallback!r}")
     if kind in ("slic", "felzenszwalb"):
-        return SegmenterChoice(make_superpixels(kind, n_segments), f"{kind}: configured")
+        return SegmenterChoice(make_superpixels(kind, slic), f"{kind}: configured")
     if kind == "auto":
         kind = "sam_onnx" if onnx_dir else "sam" if checkpoint else ""
         if not kind:
-            return SegmenterChoice(make_superpixels(fallback, n_segments),
+            return SegmenterChoice(make_superpixels(fallback, slic),
                                    f"fallback {fallback}: no sam_checkpoint or sam_onnx_dir configured")
     if kind == "sam_onnx" and not onnx_dir:
-        return SegmenterChoice(make_superpixels(fallback, n_segments), f"fallback {fallback}: no sam_onnx_dir configured")
+        return SegmenterChoice(make_superpixels(fallback, slic), f"fallback {fallback}: no sam_onnx_dir configured")
     if kind == "sam" and not checkpoint:
-        return SegmenterChoice(make_superpixels(fallback, n_segments), f"fallback {fallback}: no sam_checkpoint configured")
+        return SegmenterChoice(make_superpixels(fallback, slic), f"fallback {fallback}: no sam_checkpoint configured")
     try:
         if kind == "sam_onnx":
             seg: Segmenter = SamOnnxSegmenter(onnx_dir, auto)
@@ -363,5 +365,5 @@ def make_segmenter(kind: str = "auto", checkpoint: str = "", model_type: str = "
         seg = SamSegmenter(checkpoint, model_type, device, auto)
         return SegmenterChoice(seg, f"sam {model_type}: {checkpoint} on {device}")
     except Exception as exc:  # any load failure (missing package, file, wrong type) must fall back, loudly
-        return SegmenterChoice(make_superpixels(fallback, n_segments),
+        return SegmenterChoice(make_superpixels(fallback, slic),
                                f"fallback {fallback}: {kind} failed to load: {type(exc).__name__}: {exc}")
