@@ -80,11 +80,11 @@ def test_evaluate_masks_run_the_analysis_node_settings_of_params(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"/**/analysis_node": {"ros__parameters": {
         "weight_feature": 0.0, "weight_colour": 2.0, "threshold": 0.7, "confidence_gain": 1.5, "slic_segments": 77,
-        "slic_iterations": 3, "fallback_segmenter": "slic", "feature_extractor": "random", "nominal_stats": "none"}}}))
+        "slic_iterations": 5, "fallback_segmenter": "slic", "feature_extractor": "random", "nominal_stats": "none"}}}))
     analyzer, choice, features = mask_analysis(args(params, features=None))
     assert analyzer.cfg.threshold == 0.7 and analyzer.cfg.confidence_gain == 1.5 and analyzer.nominal is None
     assert analyzer.cfg.discrepancy.weight_colour == 2.0 and analyzer.cfg.discrepancy.weight_feature == 0.0
-    assert choice.segmenter.n_segments == 77 and choice.segmenter.iterations == 3 and features.startswith("random")
+    assert choice.segmenter.n_segments == 77 and choice.segmenter.iterations == 5 and features.startswith("random")
     _, choice, _ = mask_analysis(args(params, segmenter="felzenszwalb"))  # the command line wins
     assert choice.segmenter.name == "felzenszwalb"
 
