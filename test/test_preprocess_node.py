@@ -202,3 +202,24 @@ def test_watchdog_reports_stale_when_input_stops(ros):
     assert wait_until(lambda: diags and diags[-1].status[0].level == DiagnosticStatus.OK, 3)
     assert wait_until(lambda: diags[-1].status[0].level == DiagnosticStatus.STALE, 3)
     assert "blind" in diags[-1].status[0].message
+
+
+def test_frozen_camera_is_an_error_until_frames_change(ros):
+    """A driver republishing its last buffer under new stamps: ERROR past max_repeated_frames, OK again
+    once the image changes; the frames themselves are still published."""
+    node = start_node(ros, diagnostics_period_s=0.1, max_repeated_frames=3)
+    images = ros.collect(Image, "ood/image")
+    diags = ros.collect(DiagnosticArray, "/diagnostics")
+    pub = ros.publisher(Image, "camera/image_raw")
+    ros.wait_for_subscribers(pub)
+    moving = zoom_sequence(3, 0.02)
+    publish_paced(pub, [array_to_image(moving[0], "rgb8", header=header(i)) for i in range(4)])  # 3 repeats
+    assert wait_until(lambda: len(images) == 4, 5)
+    assert node.repeats.run == 3 and not node.condition()
+    pub.publish(array_to_image(moving[0], "rgb8", header=header(4)))  # the 4th repeat: past the limit
+    assert wait_until(lambda: any(s.level == DiagnosticStatus.ERROR and "camera frozen" in s.message
+                                  for d in diags for s in d.status), 5)
+    publish_paced(pub, [array_to_image(moving[1 + i], "rgb8", header=header(5 + i)) for i in range(2)])
+    assert wait_until(lambda: len(images) == 7, 5)
+    assert node.repeats.run == 0 and node.longest_repeat == 4
+    assert wait_until(lambda: diags[-1].status[0].level == DiagnosticStatus.OK, 3)

@@ -143,6 +143,17 @@ def test_motion_anomalies_come_from_the_real_sequence(built: tuple[Path, rf.Reco
     assert seen == {"frozen", "jerk_drop", "jerk_shuffle", "reversing", "scene_change"}
 
 
+def test_frozen_camera_check_catches_the_frozen_episode_only(built: tuple[Path, rf.RecordingSummary]) -> None:
+    """bench real's column for preprocess_node's check: the frozen episode (the onset frame 4 times) is 3
+    repeats, caught at limit 2 on its 4th frame and not at the default 4; every other frame is new."""
+    from ood_monitor.cli.bench_real import repeat_check
+
+    folder, _ = built
+    caught = repeat_check(folder / "test", limit=2)
+    assert caught == {"kinds": {"frozen": ("detected", 3.0)}, "fa_per_1000": 0.0}
+    assert repeat_check(folder / "test", limit=4) == {"kinds": {}, "fa_per_1000": 0.0}
+
+
 def test_objects_have_exact_masks_and_labels(built: tuple[Path, rf.RecordingSummary]) -> None:
     root, _ = built
     source = {i: f.image for i, f in enumerate(iter_frames(Path(str(root).replace("bench/drive_a", "src/drive_a"))))}
@@ -205,10 +216,11 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     assert all(r["recording"] == "drive" and r["role"] == "report" for r in rows)
     assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["flow_auroc"] <= 1.0 for r in rows)
     assert all(r["martingale"] in ("detected", "missed") for r in rows)
+    assert all(r["repeat_check"] == "missed" for r in rows)  # 4-frame episodes: 3 repeats, under the limit of 4
     [summary] = result["recordings"]
     # the Pareto tail (calibrate's default) takes p-values past the conformal floor 1/26, down to its 1e-5 floor
     assert summary["calibration_frames"] == 25 and 1e-5 <= summary["p_reference"] < 1 / 26
-    assert summary["clean_frames"] == 9 * 6
+    assert summary["clean_frames"] == 9 * 6 and summary["fa_per_1000_repeat_check"] == 0.0
     assert 0.0 <= summary["vae_image_clean_p_below_0.05"] <= 1.0
     # calibrate chose a window whose log martingale can cross its threshold at that reference p-value
     assert summary["vae_image_max_log_martingale"] > summary["martingale_threshold"]

@@ -193,6 +193,9 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
             for name, a in found.items():
                 row[f"{name}_{test}_delay"] = a["median_delay"] if a else None
         rows.append(row)
+    repeats = repeat_check(data / "test", repeat_limit(params))
+    for row in rows:
+        row["repeat_check"], row["repeat_check_delay"] = repeats["kinds"].get(row["kind"], ("missed", None))
     first = next(iter(checks.values()))
     summary: dict = {"rows": rows, "calibration_frames": first["calibration_frames"],
                      "p_reference": first["p_reference"],
@@ -205,6 +208,7 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
         summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
         summary[f"{name}_score_tolerance"] = c["score_tolerance"]
+    summary["fa_per_1000_repeat_check"] = repeats["fa_per_1000"]
     summary["martingale_threshold"] = first["martingale_threshold"]
     summary["evaluate_alarms"] = {name: r["alarms"] for name, r in evaluation.items()}
     summary["evaluate_alarm_settings"] = {name: r["alarm_settings"] for name, r in evaluation.items()}
@@ -212,6 +216,32 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         group = masks["groups"].get("object") or masks["groups"]["all"]
         summary.update(pixel_auc_pr=group["auc_pr"], f_star=group["f_star"], mask_frames=group["frames"])
     return summary
+
+
+def repeat_limit(params: Path) -> int:
+    """preprocess_node's `max_repeated_frames` in the parameter file (its default where absent)."""
+    from ood_monitor.cli.evaluate_cmd import node_parameters
+    from ood_monitor.core.frozen import RepeatCounter
+
+    return int(node_parameters(params, "preprocess_node").get("max_repeated_frames", RepeatCounter.limit))
+
+
+def repeat_check(test: Path, limit: int) -> dict:
+    """preprocess_node's frozen-camera check (core/frozen.py) over the test split's camera frames in
+    stream order, one counter throughout as in the node: per OOD kind ("detected", frames from onset to
+    the first frozen frame) or ("missed", None), and frozen clean frames per 1000."""
+    from ood_monitor.core.frozen import RepeatCounter
+    from ood_monitor.data.labeled_frames import iter_frames
+
+    counter, kinds, clean, flagged = RepeatCounter(limit), {}, 0, 0
+    for frame in iter_frames(test):
+        counter.update(frame.image)
+        if not frame.is_ood:
+            clean += 1
+            flagged += counter.frozen
+        elif counter.frozen and frame.kind not in kinds:
+            kinds[frame.kind] = ("detected", float(frame.index - frame.onset_frame))
+    return {"kinds": kinds, "fa_per_1000": 1000.0 * flagged / max(clean, 1)}
 
 
 def nominal_rows(test: Path):
@@ -274,17 +304,18 @@ def _cell(value, digits: int = 2) -> str:
 def markdown(report: dict) -> str:
     """Per-kind and per-recording tables of a `bench real` report."""
     lines = ["| recording | role | kind | category | MAD@128 | image AUROC | flow AUROC | martingale (delay) "
-             "| CUSUM (delay) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| CUSUM (delay) | frozen-camera check (delay) |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {"global": 0, "scene": 1, "object": 2, "motion": 3}
     for r in sorted(report["rows"], key=lambda r: (r["recording"], order.get(r["category"], 9), r["kind"])):
         alarms = [f"{r[t]} ({_cell(r.get(t + '_delay'), 0)})" if r.get(t) == "detected" else r.get(t, "-")
-                  for t in ("martingale", "cusum")]
+                  for t in ("martingale", "cusum", "repeat_check")]
         mad = _cell(r["mad128"], 1) + ("" if r.get("visible", True) else " (not visible)")
         lines.append(f"| {r['recording']} | {r['role']} | {r['kind']} | {r['category']} | {mad} "
-                     f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} |")
+                     f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} "
+                     f"| {alarms[2]} |")
     lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | score tolerance "
               "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
-              "CUSUM) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "CUSUM, frozen-camera check) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
         lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {s['p_reference']:.2g} "
                      f"| {_cell(s.get('vae_image_score_tolerance'))}, {_cell(s.get('vae_flow_score_tolerance'))} "
@@ -292,6 +323,7 @@ def markdown(report: dict) -> str:
                      f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
                      f" / {_cell(s.get('martingale_threshold'), 0)} "
                      f"| {_cell(s.get('fa_per_1000_martingale'), 0)}, "
-                     f"{_cell(s.get('fa_per_1000_cusum'), 0)} | {_cell(s.get('pixel_auc_pr'))} "
+                     f"{_cell(s.get('fa_per_1000_cusum'), 0)}, {_cell(s.get('fa_per_1000_repeat_check'), 0)} "
+                     f"| {_cell(s.get('pixel_auc_pr'))} "
                      f"| {_cell(s.get('f_star'))} | {s['seconds'] / 60:.0f} |")
     return "\n".join(lines) + "\n"

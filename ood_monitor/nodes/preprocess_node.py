@@ -14,6 +14,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ood_monitor.core.flow import DIS_PRESETS, FlowConfig
+from ood_monitor.core.frozen import RepeatCounter
 from ood_monitor.core.model_input import FrameConfig, image_transform
 from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.ros.image import (
@@ -38,6 +39,8 @@ PARAMETERS = {
     "flow_enabled": (True, "compute dense optical flow and publish ood/flow"),
     "flow_preset": ("ultrafast", "OpenCV DIS preset: ultrafast | fast | medium"),
     "max_gap_s": (1.0, "a larger gap between stamps restarts the flow sequence"),
+    "max_repeated_frames": (RepeatCounter.limit, "more exact repeats of the camera frame in a row than this: ERROR 'camera frozen' "
+                               "on /diagnostics (0: off)"),
     **stage_parameters(output_depth=5, stale_timeout_s=2.0, outputs="the outputs"),
 }
 
@@ -45,6 +48,7 @@ PARAMETERS = {
 LIMITS = {
     "transport": one_of("raw", "compressed"), "width": Limits(8, 8192), "height": Limits(8, 8192),
     "crop": one_of("center", "stretch"), "flow_preset": one_of(*DIS_PRESETS), "max_gap_s": positive(),
+    "max_repeated_frames": Limits(0, 1_000_000),
 }
 
 
@@ -69,6 +73,8 @@ class PreprocessNode(StageNode):
             flow_enabled=p["flow_enabled"],
         )
         self.pre = Preprocessor(self.cfg)
+        self.repeats = RepeatCounter(p["max_repeated_frames"])
+        self.longest_repeat = 0
         qos = self.start_health()
         self.resets: dict[str, int] = {}
         self.pub_image = self.create_publisher(Image, "ood/image", qos)
@@ -89,7 +95,14 @@ class PreprocessNode(StageNode):
     def diagnostic_values(self) -> dict[str, str]:
         f = self.cfg.frame
         return {"input_size": f"{f.width}x{f.height}", "flow_preset": self.cfg.flow.preset,
+                "repeated_frames": str(self.repeats.run), "longest_repeat": str(self.longest_repeat),
                 **{f"flow_resets_{k}": str(v) for k, v in self.resets.items()}}
+
+    def condition(self) -> str:
+        if not self.repeats.frozen:
+            return ""
+        return (f"camera frozen: the same image {self.repeats.run + 1} times in a row "
+                f"(max_repeated_frames {self.repeats.limit})")
 
     def on_image(self, msg: Image) -> None:
         self._handle(msg.header, lambda: to_rgb8(image_to_array(msg), msg.encoding))
@@ -114,6 +127,7 @@ class PreprocessNode(StageNode):
         if result.duplicate:
             self._reject(f"duplicate stamp {stamp} ns: frame ignored")
             return
+        self._count_repeat(rgb)
         if result.reset and result.reset != "first":
             self.resets[result.reset] = self.resets.get(result.reset, 0) + 1
             self.get_logger().info(f"flow sequence restarted: {result.reset}")
@@ -121,6 +135,14 @@ class PreprocessNode(StageNode):
         if self.pub_flow is not None and result.flow is not None:
             self.pub_flow.publish(array_to_image(result.flow, "32FC2", header=header))
         self.stats.on_output((time.perf_counter() - start) * 1e3)
+
+    def _count_repeat(self, rgb: np.ndarray) -> None:
+        was_frozen = self.repeats.frozen
+        self.longest_repeat = max(self.longest_repeat, self.repeats.update(rgb))
+        if self.repeats.frozen and not was_frozen:
+            self.get_logger().error(self.condition())
+        elif was_frozen and not self.repeats.frozen:
+            self.get_logger().info("camera frames change again")
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         """Republish the intrinsics of the prepared frames (crop + resize applied to K and P)."""

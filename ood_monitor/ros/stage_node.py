@@ -136,10 +136,14 @@ class StageNode(LifecycleNode):
     def _diagnostic_values(self) -> dict[str, str]:
         return {"unexpected_exceptions": str(self.unexpected_exceptions), **self.diagnostic_values()}
 
+    def condition(self) -> str:
+        """A node-specific ERROR on /diagnostics while it lasts (subclasses), else ''."""
+        return ""
+
     def _fault(self) -> str:
-        """The ERROR message while an unexpected exception has happened, else ''."""
+        """The ERROR message while an unexpected exception has happened or `condition` holds, else ''."""
         if not self.unexpected_exceptions:
-            return ""
+            return self.condition()
         return f"{self.unexpected_exceptions} unexpected exception(s) in callbacks, last: {self.last_unexpected}"
 
     def retune(self, name: str, value: Any) -> None:
