@@ -17,6 +17,7 @@ def test_counts_exact_repeats_in_a_row_and_flags_past_the_limit():
     nudged[0, 0, 0] ^= 1  # one bit of sensor noise is a new frame
     assert counter.update(nudged) == 0 and not counter.frozen
     assert counter.update(b) == 0 and counter.update(b) == 1
+    assert counter.longest == 3
     assert counter.update(np.zeros((12, 16, 3), np.uint8)) == 0  # another size is another frame
 
 

@@ -221,5 +221,5 @@ def test_frozen_camera_is_an_error_until_frames_change(ros):
                                   for d in diags for s in d.status), 5)
     publish_paced(pub, [array_to_image(moving[1 + i], "rgb8", header=header(5 + i)) for i in range(2)])
     assert wait_until(lambda: len(images) == 7, 5)
-    assert node.repeats.run == 0 and node.longest_repeat == 4
+    assert node.repeats.run == 0 and node.repeats.longest == 4
     assert wait_until(lambda: diags[-1].status[0].level == DiagnosticStatus.OK, 3)

@@ -18,10 +18,12 @@ import numpy as np
 
 @dataclass
 class RepeatCounter:
-    """How many frames in a row repeat the previous one exactly; `frozen` past `limit` (0: off)."""
+    """How many frames in a row repeat the previous one exactly (`run`, the `longest` so far); `frozen`
+    past `limit` (0: off)."""
 
     limit: int = 4
     run: int = 0
+    longest: int = 0
     _last: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -32,6 +34,7 @@ class RepeatCounter:
         """Count one camera frame (any array, compared bit for bit); returns the current run."""
         if self._last is not None and self._last.shape == frame.shape and np.array_equal(self._last, frame):
             self.run += 1
+            self.longest = max(self.longest, self.run)
         else:
             self.run = 0
             self._last = np.array(frame, copy=True)

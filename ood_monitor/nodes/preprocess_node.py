@@ -74,7 +74,6 @@ class PreprocessNode(StageNode):
         )
         self.pre = Preprocessor(self.cfg)
         self.repeats = RepeatCounter(p["max_repeated_frames"])
-        self.longest_repeat = 0
         qos = self.start_health()
         self.resets: dict[str, int] = {}
         self.pub_image = self.create_publisher(Image, "ood/image", qos)
@@ -95,7 +94,7 @@ class PreprocessNode(StageNode):
     def diagnostic_values(self) -> dict[str, str]:
         f = self.cfg.frame
         return {"input_size": f"{f.width}x{f.height}", "flow_preset": self.cfg.flow.preset,
-                "repeated_frames": str(self.repeats.run), "longest_repeat": str(self.longest_repeat),
+                "repeated_frames": str(self.repeats.run), "longest_repeat": str(self.repeats.longest),
                 **{f"flow_resets_{k}": str(v) for k, v in self.resets.items()}}
 
     def condition(self) -> str:
@@ -138,7 +137,7 @@ class PreprocessNode(StageNode):
 
     def _count_repeat(self, rgb: np.ndarray) -> None:
         was_frozen = self.repeats.frozen
-        self.longest_repeat = max(self.longest_repeat, self.repeats.update(rgb))
+        self.repeats.update(rgb)
         if self.repeats.frozen and not was_frozen:
             self.get_logger().error(self.condition())
         elif was_frozen and not self.repeats.frozen:
