@@ -253,6 +253,41 @@ def test_calibrate_takes_several_recordings_and_stores_alarm_thresholds(tmp_path
         cli("calibrate", "--model", str(out), "--data", str(a), "--score-tolerance", "0.5")
 
 
+def test_calibrate_puts_each_part_of_a_fused_score_on_its_own_scale(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`train vae` stores the photometric statistics of image models; `calibrate --score
+    kl_texture_photometric` measures each part's tolerance and largest score on the nominal data, stores
+    them and the fused calibration, and a detector then runs the fused score."""
+    import cv2
+
+    train = png_folder(tmp_path / "train", 40, 0)
+    out = tmp_path / "vae"
+    assert cli("train", "vae", "--kind", "image", "--data", str(train), "--out", str(out), "--size", "32",
+               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "1", "--min-steps", "0",
+               "--batch", "16", "--select-k", "3", "--threads", "2") == 0
+    assert read_card(out).photometric["features"] and "parts" not in read_card(out).photometric
+    a, b = png_folder(tmp_path / "day1", 30, 5), png_folder(tmp_path / "day2", 30, 6)
+    assert cli("calibrate", "--model", str(out), "--data", str(a), str(b), "--score", "kl_texture_photometric") == 0
+    card = read_card(out)
+    parts = card.photometric["parts"]
+    assert card.score == card.calibration["score"] == "kl_texture_photometric"
+    assert min(parts["tolerances"]) >= 1.0
+    assert parts["scales"] == pytest.approx([k * m for k, m in zip(parts["tolerances"], parts["maxima"], strict=True)])
+    assert max(card.calibration["scores"]) == pytest.approx(1.0 / min(parts["tolerances"]))
+    assert card.alarm["score_tolerance"] == pytest.approx(min(parts["tolerances"]), abs=1e-4)
+    assert "on their own scales" in capsys.readouterr().out
+    det = VaeDetector.from_model_dir(out)
+    nominal = cv2.resize(cv2.imread(str(a / "00000.png"))[..., ::-1], (32, 32), interpolation=cv2.INTER_AREA)
+    dark = (nominal // 3).astype(np.uint8)
+    assert det.score_frame(dark).score > det.score_frame(nominal).score
+    kl_only = tmp_path / "kl_only"
+    assert cli("train", "vae", "--kind", "image", "--data", str(train), "--out", str(kl_only), "--size", "32",
+               "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "1", "--min-steps", "0",
+               "--batch", "16", "--select-k", "3", "--threads", "2", "--score", "kl_deviation", "--max-frames", "20") == 0
+    with pytest.raises(ValueError, match="photometric statistics fitted at training"):
+        cli("calibrate", "--model", str(kl_only), "--data", str(a), "--score", "kl_texture_photometric")
+
+
 def test_small_recordings_get_enough_optimizer_steps(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 

@@ -76,20 +76,36 @@ def score_tolerance(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
-    from ood_monitor.core.vae.io import write_card
+    from dataclasses import replace
+
+    from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms, fuse_parts, round_up
+    from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.nonconformity import FUSED
+    from ood_monitor.core.vae.io import read_card, write_card
     from ood_monitor.fleet.scoring import ModelScorer
 
-    scorer = ModelScorer(args.model, args.score, calibrated=False)  # ValueError now if --score lacks statistics
-    card = scorer.card
+    method = args.score or read_card(resolve_model_dir(args.model)).score
+    parts = FUSED.get(method, (method,))
+    scorers = [ModelScorer(args.model, part, calibrated=False) for part in parts]  # ValueError now if a part lacks statistics
+    card = scorers[0].card
+    card.score = method
     target = AlarmTarget(false_alarms_per_1000=args.false_alarms_per_1000, blocks=args.blocks,
                          cusum_delta=args.cusum_delta, tail=args.tail,
                          score_tolerance=DEFAULT_TOLERANCE[card.kind] if args.score_tolerance is None
                          else args.score_tolerance,
                          p_floor=P_FLOORS[args.tail] if args.p_floor is None else args.p_floor)
-    scores, sequence, sources, fleet = score_recordings(args, scorer)
+    columns = []
+    for part, scorer in zip(parts, scorers, strict=True):
+        scores, sequence, sources, fleet = score_recordings(argparse.Namespace(**{**vars(args), "score": part}), scorer)
+        columns.append(scores)
     if len(scores) < MIN_FRAMES:
         raise ValueError(f"only {len(scores)} calibration frames: p-values need at least {MIN_FRAMES} (better 200+)")
+    fusion = None
+    if len(parts) > 1:  # a fused score: each part on its own scale, then one calibration of the larger
+        fusion = fuse_parts(np.column_stack(columns), sequence, target)
+        card.photometric = {**card.photometric, "parts": fusion.to_dict()}
+        scores = fusion.fuse(np.column_stack(columns))
+        target = replace(target, score_tolerance=round_up(fusion.tolerance))
     alarms = calibrate_alarms(scores, sequence, target)
     order = np.sort(scores)
     card.calibration = {"scores": [float(s) for s in order], "source": sources[0]["path"] if len(sources) == 1 else "",
@@ -98,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
                         "command": " ".join(["ood-monitor", *sys.argv[1:]])}
     card.alarm = alarms.to_dict(target)
     write_card(args.model, card)
+    if fusion is not None:
+        print(f"{method}: parts {' and '.join(parts)} on their own scales: tolerances "
+              f"{fusion.tolerances[0]:.2f} and {fusion.tolerances[1]:.2f} times their largest calibration scores "
+              f"({fusion.maxima[0]:.2f}, {fusion.maxima[1]:.2f})")
     print_summary(args.model, card, order, alarms, target)
     if fleet.failed:  # the rest is calibrated; the exit status says the calibration lacks those inputs
         print(fleet.failure_note("calibrate"), file=sys.stderr)
@@ -160,7 +180,9 @@ def print_summary(model: str, card, scores, alarms, target) -> None:
     else:
         print(f"smallest p-value {alarms.p_min:.4f} (1/(n+1) or the floor {s['p_floor']:g})")
     if s["score_tolerance"] > 1.0:
-        how = "measured between the blocks" if target.score_tolerance == 0.0 else "--score-tolerance"
+        how = ("measured between the blocks" if target.score_tolerance == 0.0 else
+               "the smaller of the parts'" if card.photometric.get("parts") and card.score != "kl_texture" else
+               "--score-tolerance")
         print(f"score tolerance {s['score_tolerance']:.2f} ({how}): scores up to {s['score_tolerance'] * scores[-1]:.2f} "
               f"count as within the calibration's range")
     print(f"coverage: {alarms.coverage:.1%} of held-out nominal frames have p < 0.05 (5% when the calibration "

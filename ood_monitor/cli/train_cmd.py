@@ -3,12 +3,14 @@ optical flow of a bag or image folder, and write models/NAME/{model.safetensors,
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
-SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion")  # core/nonconformity.SCORES (kept import-free here)
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
+          "kl_texture_photometric")  # core/nonconformity.SCORES (kept import-free here)
 DEFAULT_SCORES = {"image": "kl_texture", "flow": "posterior_deviation"}  # best on the demo data (README: Measured)
 
 
@@ -73,6 +75,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_spool_option(v)
     add_label_options(v, training=True)
     v.set_defaults(func=run)
+    ph = models.add_parser("photometric", help="add the photometric statistics of its training frames to an image "
+                                               "model trained before `train vae` wrote them",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ph.add_argument("--model", required=True, help="image model directory, e.g. models/vae_image")
+    ph.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                    help="the model's training data (checked against the data hash in its config.json)")
+    ph.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
+    ph.add_argument("--score", choices=SCORES, default=None,
+                    help="switch the model's score too, e.g. to kl_texture_photometric (then run calibrate)")
+    add_spool_option(ph)
+    ph.set_defaults(func=run_photometric)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -138,16 +151,19 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {describe(data)}: need at least 8")
     score = args.score or DEFAULT_SCORES[args.kind]
-    if args.score is None and score == "kl_texture" and len(frames) < min_frames(cfg.latent):
+    textured = ("kl_texture", "kl_texture_photometric")
+    if args.score is None and score in textured and len(frames) < min_frames(cfg.latent):
         score = "kl_deviation"
         print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
               f"(needs {min_frames(cfg.latent)})", flush=True)
     if score == "posterior_motion" and (args.kind != "flow" or len(frames) < motion_min_frames()):
         raise ValueError(f"score posterior_motion needs a flow model and at least {motion_min_frames()} frames "
                          f"(got {args.kind}, {len(frames)} frames): pick another --score")
-    if score == "kl_texture" and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
-        raise ValueError(f"score kl_texture needs an image model and at least {min_frames(cfg.latent)} "
+    if score in textured and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
+        raise ValueError(f"score {score} needs an image model and at least {min_frames(cfg.latent)} "
                          f"frames (got {args.kind}, {len(frames)} frames): pick another --score")
+    if score == "photometric" and args.kind != "image":
+        raise ValueError("score photometric needs an image model: pick another --score")
     tcfg = TrainConfig(**schedule_for(len(frames), args), batch=args.batch, lr=args.lr, val_split=args.val_split,
                        seed=args.seed, time_limit_s=args.time_limit, augment=AugmentConfig(enabled=args.augment))
     flow_scale = 1.0
@@ -187,11 +203,65 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
                      selected_dims=dims, latent_kl=[float(u) for u in usage], score=score,
                      latent_stats=stats, texture=term.to_dict() if isinstance(term, TextureHead) else {},
                      motion=term.to_dict() if isinstance(term, MotionStats) else {})
+    if args.kind == "image":
+        card.photometric = photometric_section(model.encoder, card, frames)
+    card.nonconformity  # noqa: B018 -- ValueError now if the chosen score lacks what it needs
     save_model(args.out, model, card)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
     print(f"wrote {args.out}/model.safetensors ({size_mb:.1f} MB) and config.json; next: "
           f"ood-monitor calibrate --model {args.out} --data <nominal recordings not used for training>")
     return 0
+
+
+def run_photometric(args: argparse.Namespace) -> int:
+    """`train photometric`: the section `train vae` writes for image models, from the same training frames."""
+    from ood_monitor.core.model_dirs import resolve_model_dir
+    from ood_monitor.core.model_input import FrameConfig
+    from ood_monitor.core.vae.io import load_encoder, write_card
+    from ood_monitor.data.spool import spool_directory
+    from ood_monitor.fleet.inputs import expand_inputs, load_training_frames
+
+    path = resolve_model_dir(args.model)
+    encoder, card = load_encoder(path)
+    if card.kind != "image":
+        raise ValueError(f"{path} is a {card.kind} model: photometric statistics are for image models")
+    topic = args.image_topic or card.data.get("image_topic", "/camera/image_raw")
+    with spool_directory(args.spool_dir) as folder:
+        frames = load_training_frames(expand_inputs(args.data), "image", FrameConfig(card.config.width, card.config.height),
+                                      topic, spool_dir=folder, drop_ood=True)
+        if card.data.get("hash") and frames.data_hash != card.data["hash"]:
+            raise ValueError(f"{' '.join(args.data)} is not the training data of {path} (data hash differs): "
+                             f"the statistics must describe the frames the model was trained on")
+        card.score = args.score or card.score
+        card.photometric = photometric_section(encoder, card, frames)
+    card.nonconformity  # noqa: B018 -- ValueError now if the score lacks what it needs (too few frames)
+    write_card(path, card)
+    print(f"wrote the photometric statistics of {len(frames)} training frames to {path}/config.json (score "
+          f"{card.score}); next: ood-monitor calibrate --model {args.model} --data <nominal recordings>")
+    return 0
+
+
+def photometric_section(encoder, card, frames) -> dict:
+    """The card's photometric statistics of the training frames (core/photometric.py; empty when there are
+    too few frames to fit them) and, for a fused score, its parts' scales until `calibrate` measures them:
+    each part's largest score on the training frames."""
+    from ood_monitor.core.detector import score_frameset
+    from ood_monitor.core.nonconformity import FUSED
+    from ood_monitor.core.photometric import PhotometricStats
+
+    if len(frames) < PhotometricStats.min_frames():
+        return {}
+    section = PhotometricStats.fit_frames(frames.raw).to_dict()
+    parts = FUSED.get(card.score)
+    if parts:
+        probe = copy.copy(card)
+        probe.photometric = section
+        maxima = []
+        for part in parts:
+            probe.score = part
+            maxima.append(max(float(score_frameset(encoder, probe, frames).max()), 1e-12))
+        section["parts"] = {"scales": maxima, "tolerances": [1.0, 1.0], "maxima": maxima}
+    return section
 
 
 def schedule_for(frames: int, args: argparse.Namespace) -> dict:

@@ -255,6 +255,52 @@ def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig,
     return out
 
 
+def alarm_blocks(n: int, sequence: np.ndarray | None, target: AlarmTarget) -> tuple[int, np.ndarray]:
+    """How many contiguous blocks n nominal frames are cut into for `target`, and each frame's block."""
+    sequence = np.zeros(n, np.int64) if sequence is None else np.asarray(sequence)
+    n_blocks = min(target.blocks, n // MIN_BLOCK_FRAMES)
+    return n_blocks, block_ids(sequence, max(n_blocks, 1))
+
+
+@dataclass(frozen=True)
+class PartFusion:
+    """How the two parts of a fused score (core/nonconformity.FUSED) are put on one scale: each part is
+    divided by its tolerance times its largest nominal score (`scales`), and the fused score, the larger
+    of the two, is compared with its calibration under the smaller tolerance (`tolerance`). A frame then
+    passes the calibration's range exactly when one of its parts passes its own tolerance times its own
+    largest nominal score, so a part that drifts little keeps its narrow margin beside one that drifts
+    much (docs/methods.md#photometric-part)."""
+
+    tolerances: tuple[float, float]
+    maxima: tuple[float, float]
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        return tuple(k * m for k, m in zip(self.tolerances, self.maxima, strict=True))
+
+    @property
+    def tolerance(self) -> float:
+        return min(self.tolerances)
+
+    def fuse(self, parts: np.ndarray) -> np.ndarray:
+        return (np.asarray(parts, np.float64) / np.asarray(self.scales)).max(axis=1)
+
+    def to_dict(self) -> dict:
+        return {"scales": list(self.scales), "tolerances": list(self.tolerances), "maxima": list(self.maxima)}
+
+
+def fuse_parts(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget) -> PartFusion:
+    """Each part's tolerance (the target's, or measured between the blocks as for a single score) and
+    largest score on the nominal (N, 2) `parts`."""
+    parts = np.asarray(parts, np.float64)
+    if parts.ndim != 2 or parts.shape[1] != 2 or not np.all(np.isfinite(parts)) or parts.min() < 0:
+        raise AlarmCalibrationError("fused scores need an (N, 2) array of finite non-negative part scores")
+    _, blocks = alarm_blocks(len(parts), sequence, target)
+    maxima = tuple(max(float(parts[:, j].max()), 1e-12) for j in range(2))
+    tolerances = tuple(target.score_tolerance or block_tolerance(parts[:, j], blocks) for j in range(2))
+    return PartFusion(tolerances, maxima)
+
+
 def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
                      target: AlarmTarget | None = None) -> AlarmCalibration:
     """Choose martingale window/threshold and CUSUM threshold for `target` on nominal `scores` (stream
@@ -263,9 +309,7 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
     scores = np.asarray(scores, np.float64)
     if scores.ndim != 1 or not np.all(np.isfinite(scores)):
         raise AlarmCalibrationError("nominal scores must be a 1-D array of finite numbers")
-    sequence = np.zeros(scores.size, np.int64) if sequence is None else np.asarray(sequence)
-    n_blocks = min(target.blocks, scores.size // MIN_BLOCK_FRAMES)
-    blocks = block_ids(sequence, max(n_blocks, 1))
+    n_blocks, blocks = alarm_blocks(scores.size, sequence, target)
     sizes = np.bincount(blocks)
     if n_blocks < 2 or sizes.min() < MIN_BLOCK_FRAMES // 2:
         raise AlarmCalibrationError(

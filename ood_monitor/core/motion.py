@@ -16,8 +16,11 @@ frame on the flow the node already has; no model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+
+from ood_monitor.core.feature_gaussian import FeatureGaussian
 
 FEATURES = ("mean_u", "mean_v", "mean_speed", "p90_speed", "expansion", "rotation",
             "q00_u", "q00_v", "q01_u", "q01_v", "q10_u", "q10_v", "q11_u", "q11_v")
@@ -43,52 +46,20 @@ def motion_features(flows: np.ndarray) -> np.ndarray:
 
 def min_frames() -> int:
     """Fewest training frames the statistics are fitted on (a covariance of the features needs them)."""
-    return 2 * len(FEATURES) + 1
+    return MotionStats.min_frames()
 
 
 @dataclass(frozen=True)
-class MotionStats:
+class MotionStats(FeatureGaussian):
     """Training mean and (shrunk) precision of the motion features; score = squared Mahalanobis distance."""
 
-    mean: np.ndarray
-    precision: np.ndarray
-
-    @classmethod
-    def fit(cls, features: np.ndarray, jitter: float = 1e-6) -> MotionStats:
-        from sklearn.covariance import LedoitWolf
-
-        features = np.asarray(features, np.float64)
-        if features.ndim != 2 or features.shape[1] != len(FEATURES) or len(features) < min_frames():
-            raise ValueError(f"motion statistics need at least {min_frames()} frames of {len(FEATURES)} features, "
-                             f"got {features.shape}")
-        cov = LedoitWolf().fit(features).covariance_ + jitter * np.eye(features.shape[1])
-        return cls(features.mean(axis=0), np.linalg.inv(cov))
+    FEATURES: ClassVar[tuple[str, ...]] = FEATURES
+    NAME: ClassVar[str] = "motion"
 
     @classmethod
     def fit_flows(cls, flows: np.ndarray) -> MotionStats:
         """`fit` on (N, H, W, 2) flow fields, read block by block (they may be a memory map on disk)."""
-        from ood_monitor.data.spool import chunks
-
-        return cls.fit(np.concatenate([motion_features(block) for block in chunks(flows)]))
+        return cls.fit_frames(flows)
 
     def features(self, flows: np.ndarray) -> np.ndarray:
         return motion_features(flows)
-
-    def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """(N,) squared Mahalanobis distances; one features row is broadcast over N posteriors (MC
-        dropout samples of one frame), which the term does not depend on."""
-        d = np.asarray(features, np.float64) - self.mean
-        dist = np.einsum("ij,jk,ik->i", np.atleast_2d(d), self.precision, np.atleast_2d(d))
-        return np.broadcast_to(dist, (len(mu),)) if dist.size == 1 else dist
-
-    def to_dict(self) -> dict:
-        return {"features": list(FEATURES), "mean": self.mean.tolist(), "precision": self.precision.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MotionStats:
-        if list(d.get("features", [])) != list(FEATURES):
-            raise ValueError(f"motion statistics of features {d.get('features')}, expected {list(FEATURES)}")
-        mean, precision = np.asarray(d["mean"], np.float64), np.asarray(d["precision"], np.float64)
-        if mean.shape != (len(FEATURES),) or precision.shape != (len(FEATURES),) * 2:
-            raise ValueError(f"motion statistics have mean {mean.shape} and precision {precision.shape}")
-        return cls(mean, precision)

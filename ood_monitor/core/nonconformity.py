@@ -22,6 +22,13 @@ Both are as cheap as the KL (a few dozen flops per frame) and need the encoder a
                         the frame's global camera motion (mean flow, speed, expansion, rotation, quadrant
                         means) is from the training drives'. Small real recordings left the latent blind
                         to a frozen camera, dropped frames and reversing that these statistics show.
+* `photometric`         the photometric statistics of core/photometric.py alone (global light, colour,
+                        sharpness; image models): what `calibrate` reads as the second part below.
+* `kl_texture_photometric`  the larger of `kl_texture` and `photometric`, each divided by its own scale:
+                        its tolerance times its largest calibration score, both measured by `calibrate`
+                        (docs/methods.md#photometric-part). The texture term drifts with ordinary footage
+                        and needs a wide tolerance; the photometric statistics drift less, and on their
+                        own scale they pass fog, brightness and blur that the wide tolerance hid.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import torch
 from torch import nn
 
 from ood_monitor.core.motion import MotionStats
+from ood_monitor.core.photometric import PhotometricStats
 from ood_monitor.core.texture import TextureHead, texture_features
 
 
@@ -69,15 +77,17 @@ def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -
     return latent_kl(mu, logvar)[:, np.asarray(dims, dtype=np.int64)].sum(axis=1)
 
 
-SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion")
+SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
+          "kl_texture_photometric")
 FRAME_TERMS = {"kl_texture": "texture", "posterior_motion": "motion"}  # score -> the frame term it adds
+FUSED = {"kl_texture_photometric": ("kl_texture", "photometric")}  # fused score -> its two parts
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def score_features(mu: np.ndarray, logvar: np.ndarray, dims: Sequence[int], method: str) -> np.ndarray:
     """What a two-sided score compares with training statistics: (N, D) x2 -> (N, F)."""
     idx = np.asarray(dims, dtype=np.int64)
-    if method in ("kl_deviation", "kl_texture"):
+    if method in ("kl_deviation", "kl_texture", "kl_texture_photometric"):
         return latent_kl(mu, logvar)[:, idx]
     if method in ("posterior_deviation", "posterior_motion"):
         return np.concatenate([np.asarray(mu, np.float64)[:, idx], np.asarray(logvar, np.float64)[:, idx]], 1)
@@ -99,7 +109,9 @@ def latent_stats(mu: np.ndarray, logvar: np.ndarray) -> dict[str, list[float]]:
 class Nonconformity:
     """The run-time score of a model: `method` over latent `dims`; two-sided methods standardise their
     features with `center` / `scale` (from training data, see `from_stats`); `kl_texture` adds its
-    fitted `texture` head's term and needs each frame's texture cells (`frame_features`)."""
+    fitted `texture` head's term and needs each frame's texture cells (`frame_features`); `photometric`
+    scores the frames' `photometric` statistics; `kl_texture_photometric` is the larger of those two
+    parts, each divided by its entry of `part_scales`."""
 
     method: str
     dims: tuple[int, ...]
@@ -107,31 +119,42 @@ class Nonconformity:
     scale: tuple[float, ...] = ()
     texture: TextureHead | None = None
     motion: MotionStats | None = None
+    photometric: PhotometricStats | None = None
+    part_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.method!r}")
         if not self.dims:
             raise ValueError("a score needs at least one latent dim")
-        if self.method != "kl":
+        if self.method not in ("kl", "photometric"):
             width = len(self.dims) * (2 if self.method in ("posterior_deviation", "posterior_motion") else 1)
             if len(self.center) != width or len(self.scale) != width or min(self.scale) <= 0:
                 raise ValueError(f"{self.method} needs {width} centers and positive scales")
-        if self.method == "kl_texture" and self.texture is None:
-            raise ValueError("kl_texture needs the texture head fitted at training (`ood-monitor train vae` "
-                             "writes it for image models)")
+        if self.method in ("kl_texture", "kl_texture_photometric") and self.texture is None:
+            raise ValueError(f"{self.method} needs the texture head fitted at training (`ood-monitor train vae` "
+                             f"writes it for image models)")
         if self.method == "posterior_motion" and self.motion is None:
             raise ValueError("posterior_motion needs the motion statistics fitted at training (`ood-monitor train "
                              "vae` writes them for flow models)")
+        if self.method in ("photometric", "kl_texture_photometric") and self.photometric is None:
+            raise ValueError(f"{self.method} needs the photometric statistics fitted at training (`ood-monitor "
+                             f"train vae` writes them for image models)")
+        if self.method in FUSED and (len(self.part_scales) != 2 or not min(self.part_scales) > 0):
+            raise ValueError(f"{self.method} needs two positive part scales (`ood-monitor calibrate` measures them)")
 
     @classmethod
     def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
                    min_std: float = 1e-3, texture: TextureHead | None = None,
-                   motion: MotionStats | None = None) -> Nonconformity:
-        """Build from per-dimension training statistics (`latent_stats`); plain KL needs none."""
+                   motion: MotionStats | None = None, photometric: PhotometricStats | None = None,
+                   part_scales: Sequence[float] = ()) -> Nonconformity:
+        """Build from per-dimension training statistics (`latent_stats`); plain KL and the photometric
+        statistics alone need none."""
         dims = tuple(int(d) for d in dims)
         if method == "kl":
             return cls(method, dims)
+        if method == "photometric":
+            return cls(method, dims, photometric=photometric)
         if not stats:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
         names = ("mu", "logvar") if method in ("posterior_deviation", "posterior_motion") else ("kl",)
@@ -140,29 +163,48 @@ class Nonconformity:
         # a dimension that barely varies on training data would turn any change into a huge z: its
         # scale is floored at a fraction of the typical selected dimension's
         scale = [float(v) for v in np.maximum(raw, max(min_std, 0.05 * float(np.median(raw))))]
+        textured = method in ("kl_texture", "kl_texture_photometric")
         return cls(method, dims, tuple(center), tuple(scale),
-                   texture if method == "kl_texture" and isinstance(texture, TextureHead) else None,
-                   motion if method == "posterior_motion" and isinstance(motion, MotionStats) else None)
+                   texture if textured and isinstance(texture, TextureHead) else None,
+                   motion if method == "posterior_motion" and isinstance(motion, MotionStats) else None,
+                   photometric if method in FUSED else None,
+                   tuple(float(v) for v in part_scales) if method in FUSED else ())
 
     def frame_features(self, frames: np.ndarray) -> np.ndarray | None:
-        """What the score's frame term reads of the raw frames: texture cells of (N, H, W, 3) uint8 images
-        (`kl_texture`), motion statistics of (N, H, W, 2) flow fields (`posterior_motion`); else None."""
+        """What the score's frame terms read of the raw frames: texture cells of (N, H, W, 3) uint8 images
+        (`kl_texture`), then their photometric statistics (`photometric`, `kl_texture_photometric`), motion
+        statistics of (N, H, W, 2) flow fields (`posterior_motion`); else None."""
+        parts = []
         if self.texture is not None:
-            return texture_features(frames, self.texture.cfg)
-        return self.motion.features(frames) if self.motion is not None else None
+            parts.append(texture_features(frames, self.texture.cfg))
+        if self.photometric is not None:
+            parts.append(self.photometric.features(frames))
+        if self.motion is not None:
+            parts.append(self.motion.features(frames))
+        return np.concatenate(parts, axis=1) if parts else None
 
     def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger. `features`: the frames'
         `frame_features` (one row is broadcast over N posteriors of one frame)."""
         if self.method == "kl":
             return kl_score(mu, logvar, self.dims)
+        needs_frames = self.texture is not None or self.motion is not None or self.photometric is not None
+        if needs_frames and features is None:
+            raise ValueError(f"{self.method} scores need the frames' features (Nonconformity.frame_features)")
+        if self.method == "photometric":
+            return np.asarray(self.photometric(mu, logvar, features), np.float64)
         z = (score_features(mu, logvar, self.dims, self.method) - np.asarray(self.center)) / np.asarray(self.scale)
         score = (z * z).sum(axis=1)
-        term = self.texture if self.texture is not None else self.motion
-        if term is not None:
-            if features is None:
-                raise ValueError(f"{self.method} scores need the frames' features (Nonconformity.frame_features)")
-            score = score + term(mu, logvar, features)
+        features = None if features is None else np.atleast_2d(features)
+        if self.texture is not None:
+            cells = self.texture.cfg.grid ** 2
+            score = score + self.texture(mu, logvar, features[:, :cells])
+            features = features[:, cells:]
+        if self.motion is not None:
+            score = score + self.motion(mu, logvar, features)
+        if self.photometric is not None:
+            photo = self.photometric(mu, logvar, features)
+            score = np.maximum(score / self.part_scales[0], photo / self.part_scales[1])
         return score
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ood_monitor.core.motion import MotionStats
 from ood_monitor.core.nonconformity import Nonconformity
+from ood_monitor.core.photometric import PhotometricStats
 from ood_monitor.core.texture import TextureHead
 
 from . import ARCHITECTURES, build_encoder, build_model
@@ -65,6 +66,9 @@ class ModelCard:
     latent_stats: dict = field(default_factory=dict)
     texture: dict = field(default_factory=dict)
     motion: dict = field(default_factory=dict)  # motion statistics of flow models (core/motion.py)
+    # photometric statistics of image models (core/photometric.py) and, under "parts", the part scales of
+    # the fused score that `calibrate` measured
+    photometric: dict = field(default_factory=dict)
     alarm: dict = field(default_factory=dict)  # alarm settings chosen by `calibrate` (core/alarm_calibration.py)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
 
@@ -77,7 +81,10 @@ class ModelCard:
         """The score this model runs (ValueError if the card lacks what the method needs)."""
         head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
         motion = MotionStats.from_dict(self.motion) if self.motion else None
-        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head, motion=motion)
+        photometric = PhotometricStats.from_dict(self.photometric) if self.photometric else None
+        scales = (self.photometric.get("parts") or {}).get("scales", ())
+        return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head, motion=motion,
+                                        photometric=photometric, part_scales=scales)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -91,7 +98,7 @@ class ModelCard:
                 "model": self.config.to_dict(), "flow_scale": self.flow_scale, "data": self.data,
                 "training": self.training, "selected_dims": list(self.selected_dims),
                 "latent_kl": list(self.latent_kl), "score": self.score, "latent_stats": self.latent_stats,
-                "texture": self.texture, "motion": self.motion, "alarm": self.alarm, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
+                "texture": self.texture, "motion": self.motion, "photometric": self.photometric, "alarm": self.alarm, "calibration": self.calibration, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = CONFIG) -> ModelCard:
@@ -108,6 +115,7 @@ class ModelCard:
                        weights_sha256=d.get("weights_sha256", ""), format=d.get("format", FORMAT),
                        score=str(d.get("score", "kl")), latent_stats=d.get("latent_stats") or {},
                        texture=d.get("texture") or {}, motion=d.get("motion") or {},
+                       photometric=d.get("photometric") or {},
                        alarm=d.get("alarm") or {})
             card.extra = {k: v for k, v in d.items() if k not in card.to_dict()}
             if card.selected_dims:

@@ -1,0 +1,74 @@
+"""A Gaussian over a few named per-frame statistics, scored by squared Mahalanobis distance.
+
+Why one class: the flow detector's motion term (core/motion.py) and the image detector's photometric
+part (core/photometric.py) are the same estimator over different statistics: the training frames' mean
+and a Ledoit-Wolf shrunk covariance (a few hundred frames of one drive leave the sample covariance
+near-singular, and a new scene then scored ~1e12 through its near-zero directions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureGaussian:
+    """Training mean and shrunk precision of the statistics `FEATURES` that `features` computes."""
+
+    FEATURES: ClassVar[tuple[str, ...]] = ()
+    NAME: ClassVar[str] = "feature"
+
+    mean: np.ndarray
+    precision: np.ndarray
+
+    @classmethod
+    def min_frames(cls) -> int:
+        """Fewest training frames the statistics are fitted on (a covariance of the features needs them)."""
+        return 2 * len(cls.FEATURES) + 1
+
+    def features(self, frames: np.ndarray) -> np.ndarray:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    @classmethod
+    def fit(cls, features: np.ndarray, jitter: float = 1e-6) -> FeatureGaussian:
+        from sklearn.covariance import LedoitWolf
+
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] != len(cls.FEATURES) or len(features) < cls.min_frames():
+            raise ValueError(f"{cls.NAME} statistics need at least {cls.min_frames()} frames of "
+                             f"{len(cls.FEATURES)} features, got {features.shape}")
+        cov = LedoitWolf().fit(features).covariance_ + jitter * np.eye(features.shape[1])
+        return cls(features.mean(axis=0), np.linalg.inv(cov))
+
+    @classmethod
+    def fit_frames(cls, frames: np.ndarray) -> FeatureGaussian:
+        """`fit` on raw frames, read block by block (they may be a memory map on disk)."""
+        from ood_monitor.data.spool import chunks
+
+        blank = cls(np.zeros(len(cls.FEATURES)), np.eye(len(cls.FEATURES)))
+        return cls.fit(np.concatenate([blank.features(block) for block in chunks(frames)]))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(N,) squared Mahalanobis distances of (N, F) feature rows to the training frames."""
+        d = np.atleast_2d(np.asarray(features, np.float64)) - self.mean
+        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+
+    def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """(N,) distances as a score term; one features row is broadcast over N posteriors (MC-dropout
+        samples of one frame), which the term does not depend on."""
+        dist = self.distance(features)
+        return np.broadcast_to(dist, (len(mu),)) if dist.size == 1 else dist
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.FEATURES), "mean": self.mean.tolist(), "precision": self.precision.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureGaussian:
+        if list(d.get("features", [])) != list(cls.FEATURES):
+            raise ValueError(f"{cls.NAME} statistics of features {d.get('features')}, expected {list(cls.FEATURES)}")
+        mean, precision = np.asarray(d["mean"], np.float64), np.asarray(d["precision"], np.float64)
+        if mean.shape != (len(cls.FEATURES),) or precision.shape != (len(cls.FEATURES),) * 2:
+            raise ValueError(f"{cls.NAME} statistics have mean {mean.shape} and precision {precision.shape}")
+        return cls(mean, precision)
