@@ -216,3 +216,29 @@ def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tiny_i
             pytest.skip("onnxruntime not importable")
         mu, _ = tail(trunk(np.zeros((1, 3, 32, 32), np.float32)))
         assert mu.shape == (1, 6) and vcard.calibration["frames"] > 0
+
+
+def test_a_variant_of_a_fused_score_gets_its_own_part_scales(parent, frames, card):
+    """The variant's kl_texture part has its own spread, so `calibrate`'s part scales are measured again on
+    its scores (the photometric part reads the frames alone and keeps its statistics)."""
+    from dataclasses import replace
+
+    from ood_monitor.core.nonconformity import latent_stats
+    from ood_monitor.core.photometric import PhotometricStats
+    from ood_monitor.core.texture import TextureHead
+
+    base = float_variant("fp32", "fp32", parent)
+    mu, logvar = base.encoder_fn(1)(frames.inputs(slice(0, 96), 1.0))
+    photometric = {**PhotometricStats.fit_frames(frames.raw).to_dict(),
+                   "parts": {"scales": [1.0, 1.0], "tolerances": [1.0, 1.0], "maxima": [1.0, 1.0], "measured": True}}
+    fused = replace(card, score="kl_texture_photometric", latent_stats=latent_stats(mu, logvar),
+                    texture=TextureHead.fit_frames(mu, logvar, frames.raw).to_dict(), photometric=photometric,
+                    alarm={"target_false_alarms_per_1000": 1.0, "score_tolerance_measured": False,
+                           "score_tolerance": 1.0, "tail": "pareto", "p_floor": 1e-5})
+    pruned = float_variant("prune-0.5", "prune", prune_channels(parent, 0.5, global_ranking=False))
+    out = variant_card(fused, pruned, frames, frames, 1, "test")
+    parts = out.photometric["parts"]
+    assert parts["scales"] != [1.0, 1.0] and parts["measured"] and min(parts["tolerances"]) >= 1.0
+    assert max(out.calibration["scores"]) == pytest.approx(1.0 / min(parts["tolerances"]))
+    assert out.alarm["score_tolerance"] == pytest.approx(min(parts["tolerances"]), abs=1e-4)
+    assert out.photometric["mean"] == photometric["mean"]

@@ -76,9 +76,7 @@ def score_tolerance(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from dataclasses import replace
-
-    from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms, fuse_parts, round_up
+    from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms, calibrate_fused
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.nonconformity import FUSED
     from ood_monitor.core.vae.io import read_card, write_card
@@ -102,10 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"only {len(scores)} calibration frames: p-values need at least {MIN_FRAMES} (better 200+)")
     fusion = None
     if len(parts) > 1:  # a fused score: each part on its own scale, then one calibration of the larger
-        fusion = fuse_parts(np.column_stack(columns), sequence, target)
-        card.photometric = {**card.photometric, "parts": fusion.to_dict()}
-        scores = fusion.fuse(np.column_stack(columns))
-        target = replace(target, score_tolerance=round_up(fusion.tolerance))
+        measured = target.score_tolerance == 0.0
+        fusion, scores, target = calibrate_fused(np.column_stack(columns), sequence, target)
+        card.photometric = {**card.photometric, "parts": fusion.to_dict(measured)}
     alarms = calibrate_alarms(scores, sequence, target)
     order = np.sort(scores)
     card.calibration = {"scores": [float(s) for s in order], "source": sources[0]["path"] if len(sources) == 1 else "",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -285,8 +285,10 @@ class PartFusion:
     def fuse(self, parts: np.ndarray) -> np.ndarray:
         return (np.asarray(parts, np.float64) / np.asarray(self.scales)).max(axis=1)
 
-    def to_dict(self) -> dict:
-        return {"scales": list(self.scales), "tolerances": list(self.tolerances), "maxima": list(self.maxima)}
+    def to_dict(self, measured: bool = True) -> dict:
+        """The card's record; `measured`: the tolerances were measured between the blocks (not fixed)."""
+        return {"scales": list(self.scales), "tolerances": list(self.tolerances), "maxima": list(self.maxima),
+                "measured": measured}
 
 
 def fuse_parts(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget) -> PartFusion:
@@ -299,6 +301,14 @@ def fuse_parts(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarg
     maxima = tuple(max(float(parts[:, j].max()), 1e-12) for j in range(2))
     tolerances = tuple(target.score_tolerance or block_tolerance(parts[:, j], blocks) for j in range(2))
     return PartFusion(tolerances, maxima)
+
+
+def calibrate_fused(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget
+                    ) -> tuple[PartFusion, np.ndarray, AlarmTarget]:
+    """A fused score's part scales on the nominal (N, 2) `parts`, the fused nominal scores, and the target
+    their alarms are calibrated for (the smaller part tolerance, fixed)."""
+    fusion = fuse_parts(parts, sequence, target)
+    return fusion, fusion.fuse(parts), replace(target, score_tolerance=round_up(fusion.tolerance))
 
 
 def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms
+from ood_monitor.core.alarm_calibration import AlarmTarget, calibrate_alarms, calibrate_fused
+from ood_monitor.core.nonconformity import FUSED
 from ood_monitor.core.runtime import onnx_callables
 from ood_monitor.core.runtime.onnx_export import DropoutSpec, MaskedTail, draw_masks, export_encoder
 from ood_monitor.core.vae.dataset import FrameSet
@@ -242,10 +243,20 @@ def variant_card(parent: ModelCard, variant: Variant, cal: FrameSet, train: Fram
     encode = variant.encoder_fn(threads)
     card = scoring_card(parent, variant, train, threads)
     ids = cal.subset(~cal.is_ood) if cal.is_ood.any() else cal
-    stream = frame_scores(encode, ids, card)
+    # the variant's own p-values: its thresholds are chosen again, for the parent's target
+    target = AlarmTarget.from_settings(parent.alarm) if parent.alarm else None
+    parts = FUSED.get(card.score)
+    if parts:  # a fused score: the variant's parts get their own scales, as `calibrate` measures them
+        measured = bool(parent.photometric.get("parts", {}).get("measured", True))
+        base = target or AlarmTarget()
+        target = replace(base, score_tolerance=0.0 if measured else base.score_tolerance)
+        columns = np.column_stack([frame_scores(encode, ids, replace(card, score=part)) for part in parts])
+        fusion, stream, target = calibrate_fused(columns, None, target)
+        card.photometric = {**card.photometric, "parts": fusion.to_dict(measured)}
+    else:
+        stream = frame_scores(encode, ids, card)
     scores = np.sort(stream)
-    if parent.alarm:  # the variant's own p-values: its thresholds are chosen again, for the parent's target
-        target = AlarmTarget.from_settings(parent.alarm)
+    if target is not None:
         card.alarm = calibrate_alarms(stream, None, target).to_dict(target)
     card.calibration = {"scores": [float(s) for s in scores], "source": ids.source, "hash": ids.data_hash,
                         "frames": len(scores), "selected_dims": card.selected_dims, "score": card.score,
