@@ -213,7 +213,8 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
         assert card.score == "posterior_deviation" and not card.texture  # the shipped flow model's score
     else:
         assert card.flow_scale == 1.0
-        assert card.score == "kl_texture" and len(card.texture["weights"]) == 2 * 6 + 1  # default for images
+        assert card.score == "kl_texture_photometric" and len(card.texture["weights"]) == 2 * 6 + 1  # default for images
+        assert card.photometric["parts"]["tolerances"] == [1.0, 1.0]  # training maxima until calibrate measures them
     with pytest.raises(ValueError, match="training data"):
         cli("calibrate", "--model", str(out), "--data", str(train))
     assert cli("calibrate", "--model", str(out), "--data", str(cal)) == 0
@@ -264,7 +265,7 @@ def test_calibrate_puts_each_part_of_a_fused_score_on_its_own_scale(tmp_path: Pa
     out = tmp_path / "vae"
     assert cli("train", "vae", "--kind", "image", "--data", str(train), "--out", str(out), "--size", "32",
                "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "1", "--min-steps", "0",
-               "--batch", "16", "--select-k", "3", "--threads", "2") == 0
+               "--batch", "16", "--select-k", "3", "--threads", "2", "--score", "kl_texture") == 0
     assert read_card(out).photometric["features"] and "parts" not in read_card(out).photometric
     a, b = png_folder(tmp_path / "day1", 30, 5), png_folder(tmp_path / "day2", 30, 6)
     assert cli("calibrate", "--model", str(out), "--data", str(a), str(b), "--score", "kl_texture_photometric") == 0

@@ -53,7 +53,7 @@ def test_evaluate_command_on_the_demo_bags(demo_dataset, tiny_image_model, tmp_p
     out = tmp_path / "report"
     assert cli(["evaluate", "--data", str(bags / "test"), "--models", str(model), "--out", str(out)]) == 0
     result = json.loads((out / "evaluation.json").read_text())[0]
-    assert json.loads((model / "config.json").read_text())["score"] == "kl_texture"
+    assert json.loads((model / "config.json").read_text())["score"] == "kl_texture_photometric"
     assert set(result["frame_metrics"]) >= {"category:global", "category:motion", "category:object", "kind:night"}
     assert all(0.0 <= m["auroc"] <= 1.0 for m in result["frame_metrics"].values())
     assert set(result["alarms"]) == {"martingale", "cusum"}

@@ -167,6 +167,8 @@ def score_recordings(args: argparse.Namespace, scorer) -> tuple:
 def print_summary(model: str, card, scores, alarms, target) -> None:
     import numpy as np
 
+    from ood_monitor.core.nonconformity import FUSED
+
     s = alarms.settings
     q = np.percentile(scores, [50, 95, 99])
     print(f"stored {len(scores)} {card.score} calibration scores in {model}/config.json "
@@ -178,7 +180,7 @@ def print_summary(model: str, card, scores, alarms, target) -> None:
         print(f"smallest p-value {alarms.p_min:.4f} (1/(n+1) or the floor {s['p_floor']:g})")
     if s["score_tolerance"] > 1.0:
         how = ("measured between the blocks" if target.score_tolerance == 0.0 else
-               "the smaller of the parts'" if card.photometric.get("parts") and card.score != "kl_texture" else
+               "the smaller of the parts'" if card.score in FUSED else
                "--score-tolerance")
         print(f"score tolerance {s['score_tolerance']:.2f} ({how}): scores up to {s['score_tolerance'] * scores[-1]:.2f} "
               f"count as within the calibration's range")

@@ -11,7 +11,8 @@ import sys
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
           "kl_texture_photometric")  # core/nonconformity.SCORES (kept import-free here)
-DEFAULT_SCORES = {"image": "kl_texture", "flow": "posterior_deviation"}  # best on the demo data (README: Measured)
+# image: chosen on the real tuning recordings (docs/real_footage.md#photometric-part), equal on the demo world
+DEFAULT_SCORES = {"image": "kl_texture_photometric", "flow": "posterior_deviation"}
 
 
 def default_widths(size: int) -> tuple[int, ...]:
@@ -61,8 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nonconformity (docs/methods.md#vae-detectors): kl (latent KL of arXiv 2409.00880, "
                         "one-sided), a two-sided deviation from the "
                         "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
-                        "plus the fine-texture term (kl_texture), for flow posterior_deviation plus the "
-                        "camera-motion term (posterior_motion); default: what the shipped models run "
+                        "plus the fine-texture term (kl_texture), the larger of that and the photometric "
+                        "statistics, each on its own calibrated scale (kl_texture_photometric), the statistics "
+                        "alone (photometric); for flow posterior_deviation plus the camera-motion term "
+                        "(posterior_motion); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
@@ -121,6 +124,7 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.motion import MotionStats
     from ood_monitor.core.motion import min_frames as motion_min_frames
+    from ood_monitor.core.photometric import PhotometricStats
     from ood_monitor.core.texture import TextureHead, min_frames
     from ood_monitor.core.vae import HvaeConfig, VaeConfig, build_model
     from ood_monitor.core.vae.dataset import auto_flow_scale
@@ -156,6 +160,10 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
         score = "kl_deviation"
         print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
               f"(needs {min_frames(cfg.latent)})", flush=True)
+    if args.score is None and score == "kl_texture_photometric" and len(frames) < PhotometricStats.min_frames():
+        score = "kl_texture"
+        print(f"score kl_texture: {len(frames)} frames are too few for the photometric statistics "
+              f"(needs {PhotometricStats.min_frames()})", flush=True)
     if score == "posterior_motion" and (args.kind != "flow" or len(frames) < motion_min_frames()):
         raise ValueError(f"score posterior_motion needs a flow model and at least {motion_min_frames()} frames "
                          f"(got {args.kind}, {len(frames)} frames): pick another --score")
@@ -234,6 +242,7 @@ def run_photometric(args: argparse.Namespace) -> int:
                              f"the statistics must describe the frames the model was trained on")
         card.score = args.score or card.score
         card.photometric = photometric_section(encoder, card, frames)
+    card.photometric["command"] = " ".join(["ood-monitor", *sys.argv[1:]])
     card.nonconformity  # noqa: B018 -- ValueError now if the score lacks what it needs (too few frames)
     write_card(path, card)
     print(f"wrote the photometric statistics of {len(frames)} training frames to {path}/config.json (score "
