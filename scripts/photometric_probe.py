@@ -1,5 +1,6 @@
-"""Probe (issue 14, docs/real_footage.md): would a score on global photometric statistics catch what the
-image detector's score tolerance lets through, without its drift?
+"""Probe (docs/real_footage.md#photometric-part): would a score on global photometric statistics catch what
+the image detector's score tolerance lets through, without its drift? (It led to the shipped
+`kl_texture_photometric` score; the statistics are core/photometric.py's.)
 
 Features of each 128 px model input: mean R, G, B, luma spread, log Laplacian variance (sharpness), mean
 dark channel (haze), mean saturation, 2x2 luma grid. Their Ledoit-Wolf Mahalanobis distance to the
@@ -16,28 +17,18 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
 from ood_monitor.core.alarm_calibration import block_tolerance
 from ood_monitor.core.model_input import FrameConfig, prepare_frame
+from ood_monitor.core.photometric import frame_statistics
 from ood_monitor.data.labeled_frames import iter_frames
-
-
-def feats(rgb: np.ndarray) -> np.ndarray:
-    x = rgb.astype(np.float32) / 255.0
-    luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    lap = cv2.Laplacian(luma, cv2.CV_32F, ksize=3)
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32) / 255.0
-    grid = cv2.resize(luma, (2, 2), interpolation=cv2.INTER_AREA).ravel()
-    return np.concatenate([x.reshape(-1, 3).mean(0), [luma.std(), np.log(lap.var() + 1e-8), x.min(2).mean(),
-                                                    hsv[..., 1].mean()], grid])
 
 
 def load(folder: Path):
     cfg = FrameConfig()
-    return np.stack([feats(prepare_frame(f.image, cfg)) for f in iter_frames(folder)])
+    return np.stack([frame_statistics(prepare_frame(f.image, cfg)) for f in iter_frames(folder)])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -61,6 +52,9 @@ def run(data: Path, work: Path, rec: str) -> None:
     photo = maha(te)
     scored = read_rows(work / rec / "eval" / "scores_vae_image.csv")
     card = json.loads((work / rec / "vae_image" / "config.json").read_text())
+    if card["score"] != "kl_texture":
+        sys.exit(f"{rec}: the probe sets the photometric distance beside kl_texture; this model runs {card['score']}: "
+                 f"recalibrate it with `ood-monitor calibrate --score kl_texture` first")
     kscore = np.array([float(r["score"]) for r in scored])
     kcal = np.asarray(card["calibration"]["scores"])
     kkap = card["alarm"]["score_tolerance"]
