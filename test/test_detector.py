@@ -277,6 +277,7 @@ def test_calibrate_puts_each_part_of_a_fused_score_on_its_own_scale(tmp_path: Pa
     assert max(card.calibration["scores"]) == pytest.approx(1.0 / min(parts["tolerances"]))
     assert card.alarm["score_tolerance"] == pytest.approx(min(parts["tolerances"]), abs=1e-4)
     assert "on their own scales" in capsys.readouterr().out
+    assert f"photometric tolerance {parts['tolerances'][1]:.2f}" in card.score_description
     det = VaeDetector.from_model_dir(out)
     nominal = cv2.resize(cv2.imread(str(a / "00000.png"))[..., ::-1], (32, 32), interpolation=cv2.INTER_AREA)
     dark = (nominal // 3).astype(np.uint8)

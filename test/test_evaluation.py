@@ -59,6 +59,7 @@ def test_evaluate_command_on_the_demo_bags(demo_dataset, tiny_image_model, tmp_p
     assert set(result["alarms"]) == {"martingale", "cusum"}
     text = (out / "report.md").read_text()
     assert "| category:global |" in text and "curves_vae_image.png" in text
+    assert "score kl_texture_photometric (kl_texture tolerance" in text  # each part's calibrated margin
     assert (out / "curves_vae_image.png").stat().st_size > 10_000 and (out / "timeline_vae_image.png").exists()
     assert cli(["evaluate", "--data", str(tmp_path / "nope"), "--models", str(model), "--out", str(out)]) == 2
 

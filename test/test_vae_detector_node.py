@@ -175,6 +175,7 @@ def test_alarm_settings_come_from_the_model_unless_set(ros, tmp_path):
     assert (cfg.window, cfg.martingale_threshold, cfg.cusum_threshold) == (
         stored["window"], stored["martingale_threshold"], stored["cusum_threshold"])
     assert f"window {stored['window']}" in node.diagnostic_values()["alarm"]
+    assert node.diagnostic_values()["score"] == read_card(model).score == "kl"
     assert cfg.score_tolerance == stored.get("score_tolerance", 1.0)
     other = start(ros, model, "image", window=7, martingale_threshold=12.5, score_tolerance=2.0)
     assert (other.detector.monitor.cfg.window, other.detector.monitor.cfg.martingale_threshold) == (7, 12.5)

@@ -189,7 +189,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     plots_written.append(plots.timeline(out / f"timeline_{name}.png", scores, labels, traces, configs, threshold,
                                         card.score, f"{name} on {title}").name)
     csv_path = write_scores_csv(out / f"scores_{name}.csv", table, labels, traces)
-    return {"model": str(scorer.path), "kind": card.kind, "score": card.score, "frames": len(table),
+    return {"model": str(scorer.path), "kind": card.kind, "score": card.score_description, "frames": len(table),
             "nominal_frames": int((~labels.is_ood).sum()), "ood_frames": int(labels.is_ood.sum()),
             "sequences": int(labels.sequence.max() + 1) if len(table) else 0,
             "frame_metrics": metrics, "frame_metrics_note": frame_metrics_note(labels), "alarms": alarms,

@@ -192,7 +192,7 @@ class VaeDetectorNode(StageNode):
         card = self.detector.card
         return {"detector": self.detector_name, "backend": self.p["backend"], "precision": self.p["precision"] or "model",
                 "device": self.p["device"],
-                "model": str(self.model_dir), "model_sha256": card.weights_sha256[:16],
+                "model": str(self.model_dir), "model_sha256": card.weights_sha256[:16], "score": card.score_description,
                 "calibration_scores": str(self.detector.monitor.cal.size),
                 "mc_samples": str(self.detector.mc.samples if self.detector.mc else 0),
                 "alarm": alarm_summary(self.detector.monitor.cfg),

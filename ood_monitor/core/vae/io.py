@@ -87,6 +87,17 @@ class ModelCard:
                                         photometric=photometric, part_scales=scales)
 
     @property
+    def score_description(self) -> str:
+        """The score's name and, for a fused score, each part's calibrated tolerance and largest nominal
+        score: what /diagnostics and the evaluation report show, so a user can see each part's margin."""
+        parts = (self.photometric.get("parts") or {}) if self.score == "kl_texture_photometric" else {}
+        if not parts:
+            return self.score
+        names = ("kl_texture", "photometric")
+        return (f"{self.score} (" + ", ".join(f"{n} tolerance {k:.2f} x largest nominal {m:.3g}" for n, k, m in
+                                              zip(names, parts["tolerances"], parts["maxima"], strict=True)) + ")")
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the frames the detector accepts."""
         return self.config.height, self.config.width, self.config.channels
