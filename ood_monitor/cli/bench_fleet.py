@@ -109,7 +109,7 @@ def engine_row(name: str, fleet, workers: int) -> dict:
     return row
 
 
-def one_round(sources: list[Path], job, scorers: list, threads: int) -> list[dict]:
+def one_round(sources: list[Path], job, threads: int) -> list[dict]:
     """local (Ray down), then Ray started and ray-1, ray-2 (Ray shut down after, unless someone else
     started it); the last row carries this round's Ray start-up seconds."""
     import ray
@@ -117,7 +117,8 @@ def one_round(sources: list[Path], job, scorers: list, threads: int) -> list[dic
     from ood_monitor.fleet.engines import score_local
     from ood_monitor.fleet.ray_engine import ensure_ray, score_on_ray
 
-    rows = [engine_row("local", score_local(sources, job, progress=None, scorers=scorers), 1)]
+    # the local row loads its models inside its timer, as `evaluate` does and as each Ray actor does
+    rows = [engine_row("local", score_local(sources, job, progress=None), 1)]
     print(f"  local: {rows[-1]['frames_per_s']:.1f} frames/s", flush=True)
     started = not ray.is_initialized()  # a Ray someone else started stays up
     t0 = time.perf_counter()
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(sources)} recordings ({copies} x {', '.join(map(str, data))}), models "
               f"{', '.join(s.name for s in scorers)}, {os.cpu_count()} cores", flush=True)
         torch.set_num_threads(args.threads)
-        rounds = [one_round(sources, job, scorers, args.threads) for _ in range(max(1, args.rounds))]
+        rounds = [one_round(sources, job, args.threads) for _ in range(max(1, args.rounds))]
         rows = [median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
         ray_start = float(np.median([r[-1]["ray_start_s"] for r in rounds]))
         base = rows[0]["frames_per_s"]
