@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ood_monitor.core.alarm_calibration import AlarmCalibrationError, AlarmTarget, fuse_parts
+from ood_monitor.core.alarm_calibration import (
+    AlarmCalibrationError,
+    AlarmTarget,
+    alarm_blocks,
+    calibrate_alarms,
+    calibrate_fused,
+    fuse_parts,
+)
 from ood_monitor.core.conformal import p_values
 from ood_monitor.core.nonconformity import Nonconformity
 from ood_monitor.core.photometric import FEATURES, PhotometricStats, photometric_features
@@ -100,7 +107,8 @@ def test_each_part_keeps_its_own_tolerance() -> None:
     drifting = rng.uniform(1, 2, n) * np.where(np.arange(n) < 160, 1.0, 3.0)
     steady = rng.uniform(1, 2, n)
     target = AlarmTarget(blocks=5, score_tolerance=0.0)
-    fusion = fuse_parts(np.column_stack([drifting, steady]), None, target)
+    blocks = alarm_blocks(n, None, target)[1]
+    fusion = fuse_parts(np.column_stack([drifting, steady]), blocks, target)
     assert fusion.tolerances[0] == pytest.approx(drifting[160:].max() / drifting[:160].max())
     assert fusion.tolerances[1] < 1.2 and fusion.tolerance == min(fusion.tolerances)
     cal = np.sort(fusion.fuse(np.column_stack([drifting, steady])))
@@ -113,7 +121,24 @@ def test_each_part_keeps_its_own_tolerance() -> None:
 
     assert beyond(1, 1.1) and not beyond(1, 0.9)  # the steady part alarms just past its own narrow margin
     assert beyond(0, 1.1) and not beyond(0, 0.9)  # the drifting part only past its wide one
-    fixed = fuse_parts(np.column_stack([drifting, steady]), None, AlarmTarget(score_tolerance=2.0))
+    fixed = fuse_parts(np.column_stack([drifting, steady]), blocks, AlarmTarget(score_tolerance=2.0))
     assert fixed.tolerances == (2.0, 2.0)
     with pytest.raises(AlarmCalibrationError, match=r"\(N, 2\)"):
-        fuse_parts(drifting, None, target)
+        fuse_parts(drifting, blocks, target)
+
+
+def test_held_out_blocks_get_part_scales_fitted_without_them() -> None:
+    """calibrate's held-out check fits the part scales without the block it checks: a last stretch whose
+    second part jumps 3x past the others is strange to the other blocks, though scales fitted on every
+    block (that stretch included) would have hidden it."""
+    rng = np.random.default_rng(1)
+    n = 200
+    steady = rng.uniform(1, 2, n)
+    jump = rng.uniform(1, 2, n) * np.where(np.arange(n) < 160, 1.0, 3.0)
+    parts = np.column_stack([steady, jump])
+    target = AlarmTarget(blocks=5, score_tolerance=0.0, tail="pareto", p_floor=1e-5)
+    fusion, scores, fixed, honest = calibrate_fused(parts, None, target)
+    np.testing.assert_allclose(scores, fusion.fuse(parts))
+    assert fixed.score_tolerance == pytest.approx(fusion.tolerance, abs=1e-4)
+    optimistic = calibrate_alarms(scores, None, fixed)  # scales fitted on every block, the held-out one too
+    assert honest.block_coverage[-1] > 0.5 > optimistic.block_coverage[-1]

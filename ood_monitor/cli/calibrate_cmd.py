@@ -101,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
     fusion = None
     if len(parts) > 1:  # a fused score: each part on its own scale, then one calibration of the larger
         measured = target.score_tolerance == 0.0
-        fusion, scores, target = calibrate_fused(np.column_stack(columns), sequence, target)
+        fusion, scores, target, alarms = calibrate_fused(np.column_stack(columns), sequence, target)
         card.photometric = {**card.photometric, "parts": fusion.to_dict(measured)}
-    alarms = calibrate_alarms(scores, sequence, target)
+    else:
+        alarms = calibrate_alarms(scores, sequence, target)
     order = np.sort(scores)
     card.calibration = {"scores": [float(s) for s in order], "source": sources[0]["path"] if len(sources) == 1 else "",
                         "hash": sources[0]["hash"] if len(sources) == 1 else "", "sources": sources,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -180,15 +181,27 @@ def level_with_budget(trace: np.ndarray, allowed: int) -> float:
     return float(ordered[allowed]) if allowed < ordered.size else float("-inf")
 
 
-def heldout_pvalues(scores: np.ndarray, blocks: np.ndarray, floor: float, tail_index: float = 0.0,
-                    tolerance: dict[int, float] | None = None) -> np.ndarray:
+class Fold(NamedTuple):
+    """One held-out block of the nominal data: the calibration the other blocks give it, its own scores,
+    and the score tolerance it is checked with (measured on the other blocks only)."""
+
+    calibration: np.ndarray
+    heldout: np.ndarray
+    tolerance: float
+
+
+def score_folds(scores: np.ndarray, blocks: np.ndarray, tolerance: dict[int, float] | None = None) -> dict[int, Fold]:
+    """The folds of one score: each block against all the others, with its `heldout_tolerances` entry."""
+    return {int(b): Fold(scores[blocks != b], scores[blocks == b], tolerance[int(b)] if tolerance else 1.0)
+            for b in np.unique(blocks)}
+
+
+def heldout_pvalues(folds: dict[int, Fold], blocks: np.ndarray, floor: float, tail_index: float = 0.0) -> np.ndarray:
     """Each frame's conformal p-value against the frames of every other block (cross-fitting), its score
-    divided by the held-out block's score tolerance (`heldout_tolerances`; none if not given)."""
-    p = np.empty(scores.size)
-    for b in np.unique(blocks):
-        held = blocks == b
-        kappa = tolerance[int(b)] if tolerance else 1.0
-        p[held] = p_values(np.sort(scores[~held]), scores[held], floor, tail_index, kappa)
+    divided by the held-out block's score tolerance."""
+    p = np.empty(blocks.size)
+    for b, fold in folds.items():
+        p[blocks == b] = p_values(np.sort(fold.calibration), fold.heldout, floor, tail_index, fold.tolerance)
     return p
 
 
@@ -214,20 +227,20 @@ def heldout_tolerances(scores: np.ndarray, blocks: np.ndarray, target: AlarmTarg
     return {int(b): block_tolerance(scores[blocks != b], blocks[blocks != b]) for b in np.unique(blocks)}
 
 
-def drift_tail_index(scores: np.ndarray, blocks: np.ndarray, tolerance: float = 1.0) -> float:
+def drift_tail_index(scores: np.ndarray, blocks: np.ndarray, tolerance: float = 1.0,
+                     folds: dict[int, Fold] | None = None) -> float:
     """The Pareto index p-values are extrapolated with: the heavier (smaller) of Hill's estimate over all
     nominal scores and the one the blocks themselves show, i.e. how far each held-out block's frames go
     past `tolerance` times the largest score of the other blocks (the MLE of a Pareto index from those
     excess ratios). Within one stretch of footage the tail is light; between stretches (later in the
     drive, another session) nominal frames overshoot further, and that is the overshoot a new stretch
-    will show."""
+    will show. `folds`: the held-out blocks' scores as `score_folds` (or a fused score's folds) give them."""
     hill = hill_tail_index(np.sort(scores))
     log_excess = []
-    for b in np.unique(blocks):
-        held = blocks == b
-        top = tolerance * scores[~held].max()
+    for fold in (folds or score_folds(scores, blocks)).values():
+        top = tolerance * fold.calibration.max()
         if top > 0:
-            over = scores[held][scores[held] > top]
+            over = fold.heldout[fold.heldout > top]
             log_excess.extend(np.log(over / top))
     if not log_excess or hill == 0.0:
         return hill
@@ -240,16 +253,14 @@ def reference_p(n: int, tail_index: float, floor: float) -> float:
     return max(floor, REFERENCE_EXCESS ** -tail_index / (n + 1.0))
 
 
-def heldout_traces(scores: np.ndarray, blocks: np.ndarray, cfg: AlarmConfig,
-                   tolerance: dict[int, float] | None = None) -> dict[str, np.ndarray]:
+def heldout_traces(folds: dict[int, Fold], blocks: np.ndarray, cfg: AlarmConfig) -> dict[str, np.ndarray]:
     """log M and (uncapped) CUSUM over each held-out block, as the node would run them with the other
     blocks as calibration (and the block's score tolerance); restarts at every block boundary."""
-    out = {"log_martingale": np.empty(scores.size), "cusum": np.empty(scores.size)}
-    for b in np.unique(blocks):
+    out = {"log_martingale": np.empty(blocks.size), "cusum": np.empty(blocks.size)}
+    for b, fold in folds.items():
         held = blocks == b
-        kappa = tolerance[int(b)] if tolerance else cfg.score_tolerance
-        cfg_uncapped = AlarmConfig(**{**asdict(cfg), "cusum_threshold": 1e12, "score_tolerance": kappa})
-        trace = monitor_sequence(scores[~held], scores[held], cfg_uncapped)
+        cfg_uncapped = AlarmConfig(**{**asdict(cfg), "cusum_threshold": 1e12, "score_tolerance": fold.tolerance})
+        trace = monitor_sequence(fold.calibration, fold.heldout, cfg_uncapped)
         out["log_martingale"][held] = trace["log_martingale"]
         out["cusum"][held] = trace["cusum"]
     return out
@@ -291,28 +302,43 @@ class PartFusion:
                 "measured": measured}
 
 
-def fuse_parts(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget) -> PartFusion:
-    """Each part's tolerance (the target's, or measured between the blocks as for a single score) and
+def fuse_parts(parts: np.ndarray, blocks: np.ndarray, target: AlarmTarget) -> PartFusion:
+    """Each part's tolerance (the target's, or measured between the `blocks` as for a single score) and
     largest score on the nominal (N, 2) `parts`."""
     parts = np.asarray(parts, np.float64)
     if parts.ndim != 2 or parts.shape[1] != 2 or not np.all(np.isfinite(parts)) or parts.min() < 0:
         raise AlarmCalibrationError("fused scores need an (N, 2) array of finite non-negative part scores")
-    _, blocks = alarm_blocks(len(parts), sequence, target)
     maxima = tuple(max(float(parts[:, j].max()), 1e-12) for j in range(2))
     tolerances = tuple(target.score_tolerance or block_tolerance(parts[:, j], blocks) for j in range(2))
     return PartFusion(tolerances, maxima)
 
 
+def fused_folds(parts: np.ndarray, blocks: np.ndarray, target: AlarmTarget) -> dict[int, Fold]:
+    """The folds of a fused score: for each held-out block, the parts' scales fitted on the other blocks
+    only, so the held-out check never sees the block it checks (as `heldout_tolerances` for one score)."""
+    folds = {}
+    for b in np.unique(blocks):
+        held = blocks == b
+        fusion = fuse_parts(parts[~held], blocks[~held], target)
+        folds[int(b)] = Fold(fusion.fuse(parts[~held]), fusion.fuse(parts[held]), fusion.tolerance)
+    return folds
+
+
 def calibrate_fused(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget
-                    ) -> tuple[PartFusion, np.ndarray, AlarmTarget]:
-    """A fused score's part scales on the nominal (N, 2) `parts`, the fused nominal scores, and the target
-    their alarms are calibrated for (the smaller part tolerance, fixed)."""
-    fusion = fuse_parts(parts, sequence, target)
-    return fusion, fusion.fuse(parts), replace(target, score_tolerance=round_up(fusion.tolerance))
+                    ) -> tuple[PartFusion, np.ndarray, AlarmTarget, AlarmCalibration]:
+    """A fused score's part scales on the nominal (N, 2) `parts`, the fused nominal scores, the target
+    their alarms are calibrated for (the smaller part tolerance, fixed) and the alarm calibration, whose
+    held-out blocks each get part scales fitted without them."""
+    parts = np.asarray(parts, np.float64)
+    _, blocks = alarm_blocks(len(parts), sequence, target)
+    fusion = fuse_parts(parts, blocks, target)
+    scores, fixed = fusion.fuse(parts), replace(target, score_tolerance=round_up(fusion.tolerance))
+    alarms = calibrate_alarms(scores, sequence, fixed, folds=lambda b: fused_folds(parts, b, target))
+    return fusion, scores, fixed, alarms
 
 
-def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
-                     target: AlarmTarget | None = None) -> AlarmCalibration:
+def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, target: AlarmTarget | None = None,
+                     folds: Callable[[np.ndarray], dict[int, Fold]] | None = None) -> AlarmCalibration:
     """Choose martingale window/threshold and CUSUM threshold for `target` on nominal `scores` (stream
     order; `sequence` changes where the stream restarts, e.g. between recordings)."""
     target = target or AlarmTarget()
@@ -329,9 +355,9 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
     if n_blocks < target.blocks:
         warnings.append(f"{scores.size} nominal frames: {n_blocks} blocks instead of {target.blocks}")
     kappa = target.score_tolerance or block_tolerance(scores, blocks)
-    tolerance = heldout_tolerances(scores, blocks, target)
-    tail_index = drift_tail_index(scores, blocks, kappa) if target.tail == "pareto" else 0.0
-    p = heldout_pvalues(scores, blocks, target.p_floor, tail_index, tolerance)
+    held = folds(blocks) if folds else score_folds(scores, blocks, heldout_tolerances(scores, blocks, target))
+    tail_index = drift_tail_index(scores, blocks, kappa, held) if target.tail == "pareto" else 0.0
+    p = heldout_pvalues(held, blocks, target.p_floor, tail_index)
     low = p < target.coverage_alpha
     coverage = float(low.mean())
     block_coverage = [float(low[blocks == b].mean()) for b in np.unique(blocks)]
@@ -358,7 +384,7 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None,
     bound = math.log(1.0 / target.rate)
     rows, best = [], None
     for window in target.windows:
-        trace = heldout_traces(scores, blocks, AlarmConfig(**{**asdict(base), "window": window}), tolerance)
+        trace = heldout_traces(held, blocks, AlarmConfig(**{**asdict(base), "window": window}))
         threshold = max(bound, level_with_budget(trace["log_martingale"], allowed))
         run = shortest_martingale_run(window, threshold, p_min, target)
         reach = martingale_run(window, window, p_min, target)

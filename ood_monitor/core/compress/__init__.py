@@ -251,13 +251,14 @@ def variant_card(parent: ModelCard, variant: Variant, cal: FrameSet, train: Fram
         base = target or AlarmTarget()
         target = replace(base, score_tolerance=0.0 if measured else base.score_tolerance)
         columns = np.column_stack([frame_scores(encode, ids, replace(card, score=part)) for part in parts])
-        fusion, stream, target = calibrate_fused(columns, None, target)
+        fusion, stream, target, alarms = calibrate_fused(columns, None, target)
         card.photometric = {**card.photometric, "parts": fusion.to_dict(measured)}
+        card.alarm = alarms.to_dict(target)
     else:
         stream = frame_scores(encode, ids, card)
+        if target is not None:
+            card.alarm = calibrate_alarms(stream, None, target).to_dict(target)
     scores = np.sort(stream)
-    if target is not None:
-        card.alarm = calibrate_alarms(stream, None, target).to_dict(target)
     card.calibration = {"scores": [float(s) for s in scores], "source": ids.source, "hash": ids.data_hash,
                         "frames": len(scores), "selected_dims": card.selected_dims, "score": card.score,
                         "command": command, "scored_by": variant.name}
