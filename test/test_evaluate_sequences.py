@@ -26,8 +26,10 @@ STORED = {"martingale": "mixture", "epsilon": 0.5, "window": 5, "martingale_thre
 
 
 def stub_scorer(tmp_path: Path, alarm: dict | None = None) -> SimpleNamespace:
-    """What evaluate_model needs of a loaded model: a card (kind, score, stored alarm) and calibration scores."""
-    card = SimpleNamespace(kind="image", score="kl_texture", alarm_settings=lambda path: {**STORED, **(alarm or {})})
+    """What evaluate_model needs of a loaded model: a card (kind, score and its description, stored alarm) and
+    calibration scores."""
+    card = SimpleNamespace(kind="image", score="kl_texture", score_description="kl_texture",
+                           alarm_settings=lambda path: {**STORED, **(alarm or {})})
     calibration = np.sort(np.random.default_rng(1).normal(0.0, 1.0, 500))
     return SimpleNamespace(name="vae_stub", path=tmp_path / "vae_stub", card=card, calibration=calibration)
 
