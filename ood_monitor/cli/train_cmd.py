@@ -253,9 +253,8 @@ def run_photometric(args: argparse.Namespace) -> int:
 def photometric_section(encoder, card, frames) -> dict:
     """The card's photometric statistics of the training frames (core/photometric.py; empty when there are
     too few frames to fit them) and, for a fused score, its parts' scales until `calibrate` measures them:
-    each part's largest score on the training frames."""
-    from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.nonconformity import FUSED
+    each part's largest score on the training frames (one encoder pass serves both parts)."""
+    from ood_monitor.core.nonconformity import FUSED, encode
     from ood_monitor.core.photometric import PhotometricStats
 
     if len(frames) < PhotometricStats.min_frames():
@@ -263,12 +262,14 @@ def photometric_section(encoder, card, frames) -> dict:
     section = PhotometricStats.fit_frames(frames.raw).to_dict()
     parts = FUSED.get(card.score)
     if parts:
+        mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames))
         probe = copy.copy(card)
         probe.photometric = section
         maxima = []
         for part in parts:
             probe.score = part
-            maxima.append(max(float(score_frameset(encoder, probe, frames).max()), 1e-12))
+            score = probe.nonconformity
+            maxima.append(max(float(score(mu, logvar, score.frame_features(frames.raw)).max()), 1e-12))
         section["parts"] = {"scales": maxima, "tolerances": [1.0, 1.0], "maxima": maxima}
     return section
 

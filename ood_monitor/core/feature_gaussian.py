@@ -7,6 +7,7 @@ near-singular, and a new scene then scored ~1e12 through its near-zero direction
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,10 +16,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FeatureGaussian:
-    """Training mean and shrunk precision of the statistics `FEATURES` that `features` computes."""
+    """Training mean and shrunk precision of the statistics `FEATURES` that a subclass's `EXTRACT` computes
+    from (N, ...) raw frames."""
 
-    FEATURES: ClassVar[tuple[str, ...]] = ()
-    NAME: ClassVar[str] = "feature"
+    FEATURES: ClassVar[tuple[str, ...]]
+    NAME: ClassVar[str]
+    EXTRACT: ClassVar[Callable[[np.ndarray], np.ndarray]]
 
     mean: np.ndarray
     precision: np.ndarray
@@ -28,8 +31,8 @@ class FeatureGaussian:
         """Fewest training frames the statistics are fitted on (a covariance of the features needs them)."""
         return 2 * len(cls.FEATURES) + 1
 
-    def features(self, frames: np.ndarray) -> np.ndarray:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        return self.EXTRACT(frames)
 
     @classmethod
     def fit(cls, features: np.ndarray, jitter: float = 1e-6) -> FeatureGaussian:
@@ -47,8 +50,7 @@ class FeatureGaussian:
         """`fit` on raw frames, read block by block (they may be a memory map on disk)."""
         from ood_monitor.data.spool import chunks
 
-        blank = cls(np.zeros(len(cls.FEATURES)), np.eye(len(cls.FEATURES)))
-        return cls.fit(np.concatenate([blank.features(block) for block in chunks(frames)]))
+        return cls.fit(np.concatenate([cls.EXTRACT(block) for block in chunks(frames)]))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N,) squared Mahalanobis distances of (N, F) feature rows to the training frames."""

@@ -55,11 +55,9 @@ class MotionStats(FeatureGaussian):
 
     FEATURES: ClassVar[tuple[str, ...]] = FEATURES
     NAME: ClassVar[str] = "motion"
+    EXTRACT = staticmethod(motion_features)
 
     @classmethod
     def fit_flows(cls, flows: np.ndarray) -> MotionStats:
         """`fit` on (N, H, W, 2) flow fields, read block by block (they may be a memory map on disk)."""
         return cls.fit_frames(flows)
-
-    def features(self, flows: np.ndarray) -> np.ndarray:
-        return motion_features(flows)

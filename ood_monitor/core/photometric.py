@@ -58,6 +58,4 @@ class PhotometricStats(FeatureGaussian):
 
     FEATURES: ClassVar[tuple[str, ...]] = FEATURES
     NAME: ClassVar[str] = "photometric"
-
-    def features(self, frames: np.ndarray) -> np.ndarray:
-        return photometric_features(frames)
+    EXTRACT = staticmethod(photometric_features)

@@ -19,7 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ood_monitor.core.motion import MotionStats
-from ood_monitor.core.nonconformity import Nonconformity
+from ood_monitor.core.nonconformity import FUSED, Nonconformity
 from ood_monitor.core.photometric import PhotometricStats
 from ood_monitor.core.texture import TextureHead
 
@@ -90,10 +90,10 @@ class ModelCard:
     def score_description(self) -> str:
         """The score's name and, for a fused score, each part's calibrated tolerance and largest nominal
         score: what /diagnostics and the evaluation report show, so a user can see each part's margin."""
-        parts = (self.photometric.get("parts") or {}) if self.score == "kl_texture_photometric" else {}
+        names = FUSED.get(self.score)
+        parts = (self.photometric.get("parts") or {}) if names else {}
         if not parts:
             return self.score
-        names = ("kl_texture", "photometric")
         return (f"{self.score} (" + ", ".join(f"{n} tolerance {k:.2f} x largest nominal {m:.3g}" for n, k, m in
                                               zip(names, parts["tolerances"], parts["maxima"], strict=True)) + ")")
 
