@@ -118,3 +118,6 @@ def test_bench_fleet_quick_rows(tmp_path, demo_dataset, ray_local):
         assert len(row["rounds_frames_per_s"]) == 2 and len(row["rounds_x_local"]) == 2
         assert round(row["frames_per_s"], 1) == min(row["rounds_frames_per_s"])
     assert rows["local"]["rounds_x_local"] == [1.0, 1.0]
+    for row in rows.values():  # the start-up comes before the first read: a part of the run, not all of it
+        assert 0 < row["startup_s"] < row["seconds"]
+        assert row["after_startup_frames_per_s"] > row["frames_per_s"]

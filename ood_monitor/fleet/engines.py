@@ -42,6 +42,7 @@ class FleetScores:
     failed: dict[str, str] = field(default_factory=dict)  # source -> why it was skipped
     seconds: float = 0.0  # wall time of the whole scoring, start-up included
     work_s: float = 0.0  # time spent reading and scoring, summed over workers
+    startup_s: float = 0.0  # from the start to the first task's first read (Ray: workers started, models loaded)
     engine: str = "local"
     workers: int = 1
     tasks: int = 0  # read tasks: one per recording, or per chunk of one (ray --chunk-frames)
@@ -93,6 +94,7 @@ def score_local(sources: list[Path], job: ScoringJob, progress: Callable[[str], 
     t0 = time.perf_counter()
     scorers = scorers or [ModelScorer(m, job.score, calibrated=False) for m in job.models]
     result = FleetScores(job.models, [str(s) for s in sources], tasks=len(sources))
+    result.startup_s = time.perf_counter() - t0
     for src in sources:
         if progress is not None:
             progress(f"  scoring {src}")

@@ -52,7 +52,7 @@ def _batch(n: int, **columns: Any) -> dict[str, np.ndarray]:
     """An output batch with every column (Ray Data needs one schema): defaults for those not given."""
     defaults = {"model": 0, "order": 0, "start": 0, "source": "", "frame": 0, "stamp_ns": 0, "is_ood": False,
                 "category": "", "kind": "", "episode": 0, "score": 0.0, "position": 0, "error": "", "work_s": 0.0,
-                "data_hash": ""}
+                "began": 0.0, "data_hash": ""}
     out = {}
     for name, default in defaults.items():
         value = columns.get(name, default)
@@ -61,7 +61,8 @@ def _batch(n: int, **columns: Any) -> dict[str, np.ndarray]:
 
 
 def _table_batch(table: ScoreTable, model: int, where: dict[str, Any], work_s: float) -> dict[str, np.ndarray]:
-    """One model's rows of one task; the data hash rides on the first row only (it is per recording)."""
+    """One model's rows of one task; the data hash rides on the first row only (it is per recording).
+    `where` has the task's place (order, start) and when it began (wall clock)."""
     n = len(table)
     data_hash = np.full(n, "", dtype=object)
     data_hash[0] = table.data_hash
@@ -96,7 +97,7 @@ class SourceScorer:
         for order, source, start, stop in zip(batch["order"], batch["source"], batch["start"], batch["stop"],
                                               strict=True):
             self._fault_injection(str(source))
-            where = {"order": int(order), "start": int(start)}
+            where = {"order": int(order), "start": int(start), "began": time.time()}
             t0 = time.perf_counter()
             try:
                 tables = score_source(source, self.scorers, self.job.image_topic, self.job.mask_topic, self.job.labels,
@@ -160,7 +161,7 @@ def score_on_ray(sources: list[Path], job: ScoringJob, workers: int = 2, address
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    t0 = time.perf_counter()
+    t0, began = time.perf_counter(), time.time()
     tasks = plan_tasks(sources, job)
     ensure_ray(address, num_cpus=max(workers, os.cpu_count() or 1))
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
@@ -176,6 +177,8 @@ def score_on_ray(sources: list[Path], job: ScoringJob, workers: int = 2, address
     if columns:
         data = {name: np.concatenate(parts) for name, parts in columns.items()}
         _collect(result, data, len(job.models), tasks)
+        started = data["began"][data["began"] > 0]
+        result.startup_s = float(started.min() - began) if started.size else 0.0
     missing = [s for s in result.sources if s not in result.per_source and s not in result.failed]
     for s in missing:  # Ray gave up on a task (it retried): say so rather than report partial results
         result.failed[s] = "no result came back from Ray"
