@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 
+from ood_monitor.core.detector_metrics import kind_aurocs
 from ood_monitor.core.model_input import to_gray
 from ood_monitor.core.motion import FEATURES, motion_features
 from ood_monitor.core.preprocess import Preprocessor
@@ -87,15 +87,10 @@ def main(recordings: list[str]) -> None:
     for rec in map(Path, recordings):
         _, train = split_features(rec / "train")
         rows, test = split_features(rec / "test")
-        clean = np.array([r["is_ood"] == "0" for r in rows])
+        clean, kinds = np.array([r["is_ood"] == "0" for r in rows]), np.array([r["kind"] for r in rows])
         print(rec.name)
         for name, cols in FEATURE_SETS.items():
-            score = distances(train[:, cols], test[:, cols])
-            aurocs = []
-            for kind in MOTION_KINDS:
-                ood = np.array([r["kind"] == kind for r in rows])
-                y = np.r_[np.zeros(clean.sum()), np.ones(ood.sum())]
-                aurocs.append(roc_auc_score(y, np.r_[score[clean], score[ood]]))
+            aurocs = kind_aurocs(distances(train[:, cols], test[:, cols]), clean, kinds, MOTION_KINDS)
             print(f"  {name:26s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
 
 

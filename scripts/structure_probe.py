@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 
+from ood_monitor.core.detector_metrics import kind_aurocs
 from ood_monitor.core.model_input import FrameConfig, prepare_frame
 from ood_monitor.core.photometric import photometric_features
 
@@ -56,18 +56,13 @@ def main(recordings: list[str]) -> None:
     for rec in map(Path, recordings):
         _, train = split(rec / "train")
         rows, test = split(rec / "test")
-        clean = np.array([r["is_ood"] == "0" for r in rows])
+        clean, kinds = np.array([r["is_ood"] == "0" for r in rows]), np.array([r["kind"] for r in rows])
         print(rec.name)
         for (name, a), b in zip(feature_sets(train).items(), feature_sets(test).values(), strict=True):
             precision = np.linalg.inv(LedoitWolf().fit(a).covariance_ + 1e-9 * np.eye(a.shape[1]))
             d = b - a.mean(axis=0)
-            score = np.einsum("ij,jk,ik->i", d, precision, d)
-            out = []
-            for kind in KINDS:
-                ood = np.array([r["kind"] == kind for r in rows])
-                y = np.r_[np.zeros(clean.sum()), np.ones(ood.sum())]
-                out.append(f"{kind} {roc_auc_score(y, np.r_[score[clean], score[ood]]):.2f}")
-            print(f"  {name:24s} " + "  ".join(out))
+            aurocs = kind_aurocs(np.einsum("ij,jk,ik->i", d, precision, d), clean, kinds, KINDS)
+            print(f"  {name:24s} " + "  ".join(f"{k} {x:.2f}" for k, x in zip(KINDS, aurocs, strict=True)))
 
 
 if __name__ == "__main__":

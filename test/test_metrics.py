@@ -14,6 +14,7 @@ from ood_monitor.core.detector_metrics import (
     false_alarms_per_1000,
     fpr_at_tpr,
     frame_metrics,
+    kind_aurocs,
 )
 
 
@@ -68,3 +69,12 @@ def test_grace_skips_only_frames_right_after_an_episode() -> None:
     # grace 2 drops frames 3 and 4 (1 and 2 frames after the episode): alarms at 0 and 6 remain
     assert false_alarms_per_1000(alarm, is_ood, grace=2) == pytest.approx(1000 * 2 / 3)
     assert alarm_metrics(alarm, is_ood, np.r_[0, 1, 1, 0, 0, 0, 0], grace=2)["false_alarm_frames"] == 2
+
+
+def test_kind_aurocs_compare_each_kind_with_the_clean_frames_only():
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.05, 0.15, 5.0])
+    clean = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    kinds = np.array(["nominal"] * 3 + ["fog"] * 2 + ["warp"] * 2 + ["other"])
+    fog, warp = kind_aurocs(scores, clean, kinds, ("fog", "warp"))
+    assert fog == 1.0  # both fog frames above every clean frame; the "other" frame is not a negative
+    assert warp == pytest.approx((0 + 1) / 6)  # 0.05 beats none of 3, 0.15 beats 1 of 3

@@ -45,6 +45,17 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def kind_aurocs(scores: np.ndarray, clean: np.ndarray, kinds: np.ndarray, names: tuple[str, ...]) -> list[float]:
+    """AUROC of each named kind's frames against the clean frames only (the per-kind figure of the
+    real-footage benchmark, where other kinds' frames are neither)."""
+    scores, clean, kinds = np.asarray(scores, np.float64), np.asarray(clean, bool), np.asarray(kinds)
+    out = []
+    for name in names:
+        ood = kinds == name
+        out.append(auroc(np.r_[scores[clean], scores[ood]], np.r_[np.zeros(clean.sum(), bool), np.ones(ood.sum(), bool)]))
+    return out
+
+
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     s, y = _check(scores, labels)
     return float(average_precision_score(y, s))
