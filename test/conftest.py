@@ -27,15 +27,15 @@ def demo_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_image_model(demo_dataset, tmp_path_factory):
     """A calibrated 32x32 image β-VAE trained for 2 epochs on the demo train split, through the CLI, with
-    the shipped model's score (kl_texture_photometric: the texture head and the photometric statistics are
-    fitted at training, the part scales by calibrate)."""
+    the shipped model's score (kl_texture_photometric_structure: the texture head, the photometric and
+    structure statistics are fitted at training, the part scales by calibrate)."""
     from ood_monitor.cli.main import main as cli
 
     bags = demo_dataset / "bags"
     model = tmp_path_factory.mktemp("tiny") / "vae_image"
     assert cli(["train", "vae", "--kind", "image", "--data", str(bags / "train"), "--out", str(model), "--size", "32",
                 "--latent", "6", "--widths", "8,16,16", "--hidden", "32", "--epochs", "2", "--min-steps", "0", "--batch", "32",
-                "--select-k", "3", "--threads", "2", "--score", "kl_texture_photometric"]) == 0
+                "--select-k", "3", "--threads", "2", "--score", "kl_texture_photometric_structure"]) == 0
     assert cli(["calibrate", "--model", str(model), "--data", str(bags / "calibration")]) == 0
     return model
 

@@ -209,7 +209,7 @@ def test_compress_command_writes_guarded_variants_that_load(demo_dataset, tiny_i
         card = json.loads((folder / "config.json").read_text())
         assert card["calibration"]["scored_by"] == name and "guard" in json.dumps(card)
         # scored as its folder scores: a texture head re-fitted on the variant's posteriors, its own part scales
-        assert card["score"] == "kl_texture_photometric" and card["texture"]["weights"] != parent["texture"]["weights"]
+        assert card["score"] == "kl_texture_photometric_structure" and card["texture"]["weights"] != parent["texture"]["weights"]
         assert card["photometric"]["parts"]["maxima"] != parent["photometric"]["parts"]["maxima"]
         try:
             trunk, tail, vcard = load_detector_backend(folder, "onnxruntime", "cpu", "", force=True)

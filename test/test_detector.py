@@ -213,8 +213,9 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
         assert card.score == "posterior_deviation" and not card.texture  # the shipped flow model's score
     else:
         assert card.flow_scale == 1.0
-        assert card.score == "kl_texture_photometric" and len(card.texture["weights"]) == 2 * 6 + 1  # default for images
-        assert card.photometric["parts"]["tolerances"] == [1.0, 1.0]  # training maxima until calibrate measures them
+        assert card.score == "kl_texture_photometric_structure" and len(card.texture["weights"]) == 2 * 6 + 1  # default
+        assert card.photometric["parts"]["tolerances"] == [1.0] * 3  # training maxima until calibrate measures them
+        assert card.photometric["structure"]["features"] == ["edge_coherence", "laplacian_gradient_ratio"]
     with pytest.raises(ValueError, match="training data"):
         cli("calibrate", "--model", str(out), "--data", str(train))
     assert cli("calibrate", "--model", str(out), "--data", str(cal)) == 0

@@ -53,13 +53,14 @@ def test_evaluate_command_on_the_demo_bags(demo_dataset, tiny_image_model, tmp_p
     out = tmp_path / "report"
     assert cli(["evaluate", "--data", str(bags / "test"), "--models", str(model), "--out", str(out)]) == 0
     result = json.loads((out / "evaluation.json").read_text())[0]
-    assert json.loads((model / "config.json").read_text())["score"] == "kl_texture_photometric"
+    assert json.loads((model / "config.json").read_text())["score"] == "kl_texture_photometric_structure"
     assert set(result["frame_metrics"]) >= {"category:global", "category:motion", "category:object", "kind:night"}
     assert all(0.0 <= m["auroc"] <= 1.0 for m in result["frame_metrics"].values())
     assert set(result["alarms"]) == {"martingale", "cusum"}
     text = (out / "report.md").read_text()
     assert "| category:global |" in text and "curves_vae_image.png" in text
-    assert "score kl_texture_photometric (kl_texture tolerance" in text  # each part's calibrated margin
+    assert "score kl_texture_photometric_structure (kl_texture tolerance" in text  # each part's calibrated margin
+    assert ", structure tolerance" in text
     assert (out / "curves_vae_image.png").stat().st_size > 10_000 and (out / "timeline_vae_image.png").exists()
     assert cli(["evaluate", "--data", str(tmp_path / "nope"), "--models", str(model), "--out", str(out)]) == 2
 

@@ -17,6 +17,7 @@ from ood_monitor.core.alarm_calibration import (
 from ood_monitor.core.conformal import p_values
 from ood_monitor.core.nonconformity import Nonconformity
 from ood_monitor.core.photometric import FEATURES, PhotometricStats, photometric_features
+from ood_monitor.core.structure import StructureStats, structure_features
 
 S = 64
 
@@ -46,6 +47,21 @@ def test_statistics_move_the_way_the_shifts_do() -> None:
     assert feature(fogged, "luma_std") < 0.6 * feature(frame, "luma_std")
     with pytest.raises(ValueError, match="uint8 RGB"):
         photometric_features(np.zeros((2, S, S, 3), np.float32))
+
+
+def test_edge_coherence_falls_under_an_elastic_warp() -> None:
+    """A random smooth displacement of about a pixel (what imagecorruptions' elastic transform does) makes
+    straight edges wavy: light and colour barely move, the structure tensor sees it."""
+    yy, xx = np.mgrid[:S, :S].astype(np.float32)
+    stripes = np.clip(np.stack([128 + 80 * np.sign(np.sin((xx + 0.3 * yy) / 4.0))] * 3, -1), 0, 255).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    dx, dy = (cv2.GaussianBlur(rng.uniform(-1, 1, (S, S)).astype(np.float32), (0, 0), 1.0) * 6 for _ in range(2))
+    warped = cv2.remap(stripes, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    (edge, _), (wavy, _) = structure_features(np.stack([stripes, warped]))
+    assert edge > 0.85 and wavy < edge - 0.15
+    assert abs(feature(warped[None], "mean_g") - feature(stripes[None], "mean_g")) < 0.02
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        structure_features(np.zeros((2, S, S, 3), np.float32))
 
 
 def test_statistics_flag_shifted_frames_and_survive_the_card() -> None:
@@ -95,8 +111,21 @@ def test_fused_score_is_the_larger_part_on_its_own_scale() -> None:
     # MC dropout: one frame's features broadcast over several posterior samples
     one = fused(mu[:7], logvar[:7], fused.frame_features(test[:1]))
     assert one.shape == (7,) and np.all(one >= p[0] / 10.0 - 1e-12)
-    with pytest.raises(ValueError, match="two positive part scales"):
+    with pytest.raises(ValueError, match="2 positive part scales"):
         Nonconformity("kl_texture_photometric", dims, center, scale, **kw)
+    # the third part: local structure, on its own scale beside the other two
+    structure = StructureStats.fit_frames(frames)
+    three = Nonconformity("kl_texture_photometric_structure", dims, center, scale, **kw, structure=structure,
+                          part_scales=(4.0, 10.0, 2.0))
+    s = structure.distance(structure.features(test))
+    np.testing.assert_allclose(three(mu[:5], logvar[:5], three.frame_features(test)),
+                               np.max([m / 4.0, p / 10.0, s / 2.0], axis=0))
+    assert three(mu[:7], logvar[:7], three.frame_features(test[:1])).shape == (7,)
+    with pytest.raises(ValueError, match="structure statistics"):
+        Nonconformity("kl_texture_photometric_structure", dims, center, scale, **kw, part_scales=(4.0, 10.0, 2.0))
+    with pytest.raises(ValueError, match="3 positive part scales"):
+        Nonconformity("kl_texture_photometric_structure", dims, center, scale, **kw, structure=structure,
+                      part_scales=(4.0, 10.0))
 
 
 def test_each_part_keeps_its_own_tolerance() -> None:
@@ -123,8 +152,10 @@ def test_each_part_keeps_its_own_tolerance() -> None:
     assert beyond(0, 1.1) and not beyond(0, 0.9)  # the drifting part only past its wide one
     fixed = fuse_parts(np.column_stack([drifting, steady]), blocks, AlarmTarget(score_tolerance=2.0))
     assert fixed.tolerances == (2.0, 2.0)
-    with pytest.raises(AlarmCalibrationError, match=r"\(N, 2\)"):
+    with pytest.raises(AlarmCalibrationError, match=r"\(N, parts >= 2\)"):
         fuse_parts(drifting, blocks, target)
+    three = fuse_parts(np.column_stack([drifting, steady, 2 * steady]), blocks, target)
+    assert len(three.scales) == 3 and three.maxima[2] == pytest.approx(2 * steady.max())
 
 
 def test_held_out_blocks_get_part_scales_fitted_without_them() -> None:

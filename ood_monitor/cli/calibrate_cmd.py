@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     card.alarm = alarms.to_dict(target)
     write_card(args.model, card)
     if fusion is not None:
-        print(f"{method}: parts {' and '.join(parts)} on their own scales: tolerances "
-              f"{fusion.tolerances[0]:.2f} and {fusion.tolerances[1]:.2f} times their largest calibration scores "
-              f"({fusion.maxima[0]:.2f}, {fusion.maxima[1]:.2f})")
+        print(f"{method}: parts {', '.join(parts)} on their own scales: tolerances "
+              f"{', '.join(f'{k:.2f}' for k in fusion.tolerances)} times their largest calibration scores "
+              f"({', '.join(f'{m:.2f}' for m in fusion.maxima)})")
     print_summary(args.model, card, order, alarms, target)
     if fleet.failed:  # the rest is calibrated; the exit status says the calibration lacks those inputs
         print(fleet.failure_note("calibrate"), file=sys.stderr)

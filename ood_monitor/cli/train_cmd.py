@@ -10,9 +10,9 @@ import sys
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
-          "kl_texture_photometric")  # core/nonconformity.SCORES (kept import-free here)
-# image: chosen on the real tuning recordings (docs/real_footage.md#photometric-part), equal on the demo world
-DEFAULT_SCORES = {"image": "kl_texture_photometric", "flow": "posterior_deviation"}
+          "kl_texture_photometric", "structure", "kl_texture_photometric_structure")  # core/nonconformity.SCORES
+# image: chosen on the real tuning recordings (docs/real_footage.md#structure-part), equal on the demo world
+DEFAULT_SCORES = {"image": "kl_texture_photometric_structure", "flow": "posterior_deviation"}
 
 
 def default_widths(size: int) -> tuple[int, ...]:
@@ -62,9 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nonconformity (docs/methods.md#vae-detectors): kl (latent KL of arXiv 2409.00880, "
                         "one-sided), a two-sided deviation from the "
                         "training posteriors (kl_deviation, posterior_deviation) or, for images, kl_deviation "
-                        "plus the fine-texture term (kl_texture), the larger of that and the photometric "
-                        "statistics, each on its own calibrated scale (kl_texture_photometric), the statistics "
-                        "alone (photometric); for flow posterior_deviation plus the camera-motion term "
+                        "plus the fine-texture term (kl_texture), the largest of that, the photometric "
+                        "statistics and the local-structure statistics, each on its own calibrated scale "
+                        "(kl_texture_photometric_structure; kl_texture_photometric without the last), either "
+                        "statistics alone (photometric, structure); for flow posterior_deviation plus the camera-motion term "
                         "(posterior_motion); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
@@ -78,15 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_spool_option(v)
     add_label_options(v, training=True)
     v.set_defaults(func=run)
-    ph = models.add_parser("photometric", help="add the photometric statistics of its training frames to an image "
-                                               "model trained before `train vae` wrote them",
+    ph = models.add_parser("photometric", help="add the photometric and structure statistics of its training frames "
+                                               "to an image model trained before `train vae` wrote them",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ph.add_argument("--model", required=True, help="image model directory, e.g. models/vae_image")
     ph.add_argument("--data", nargs="+", required=True, metavar="PATH",
                     help="the model's training data (checked against the data hash in its config.json)")
     ph.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
     ph.add_argument("--score", choices=SCORES, default=None,
-                    help="switch the model's score too, e.g. to kl_texture_photometric (then run calibrate)")
+                    help="switch the model's score too, e.g. to kl_texture_photometric_structure (then run "
+                         "calibrate)")
     add_spool_option(ph)
     ph.set_defaults(func=run_photometric)
 
@@ -155,12 +157,12 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {describe(data)}: need at least 8")
     score = args.score or DEFAULT_SCORES[args.kind]
-    textured = ("kl_texture", "kl_texture_photometric")
+    textured = ("kl_texture", "kl_texture_photometric", "kl_texture_photometric_structure")
     if args.score is None and score in textured and len(frames) < min_frames(cfg.latent):
         score = "kl_deviation"
         print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
               f"(needs {min_frames(cfg.latent)})", flush=True)
-    if args.score is None and score == "kl_texture_photometric" and len(frames) < PhotometricStats.min_frames():
+    if args.score is None and score.startswith("kl_texture_") and len(frames) < PhotometricStats.min_frames():
         score = "kl_texture"
         print(f"score kl_texture: {len(frames)} frames are too few for the photometric statistics "
               f"(needs {PhotometricStats.min_frames()})", flush=True)
@@ -170,8 +172,8 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     if score in textured and (args.kind != "image" or len(frames) < min_frames(cfg.latent)):
         raise ValueError(f"score {score} needs an image model and at least {min_frames(cfg.latent)} "
                          f"frames (got {args.kind}, {len(frames)} frames): pick another --score")
-    if score == "photometric" and args.kind != "image":
-        raise ValueError("score photometric needs an image model: pick another --score")
+    if score in ("photometric", "structure") and args.kind != "image":
+        raise ValueError(f"score {score} needs an image model: pick another --score")
     tcfg = TrainConfig(**schedule_for(len(frames), args), batch=args.batch, lr=args.lr, val_split=args.val_split,
                        seed=args.seed, time_limit_s=args.time_limit, augment=AugmentConfig(enabled=args.augment))
     flow_scale = 1.0
@@ -245,21 +247,24 @@ def run_photometric(args: argparse.Namespace) -> int:
     card.photometric["command"] = " ".join(["ood-monitor", *sys.argv[1:]])
     card.nonconformity  # noqa: B018 -- ValueError now if the score lacks what it needs (too few frames)
     write_card(path, card)
-    print(f"wrote the photometric statistics of {len(frames)} training frames to {path}/config.json (score "
+    print(f"wrote the photometric and structure statistics of {len(frames)} training frames to {path}/config.json (score "
           f"{card.score}); next: ood-monitor calibrate --model {args.model} --data <nominal recordings>")
     return 0
 
 
 def photometric_section(encoder, card, frames) -> dict:
     """The card's photometric statistics of the training frames (core/photometric.py; empty when there are
-    too few frames to fit them) and, for a fused score, its parts' scales until `calibrate` measures them:
-    each part's largest score on the training frames (one encoder pass serves both parts)."""
+    too few frames to fit them) with their local-structure statistics (core/structure.py) and, for a fused
+    score, its parts' scales until `calibrate` measures them: each part's largest score on the training
+    frames (one encoder pass serves every part)."""
     from ood_monitor.core.nonconformity import FUSED, encode
     from ood_monitor.core.photometric import PhotometricStats
+    from ood_monitor.core.structure import StructureStats
 
     if len(frames) < PhotometricStats.min_frames():
         return {}
     section = PhotometricStats.fit_frames(frames.raw).to_dict()
+    section["structure"] = StructureStats.fit_frames(frames.raw).to_dict()
     parts = FUSED.get(card.score)
     if parts:
         mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames))
@@ -270,7 +275,7 @@ def photometric_section(encoder, card, frames) -> dict:
             probe.score = part
             score = probe.nonconformity
             maxima.append(max(float(score(mu, logvar, score.frame_features(frames.raw)).max()), 1e-12))
-        section["parts"] = {"scales": maxima, "tolerances": [1.0, 1.0], "maxima": maxima}
+        section["parts"] = {"scales": maxima, "tolerances": [1.0] * len(parts), "maxima": maxima}
     return section
 
 

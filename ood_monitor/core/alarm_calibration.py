@@ -275,18 +275,18 @@ def alarm_blocks(n: int, sequence: np.ndarray | None, target: AlarmTarget) -> tu
 
 @dataclass(frozen=True)
 class PartFusion:
-    """How the two parts of a fused score (core/nonconformity.FUSED) are put on one scale: each part is
-    divided by its tolerance times its largest nominal score (`scales`), and the fused score, the larger
-    of the two, is compared with its calibration under the smaller tolerance (`tolerance`). A frame then
+    """How the parts of a fused score (core/nonconformity.FUSED) are put on one scale: each part is
+    divided by its tolerance times its largest nominal score (`scales`), and the fused score, the largest
+    of them, is compared with its calibration under the smaller tolerance (`tolerance`). A frame then
     passes the calibration's range exactly when one of its parts passes its own tolerance times its own
     largest nominal score, so a part that drifts little keeps its narrow margin beside one that drifts
     much (docs/methods.md#photometric-part)."""
 
-    tolerances: tuple[float, float]
-    maxima: tuple[float, float]
+    tolerances: tuple[float, ...]
+    maxima: tuple[float, ...]
 
     @property
-    def scales(self) -> tuple[float, float]:
+    def scales(self) -> tuple[float, ...]:
         return tuple(k * m for k, m in zip(self.tolerances, self.maxima, strict=True))
 
     @property
@@ -304,12 +304,12 @@ class PartFusion:
 
 def fuse_parts(parts: np.ndarray, blocks: np.ndarray, target: AlarmTarget) -> PartFusion:
     """Each part's tolerance (the target's, or measured between the `blocks` as for a single score) and
-    largest score on the nominal (N, 2) `parts`."""
+    largest score on the nominal (N, parts) `parts`."""
     parts = np.asarray(parts, np.float64)
-    if parts.ndim != 2 or parts.shape[1] != 2 or not np.all(np.isfinite(parts)) or parts.min() < 0:
-        raise AlarmCalibrationError("fused scores need an (N, 2) array of finite non-negative part scores")
-    maxima = tuple(max(float(parts[:, j].max()), 1e-12) for j in range(2))
-    tolerances = tuple(target.score_tolerance or block_tolerance(parts[:, j], blocks) for j in range(2))
+    if parts.ndim != 2 or parts.shape[1] < 2 or not np.all(np.isfinite(parts)) or parts.min() < 0:
+        raise AlarmCalibrationError("fused scores need an (N, parts >= 2) array of finite non-negative part scores")
+    maxima = tuple(max(float(parts[:, j].max()), 1e-12) for j in range(parts.shape[1]))
+    tolerances = tuple(target.score_tolerance or block_tolerance(parts[:, j], blocks) for j in range(parts.shape[1]))
     return PartFusion(tolerances, maxima)
 
 
@@ -326,7 +326,7 @@ def fused_folds(parts: np.ndarray, blocks: np.ndarray, target: AlarmTarget) -> d
 
 def calibrate_fused(parts: np.ndarray, sequence: np.ndarray | None, target: AlarmTarget
                     ) -> tuple[PartFusion, np.ndarray, AlarmTarget, AlarmCalibration]:
-    """A fused score's part scales on the nominal (N, 2) `parts`, the fused nominal scores, the target
+    """A fused score's part scales on the nominal (N, parts) `parts`, the fused nominal scores, the target
     their alarms are calibrated for (the smaller part tolerance, fixed) and the alarm calibration, whose
     held-out blocks each get part scales fitted without them."""
     parts = np.asarray(parts, np.float64)

@@ -29,6 +29,11 @@ Both are as cheap as the KL (a few dozen flops per frame) and need the encoder a
                         (docs/methods.md#photometric-part). The texture term drifts with ordinary footage
                         and needs a wide tolerance; the photometric statistics drift less, and on their
                         own scale they pass fog, brightness and blur that the wide tolerance hid.
+* `structure`           the local-structure statistics of core/structure.py alone (edge coherence,
+                        Laplacian / gradient ratio; image models): the third part below.
+* `kl_texture_photometric_structure`  the largest of `kl_texture`, `photometric` and `structure`, each on
+                        its own scale as above: the structure part sees an elastic warp, pixelation and
+                        JPEG blocks that leave texture, light and colour alone.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from torch import nn
 
 from ood_monitor.core.motion import MotionStats
 from ood_monitor.core.photometric import PhotometricStats
+from ood_monitor.core.structure import StructureStats
 from ood_monitor.core.texture import TextureHead, texture_features
 
 
@@ -78,16 +84,18 @@ def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -
 
 
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
-          "kl_texture_photometric")
+          "kl_texture_photometric", "structure", "kl_texture_photometric_structure")
 FRAME_TERMS = {"kl_texture": "texture", "posterior_motion": "motion"}  # score -> the frame term it adds
-FUSED = {"kl_texture_photometric": ("kl_texture", "photometric")}  # fused score -> its two parts
+FUSED = {"kl_texture_photometric": ("kl_texture", "photometric"),  # fused score -> its parts
+         "kl_texture_photometric_structure": ("kl_texture", "photometric", "structure")}
+STATISTICS_ONLY = ("photometric", "structure")  # scores of frame statistics alone, no latent
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def score_features(mu: np.ndarray, logvar: np.ndarray, dims: Sequence[int], method: str) -> np.ndarray:
     """What a two-sided score compares with training statistics: (N, D) x2 -> (N, F)."""
     idx = np.asarray(dims, dtype=np.int64)
-    if method in ("kl_deviation", "kl_texture", "kl_texture_photometric"):
+    if method in ("kl_deviation", "kl_texture", *FUSED):
         return latent_kl(mu, logvar)[:, idx]
     if method in ("posterior_deviation", "posterior_motion"):
         return np.concatenate([np.asarray(mu, np.float64)[:, idx], np.asarray(logvar, np.float64)[:, idx]], 1)
@@ -121,33 +129,38 @@ class Nonconformity:
     motion: MotionStats | None = None
     photometric: PhotometricStats | None = None
     part_scales: tuple[float, ...] = ()
+    structure: StructureStats | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.method!r}")
         if not self.dims:
             raise ValueError("a score needs at least one latent dim")
-        if self.method not in ("kl", "photometric"):
+        if self.method not in ("kl", *STATISTICS_ONLY):
             width = len(self.dims) * (2 if self.method in ("posterior_deviation", "posterior_motion") else 1)
             if len(self.center) != width or len(self.scale) != width or min(self.scale) <= 0:
                 raise ValueError(f"{self.method} needs {width} centers and positive scales")
-        if self.method in ("kl_texture", "kl_texture_photometric") and self.texture is None:
+        if self.method in ("kl_texture", *FUSED) and self.texture is None:
             raise ValueError(f"{self.method} needs the texture head fitted at training (`ood-monitor train vae` "
                              f"writes it for image models)")
         if self.method == "posterior_motion" and self.motion is None:
             raise ValueError("posterior_motion needs the motion statistics fitted at training (`ood-monitor train "
                              "vae` writes them for flow models)")
-        if self.method in ("photometric", "kl_texture_photometric") and self.photometric is None:
+        if self.method in ("photometric", *FUSED) and self.photometric is None:
             raise ValueError(f"{self.method} needs the photometric statistics fitted at training (`ood-monitor "
                              f"train vae` writes them for image models)")
-        if self.method in FUSED and (len(self.part_scales) != 2 or not min(self.part_scales) > 0):
-            raise ValueError(f"{self.method} needs two positive part scales (`ood-monitor calibrate` measures them)")
+        if "structure" in (self.method, *FUSED.get(self.method, ())) and self.structure is None:
+            raise ValueError(f"{self.method} needs the structure statistics fitted at training (`ood-monitor "
+                             f"train photometric` adds them to an image model)")
+        parts = len(FUSED.get(self.method, ()))
+        if parts and (len(self.part_scales) != parts or not min(self.part_scales) > 0):
+            raise ValueError(f"{self.method} needs {parts} positive part scales (`ood-monitor calibrate` measures them)")
 
     @classmethod
     def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
                    min_std: float = 1e-3, texture: TextureHead | None = None,
                    motion: MotionStats | None = None, photometric: PhotometricStats | None = None,
-                   part_scales: Sequence[float] = ()) -> Nonconformity:
+                   part_scales: Sequence[float] = (), structure: StructureStats | None = None) -> Nonconformity:
         """Build from per-dimension training statistics (`latent_stats`); plain KL and the photometric
         statistics alone need none."""
         dims = tuple(int(d) for d in dims)
@@ -155,6 +168,8 @@ class Nonconformity:
             return cls(method, dims)
         if method == "photometric":
             return cls(method, dims, photometric=photometric)
+        if method == "structure":
+            return cls(method, dims, structure=structure)
         if not stats:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
         names = ("mu", "logvar") if method in ("posterior_deviation", "posterior_motion") else ("kl",)
@@ -163,12 +178,13 @@ class Nonconformity:
         # a dimension that barely varies on training data would turn any change into a huge z: its
         # scale is floored at a fraction of the typical selected dimension's
         scale = [float(v) for v in np.maximum(raw, max(min_std, 0.05 * float(np.median(raw))))]
-        textured = method in ("kl_texture", "kl_texture_photometric")
+        textured = method in ("kl_texture", *FUSED)
         return cls(method, dims, tuple(center), tuple(scale),
                    texture if textured and isinstance(texture, TextureHead) else None,
                    motion if method == "posterior_motion" and isinstance(motion, MotionStats) else None,
                    photometric if method in FUSED else None,
-                   tuple(float(v) for v in part_scales) if method in FUSED else ())
+                   tuple(float(v) for v in part_scales) if method in FUSED else (),
+                   structure if "structure" in FUSED.get(method, ()) else None)
 
     def frame_features(self, frames: np.ndarray) -> np.ndarray | None:
         """What the score's frame terms read of the raw frames: texture cells of (N, H, W, 3) uint8 images
@@ -179,6 +195,8 @@ class Nonconformity:
             parts.append(texture_features(frames, self.texture.cfg))
         if self.photometric is not None:
             parts.append(self.photometric.features(frames))
+        if self.structure is not None:
+            parts.append(self.structure.features(frames))
         if self.motion is not None:
             parts.append(self.motion.features(frames))
         return np.concatenate(parts, axis=1) if parts else None
@@ -188,11 +206,13 @@ class Nonconformity:
         `frame_features` (one row is broadcast over N posteriors of one frame)."""
         if self.method == "kl":
             return kl_score(mu, logvar, self.dims)
-        needs_frames = self.texture is not None or self.motion is not None or self.photometric is not None
+        needs_frames = any(t is not None for t in (self.texture, self.motion, self.photometric, self.structure))
         if needs_frames and features is None:
             raise ValueError(f"{self.method} scores need the frames' features (Nonconformity.frame_features)")
         if self.method == "photometric":
             return np.asarray(self.photometric(mu, logvar, features), np.float64)
+        if self.method == "structure":
+            return np.asarray(self.structure(mu, logvar, features), np.float64)
         z = (score_features(mu, logvar, self.dims, self.method) - np.asarray(self.center)) / np.asarray(self.scale)
         score = (z * z).sum(axis=1)
         features = None if features is None else np.atleast_2d(features)
@@ -202,9 +222,11 @@ class Nonconformity:
             features = features[:, cells:]
         if self.motion is not None:
             score = score + self.motion(mu, logvar, features)
-        if self.photometric is not None:
-            photo = self.photometric(mu, logvar, features)
-            score = np.maximum(score / self.part_scales[0], photo / self.part_scales[1])
+        if self.photometric is not None:  # a fused score: every part on its own scale, the largest counts
+            parts = [score, self.photometric(mu, logvar, features[:, :len(self.photometric.FEATURES)])]
+            if self.structure is not None:
+                parts.append(self.structure(mu, logvar, features[:, len(self.photometric.FEATURES):]))
+            score = np.max([p / s for p, s in zip(parts, self.part_scales, strict=True)], axis=0)
         return score
 
 

@@ -62,7 +62,7 @@ PARAMETERS = {
     "score_tolerance": (0.0, "scores are compared with the calibration as score / score_tolerance (>= 1): nominal "
                              "stretches scoring up to that many times the calibration's are not strange yet; 0: "
                              "the model's calibrated setting (`ood-monitor calibrate --score-tolerance`; for "
-                             "kl_texture_photometric the smaller part's, the parts keep their own ratio)"),
+                             "a fused score the smallest part's, the parts keep their own ratio)"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
     **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }

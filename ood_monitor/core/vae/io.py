@@ -21,6 +21,7 @@ from torch import nn
 from ood_monitor.core.motion import MotionStats
 from ood_monitor.core.nonconformity import FUSED, Nonconformity
 from ood_monitor.core.photometric import PhotometricStats
+from ood_monitor.core.structure import StructureStats
 from ood_monitor.core.texture import TextureHead
 
 from . import ARCHITECTURES, build_encoder, build_model
@@ -66,8 +67,9 @@ class ModelCard:
     latent_stats: dict = field(default_factory=dict)
     texture: dict = field(default_factory=dict)
     motion: dict = field(default_factory=dict)  # motion statistics of flow models (core/motion.py)
-    # photometric statistics of image models (core/photometric.py) and, under "parts", the part scales of
-    # the fused score that `calibrate` measured
+    # photometric statistics of image models (core/photometric.py), under "structure" their local-structure
+    # statistics (core/structure.py), and under "parts" the part scales of the fused score that `calibrate`
+    # measured
     photometric: dict = field(default_factory=dict)
     alarm: dict = field(default_factory=dict)  # alarm settings chosen by `calibrate` (core/alarm_calibration.py)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
@@ -82,9 +84,11 @@ class ModelCard:
         head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
         motion = MotionStats.from_dict(self.motion) if self.motion else None
         photometric = PhotometricStats.from_dict(self.photometric) if self.photometric else None
+        structure = self.photometric.get("structure")
         scales = (self.photometric.get("parts") or {}).get("scales", ())
         return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head, motion=motion,
-                                        photometric=photometric, part_scales=scales)
+                                        photometric=photometric, part_scales=scales,
+                                        structure=StructureStats.from_dict(structure) if structure else None)
 
     @property
     def score_description(self) -> str:
