@@ -14,6 +14,16 @@ from typing import ClassVar
 import numpy as np
 
 
+def rgb_frame_rows(frames: np.ndarray, statistics: Callable[[np.ndarray], np.ndarray], width: int,
+                   name: str) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB frames -> (N, width) rows of `statistics(frame)`; anything else is refused
+    with what it was (the image detector's parts read the model input, never floats or grey frames)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{name} statistics need (N, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+    return np.stack([statistics(f) for f in frames]) if len(frames) else np.zeros((0, width))
+
+
 @dataclass(frozen=True)
 class FeatureGaussian:
     """Training mean and shrunk precision of the statistics `FEATURES` that a subclass's `EXTRACT` computes

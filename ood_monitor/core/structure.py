@@ -22,7 +22,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from ood_monitor.core.feature_gaussian import FeatureGaussian
+from ood_monitor.core.feature_gaussian import FeatureGaussian, rgb_frame_rows
 from ood_monitor.core.texture import LUMA
 
 FEATURES = ("edge_coherence", "laplacian_gradient_ratio")
@@ -45,10 +45,7 @@ def frame_structure(rgb: np.ndarray) -> np.ndarray:
 
 def structure_features(frames: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB frames -> (N, len(FEATURES))."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"structure statistics need (N, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
-    return np.stack([frame_structure(f) for f in frames]) if len(frames) else np.zeros((0, len(FEATURES)))
+    return rgb_frame_rows(frames, frame_structure, len(FEATURES), "structure")
 
 
 @dataclass(frozen=True)
