@@ -36,8 +36,8 @@ def frame_structure(rgb: np.ndarray) -> np.ndarray:
     jxx, jyy, jxy = (cv2.GaussianBlur(a, (0, 0), SIGMA) for a in (gx * gx, gy * gy, gx * gy))
     trace = jxx + jyy
     coherence = cv2.sqrt((jxx - jyy) ** 2 + 4.0 * jxy * jxy) / (trace + 1e-3)
-    flat = trace.ravel()
-    strong = trace > np.partition(flat, int(0.75 * (flat.size - 1)))[int(0.75 * (flat.size - 1))]
+    k = int(0.75 * (trace.size - 1))  # the strongest quarter: above the 75th percentile of the tensor's trace
+    strong = trace > np.partition(trace.ravel(), k)[k]
     edge = float(coherence[strong].mean()) if strong.any() else 0.0
     ratio = cv2.mean(np.abs(cv2.Laplacian(g, cv2.CV_32F)))[0] / (cv2.mean(cv2.sqrt(trace))[0] + 1e-3)
     return np.array([edge, ratio], np.float64)
