@@ -39,6 +39,7 @@ FEATURE_SETS = {
     "warp residual": column("resid_mean", "resid_p90", "resid_ratio"),
     "flow change": column("dflow_mean", "dflow_p90", "dflow_rel"),
     "motion + warp residual": column(*FEATURES, "resid_mean", "resid_p90", "resid_ratio"),
+    "motion + flow change": column(*FEATURES, "dflow_mean", "dflow_p90", "dflow_rel"),
     "all": column(*FEATURES, *EXTRA),
 }
 

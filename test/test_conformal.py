@@ -94,6 +94,30 @@ def test_capped_cusum_clears_soon_after_a_long_episode() -> None:
     assert not out["is_ood"][255:].any()  # and the alarm ends within a few nominal frames
 
 
+@pytest.mark.parametrize("test", ["martingale", "cusum"])
+def test_alarm_needs_the_newest_frames_own_evidence(test: str) -> None:
+    """Two frames at the floor, then a middling nominal frame (p ~ 0.04): the window still holds enough
+    to cross, but with the gate the alarm ends on that frame; without it (1: off) the alarm lingers."""
+    cal = calibration(199)
+    scores = np.r_[np.zeros(5), np.full(3, 10.0), [float(np.quantile(cal, 0.96))], np.zeros(5)]
+    kw = dict(test=test, window=2, martingale_threshold=2.5, cusum_delta=2.0, cusum_threshold=6.0)
+    gated = monitor_sequence(cal, scores, AlarmConfig(**kw))
+    ungated = monitor_sequence(cal, scores, AlarmConfig(**kw, frame_p_max=1.0))
+    assert 0.01 < gated["p_value"][8] < 0.1
+    assert ungated["is_ood"][8] and not gated["is_ood"][8]
+    assert gated["is_ood"][6:8].all() and (gated["is_ood"] <= ungated["is_ood"]).all()  # it only removes alarms
+
+
+def test_frame_gate_never_makes_an_alarm_unreachable() -> None:
+    """Without a tail no p-value falls below 1/(n+1) = 0.01 here: that becomes the gate."""
+    cal = calibration(99)
+    mon = ConformalMonitor(cal, AlarmConfig(window=2, martingale_threshold=2.0, p_floor=0.001, frame_p_max=0.005))
+    assert mon.frame_p_gate == pytest.approx(0.01)
+    assert [mon.update(10.0).is_ood for _ in range(2)] == [False, True]
+    with pytest.raises(ValueError, match="frame_p_max"):
+        AlarmConfig(frame_p_max=0.0)
+
+
 def test_pvalue_test_alarms_per_frame() -> None:
     cal = calibration()
     out = monitor_sequence(cal, np.array([0.0, 5.0, 0.0]), AlarmConfig(test="pvalue", pvalue_threshold=0.01))

@@ -8,7 +8,7 @@ import pytest
 
 from ood_monitor.cli.main import main as cli
 from ood_monitor.core.conformal import AlarmConfig
-from ood_monitor.core.detector_evaluation import Labels, alarm_table, frame_table
+from ood_monitor.core.detector_evaluation import Labels, alarm_table, flow_input_labels, frame_table
 
 
 def sequence_labels() -> tuple[np.ndarray, Labels]:
@@ -41,9 +41,36 @@ def test_alarm_table_delay_and_missed_episode():
     assert swerve["missed_episodes"] == 1
     alarms = traces["cusum"]["is_ood"]
     assert alarms[:100].sum() <= 2  # nominal stream before the episode: quiet
-    # after the episode the statistic decays for a while: those frames count as false alarms
-    assert results["cusum"]["all"]["false_alarm_frames"] == alarms[~labels.is_ood].sum() > 0
+    # after the episode the statistic decays for a while, but the newest frames are nominal: no alarm
+    assert results["cusum"]["all"]["false_alarm_frames"] == alarms[~labels.is_ood].sum() == 0
     assert traces["cusum"]["is_ood"].shape == scores.shape
+    # without the newest-frame gate the decaying statistic alarms on them, and they count as false alarms
+    ungated = AlarmConfig(test="cusum", cusum_threshold=10, frame_p_max=1.0)
+    results, traces = alarm_table(calibration, scores, labels, {"cusum": ungated})
+    alarms = traces["cusum"]["is_ood"]
+    assert results["cusum"]["all"]["false_alarm_frames"] == alarms[~labels.is_ood].sum() > 0
+    assert results["cusum"]["category:global"]["median_delay"] == fog["median_delay"]
+
+
+def test_flow_input_labels_leave_out_the_frame_after_an_episode():
+    """The flow of the first clean frame after an episode pairs it with the episode's last frame: the
+    monitor runs over it, no metric counts it, and a restart in between keeps it counted."""
+    is_ood = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0], bool)
+    sequence = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1])
+    labels = flow_input_labels(Labels(is_ood, np.where(is_ood, "motion", "in_distribution"),
+                                      np.where(is_ood, "jerk", "nominal"), np.r_[0, 0, 1, 1, 0, 0, 2, 0, 0], sequence))
+    assert labels.counted.tolist() == [True, True, True, True, False, True, True, True, True]
+    scores = np.r_[0.0, 0.0, 50.0, 50.0, 50.0, 0.0, 50.0, 0.0, 0.0]  # the episode's flow lingers one frame
+    calibration = np.linspace(0.0, 1.0, 200)
+    cfg = AlarmConfig(test="pvalue", pvalue_threshold=0.01)
+    results, traces = alarm_table(calibration, scores, labels, {"pvalue": cfg})
+    assert traces["pvalue"]["is_ood"].tolist()[4]  # the node would alarm there ...
+    assert results["pvalue"]["all"]["false_alarm_frames"] == 0  # ... and it is not a false alarm
+    plain, _ = alarm_table(calibration, scores, Labels(*[getattr(labels, f) for f in
+                                                        ("is_ood", "category", "kind", "episode", "sequence")]),
+                           {"pvalue": cfg})
+    assert plain["pvalue"]["all"]["false_alarm_frames"] == 1
+    assert frame_table(scores, labels)["all"]["frames"] == 3
 
 
 @pytest.mark.slow

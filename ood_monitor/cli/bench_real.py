@@ -272,7 +272,7 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     from ood_monitor.core.alarm_calibration import reference_p
     from ood_monitor.core.conformal import log_mixture_martingale, p_values, tail_index_for
     from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.detector_evaluation import Labels, alarm_table
+    from ood_monitor.core.detector_evaluation import Labels, alarm_table, flow_input_labels
     from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import load_frames
     from ood_monitor.core.vae.io import load_encoder
@@ -283,10 +283,13 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     scores = score_frameset(encoder, card, frames)
     labels = Labels(frames.is_ood, frames.ood_kind, frames.ood_kind, frames.episode,
                     stream_sequences(test, frames.index))
+    if card.kind == "flow":
+        labels = flow_input_labels(labels)
     configs, _, _ = alarm_settings(card.kind, lambda: card.alarm_settings(model), params, tests)
     results, _ = alarm_table(calibration, scores, labels, configs)
     cfg = next(iter(configs.values()))
-    p = p_values(np.sort(calibration), scores[~frames.is_ood], floor=0.0, tolerance=cfg.score_tolerance)
+    clean = ~labels.is_ood & labels.counted_mask()
+    p = p_values(np.sort(calibration), scores[clean], floor=0.0, tolerance=cfg.score_tolerance)
     # what the window reaches at the conformal floor, or with the tail at a score twice the largest nominal one
     floor = reference_p(len(calibration), tail_index_for(np.sort(calibration), cfg), cfg.p_floor)
     return {"alarms": results, "coverage": float(np.mean(p < 0.05)),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 MASK_TOPIC = "/ood/gt/mask"  # data.labeled_frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
-                "pvalue_threshold", "p_floor", "tail", "tail_index", "score_tolerance")
+                "pvalue_threshold", "p_floor", "tail", "tail_index", "score_tolerance", "frame_p_max")
 NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default
 SHIPPED_PARAMS = "config/default.yaml"
 
@@ -86,7 +86,7 @@ def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> 
     the settings it leaves calibrated (0, "" or absent) the model's stored ones (`stored()`: the card's
     `alarm_settings`, ModelFileError when it has none). Returns ({test: AlarmConfig}, max_gap_s,
     {name: where it came from})."""
-    from ood_monitor.core.alarm_calibration import resolve_alarm
+    from ood_monitor.core.alarm_calibration import UNCALIBRATED, resolve_alarm
     from ood_monitor.core.conformal import AlarmConfig
 
     source = params if params is not None else shipped_params()
@@ -97,9 +97,9 @@ def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> 
     origin["max_gap_s"] = str(source) if "max_gap_s" in section else "node default"
     if max_gap_s <= 0:
         raise ValueError(f"max_gap_s must be positive, got {max_gap_s} (from {origin['max_gap_s']})")
-    if "pvalue_threshold" not in explicit:
-        explicit["pvalue_threshold"] = AlarmConfig.pvalue_threshold  # the node's default; not calibrated
-        origin["pvalue_threshold"] = "node default"
+    for name in UNCALIBRATED:  # not calibrated: the node's default
+        if name not in explicit:
+            explicit[name], origin[name] = getattr(AlarmConfig, name), "node default"
     try:
         configs = {t: resolve_alarm(t, explicit, stored) for t in tests}
     except (TypeError, ValueError) as exc:
@@ -171,13 +171,16 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     recording, in order)."""
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import ConformalMonitor
-    from ood_monitor.core.detector_evaluation import alarm_table, frame_table, group_masks, stream_labels
+    from ood_monitor.core.detector_evaluation import (alarm_table, flow_input_labels, frame_table, group_masks,
+                                                      stream_labels)
 
     name, card = scorer.name, scorer.card
     configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,
                                                  tests)
     labels = stream_labels(table.is_ood, table.category, table.kind, table.episode, table.stamp_ns, max_gap_s,
                            table.source)
+    if card.kind == "flow":
+        labels = flow_input_labels(labels)
     scores = table.score
     alarms, traces = alarm_table(scorer.calibration, scores, labels, configs)
     metrics = frame_table(scores, labels)
@@ -190,7 +193,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
                                         card.score, f"{name} on {title}").name)
     csv_path = write_scores_csv(out / f"scores_{name}.csv", table, labels, traces)
     return {"model": str(scorer.path), "kind": card.kind, "score": card.score_description, "frames": len(table),
-            "nominal_frames": int((~labels.is_ood).sum()), "ood_frames": int(labels.is_ood.sum()),
+            "nominal_frames": int((~labels.is_ood & labels.counted_mask()).sum()), "ood_frames": int(labels.is_ood.sum()),
             "sequences": int(labels.sequence.max() + 1) if len(table) else 0,
             "frame_metrics": metrics, "frame_metrics_note": frame_metrics_note(labels), "alarms": alarms,
             "alarm_settings": {t: vars(c) for t, c in configs.items()}, "max_gap_s": max_gap_s,
@@ -218,13 +221,14 @@ def per_source_results(table, labels, traces: dict, configs: dict) -> list[dict]
     rows = []
     for src in dict.fromkeys(table.source.tolist()):
         sel = table.source == src
+        counted = sel & labels.counted_mask()
         stamps = table.stamp_ns[sel]
         period = float(np.median(np.diff(stamps))) * 1e-9 if stamps.size > 1 else 0.0
         row = {"source": src, "frames": int(sel.sum()), "ood_frames": int(labels.is_ood[sel].sum()),
                "frame_period_s": period, "alarms": {}}
         for test, trace in traces.items():
             alarmed = trace["is_ood"][sel].astype(bool)
-            m = alarm_metrics(alarmed, labels.is_ood[sel], labels.episode[sel])
+            m = alarm_metrics(trace["is_ood"][counted].astype(bool), labels.is_ood[counted], labels.episode[counted])
             row["alarms"][test] = {"alarm_frames": int(alarmed.sum()), "alarm_s": float(alarmed.sum() * period),
                                    "alarm_fraction": float(alarmed.mean()) if alarmed.size else 0.0,
                                    "missed_episodes": m["missed_episodes"], "ood_episodes": m["ood_episodes"],

@@ -406,6 +406,7 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, tar
     settings = {**asdict(base), "window": window, "martingale_threshold": round_up(threshold),
                 "cusum_threshold": round_up(h)}
     settings.pop("test")
+    settings.pop("frame_p_max")  # a node parameter, not calibrated: the card never decides it
     fa = {"martingale": 1000.0 * float((trace["log_martingale"] > threshold).mean()),
           "cusum": 1000.0 * float((trace["cusum"] > h).mean())}
     return AlarmCalibration(settings, n, coverage, block_coverage, fa,
@@ -427,6 +428,7 @@ def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significan
 
 # settings added later: what a model stored without them runs
 OPTIONAL_ALARM = {"tail": "none", "tail_index": 0.0, "score_tolerance": 1.0}
+UNCALIBRATED = ("pvalue_threshold", "frame_p_max")  # fixed settings: a parameter or AlarmConfig's default
 CALIBRATED = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold", "p_floor",
               "tail", "tail_index", "score_tolerance")
 
@@ -435,7 +437,7 @@ def resolve_alarm(test: str, overrides: dict, stored: Callable[[], dict]) -> Ala
     """The alarm a detector runs: explicit settings in `overrides` win; the calibrated ones (0 or "" in
     `overrides`, or absent) come from `stored()` (a model card's `alarm_settings`), which is only asked
     for when something is left to take from it."""
-    explicit = {k: v for k, v in overrides.items() if k in CALIBRATED + ("pvalue_threshold",) and v not in ("", 0)}
+    explicit = {k: v for k, v in overrides.items() if k in CALIBRATED + UNCALIBRATED and v not in ("", 0)}
     unused = {"tail_index"} if explicit.get("tail") == "none" else set()  # no tail: its index is never read
     missing = [k for k in CALIBRATED if k not in explicit and k not in unused]
     base = {**OPTIONAL_ALARM, **stored()} if missing else {}

@@ -44,6 +44,15 @@ corruptions and objects of the real-footage benchmark scored 5-200x (docs/real_f
 calibrate` measures kappa on the nominal data itself: the most a contiguous block's top score exceeds
 the top score of every block before it (core/alarm_calibration.py, `block_tolerance`).
 
+The newest frame's own evidence (`frame_p_max`): a martingale or CUSUM alarm also needs the newest
+frame's p-value at or below `frame_p_max` (0.005: past the calibration's range, with the tail). Why: with a
+2-frame window, one frame at the floor holds about half the threshold, so after an episode ends the first
+clean frame with a middling p-value (0.04-0.3) still crossed: on the real-footage tuning recordings every
+false alarm left was such a frame right after an episode (docs/real_footage.md#alarm-needs-the-newest-frame).
+The gate only removes alarms, so the martingale's false-alarm bound still holds; where the monitor's
+smallest reachable p-value is above the gate (no tail: 1/(n+1); or `p_floor`), that p-value is the gate,
+so an alarm stays reachable.
+
 Everything is numpy, O(window) per update.
 """
 from __future__ import annotations
@@ -82,6 +91,7 @@ class AlarmConfig:
     tail: str = "none"
     tail_index: float = 0.0  # Pareto index of the tail; 0 with tail "pareto": Hill's estimate from the calibration
     score_tolerance: float = 1.0  # scores are compared with the calibration as score / score_tolerance (module doc)
+    frame_p_max: float = 0.005  # martingale / CUSUM alarms also need the newest p <= this (module doc; 1: off)
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -100,6 +110,8 @@ class AlarmConfig:
             raise ValueError(f"martingale window must be >= 1, got {self.window}")
         if not 0.0 < self.p_floor < 1.0 or not 0.0 < self.pvalue_threshold < 1.0:
             raise ValueError("p_floor and pvalue_threshold must be in (0, 1)")
+        if not 0.0 < self.frame_p_max <= 1.0:
+            raise ValueError(f"frame_p_max must be in (0, 1] (1: off), got {self.frame_p_max}")
         if self.cusum_delta <= 0 or self.cusum_threshold <= 0:
             raise ValueError("cusum_delta and cusum_threshold must be positive")
 
@@ -164,6 +176,14 @@ def score_threshold(cal_sorted: np.ndarray, alpha: float) -> float:
     return float(cal[cal.size - allowed - 1]) if allowed < cal.size else float("-inf")
 
 
+def frame_gate(n: int, tail_index: float, cfg: AlarmConfig) -> float:
+    """The p-value the newest frame must reach for a martingale / CUSUM alarm: `frame_p_max`, or the
+    smallest p-value the monitor can give when that is larger (no tail: 1/(n+1); the floor), so the gate
+    never makes an alarm unreachable."""
+    smallest = cfg.p_floor if tail_index > 0.0 else max(cfg.p_floor, 1.0 / (n + 1.0))
+    return max(cfg.frame_p_max, smallest)
+
+
 class ConformalMonitor:
     """Stateful p-value -> martingale / CUSUM -> alarm, one `update` per frame."""
 
@@ -175,6 +195,7 @@ class ConformalMonitor:
         self.cfg = cfg or AlarmConfig()
         self.tail_index = tail_index_for(cal, self.cfg)
         self.score_threshold = self.cfg.score_tolerance * score_threshold(cal, self.cfg.pvalue_threshold)
+        self.frame_p_gate = frame_gate(cal.size, self.tail_index, self.cfg)
         self._log_p: deque[float] = deque(maxlen=self.cfg.window)
         self._cusum = 0.0
 
@@ -200,9 +221,9 @@ class ConformalMonitor:
             log_m = log_power_martingale(total, n, cfg.epsilon)
         self._cusum = min(max(0.0, self._cusum - log_p - cfg.cusum_delta), cfg.cusum_threshold + cfg.cusum_delta)
         if cfg.test == "martingale":
-            alarm = log_m > cfg.martingale_threshold
+            alarm = log_m > cfg.martingale_threshold and p <= self.frame_p_gate
         elif cfg.test == "cusum":
-            alarm = self._cusum > cfg.cusum_threshold
+            alarm = self._cusum > cfg.cusum_threshold and p <= self.frame_p_gate
         else:
             alarm = p <= cfg.pvalue_threshold
         return Decision(p, log_m, self._cusum, bool(alarm))

@@ -25,6 +25,28 @@ class Labels:
     kind: np.ndarray
     episode: np.ndarray
     sequence: np.ndarray | None = None  # changes where the stream restarts (alarm state is reset)
+    counted: np.ndarray | None = None  # frames the metrics count (None: all); see `flow_input_labels`
+
+    def subset(self, keep: np.ndarray) -> Labels:
+        """These labels on the frames `keep` selects (a boolean mask), in order."""
+        pick = (lambda a: None if a is None else np.asarray(a)[keep])
+        return Labels(self.is_ood[keep], self.category[keep], self.kind[keep], self.episode[keep],
+                      pick(self.sequence), pick(self.counted))
+
+    def counted_mask(self) -> np.ndarray:
+        return np.ones(self.is_ood.size, bool) if self.counted is None else np.asarray(self.counted, bool)
+
+
+def flow_input_labels(labels: Labels) -> Labels:
+    """Labels for a flow detector: a flow field is computed from a frame and the one before it, so the first
+    clean frame after an episode pairs the episode's last frame with a clean one. Its input is not clean,
+    and it is not an episode frame: the alarm runs over it as the node's does, but no metric counts it (a
+    false alarm there was the episode's flow, not nominal motion)."""
+    is_ood = np.asarray(labels.is_ood, bool)
+    sequence = labels.sequence if labels.sequence is not None else np.zeros(is_ood.size, np.int64)
+    after = np.r_[False, is_ood[:-1] & (np.asarray(sequence)[1:] == np.asarray(sequence)[:-1])] & ~is_ood
+    return Labels(labels.is_ood, labels.category, labels.kind, labels.episode, labels.sequence,
+                  labels.counted_mask() & ~after)
 
 
 def sequence_ids(stamp_ns: np.ndarray, max_gap_s: float, source: np.ndarray | None = None) -> np.ndarray:
@@ -74,7 +96,9 @@ def group_masks(labels: Labels) -> dict[str, np.ndarray]:
 
 
 def frame_table(scores: np.ndarray, labels: Labels) -> dict[str, dict[str, float]]:
-    """AUROC, AUPR-in, AUPR-out, FPR@95 of each group against every in-distribution frame."""
+    """AUROC, AUPR-in, AUPR-out, FPR@95 of each group against every in-distribution frame (counted ones)."""
+    keep = labels.counted_mask()
+    scores, labels = np.asarray(scores)[keep], labels.subset(keep)
     nominal = ~labels.is_ood.astype(bool)
     table = {}
     for name, sel in group_masks(labels).items():
@@ -87,16 +111,20 @@ def frame_table(scores: np.ndarray, labels: Labels) -> dict[str, dict[str, float
 def alarm_table(calibration: np.ndarray, scores: np.ndarray, labels: Labels, tests: dict[str, AlarmConfig],
                 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, np.ndarray]]]:
     """Per alarm test: its metrics per category (delays, missed episodes) and on all frames (false
-    alarms); also the monitor's per-frame outputs for the timelines."""
-    nominal = ~labels.is_ood.astype(bool)
+    alarms); also the monitor's per-frame outputs for the timelines. The monitor runs over every frame;
+    the metrics count the `counted` ones."""
+    counted = labels.counted_mask()
+    kept = labels.subset(counted)
+    nominal = ~kept.is_ood.astype(bool)
     results, traces = {}, {}
     for name, cfg in tests.items():
         trace = monitor_sequence(calibration, scores, cfg, labels.sequence)
         traces[name] = trace
-        rows = {"all": alarm_metrics(trace["is_ood"], labels.is_ood, labels.episode)}
-        for group, sel in group_masks(labels).items():
+        alarmed = trace["is_ood"][counted]
+        rows = {"all": alarm_metrics(alarmed, kept.is_ood, kept.episode)}
+        for group, sel in group_masks(kept).items():
             if group.startswith("category:"):
                 keep = sel | nominal
-                rows[group] = alarm_metrics(trace["is_ood"][keep], labels.is_ood[keep], labels.episode[keep])
+                rows[group] = alarm_metrics(alarmed[keep], kept.is_ood[keep], kept.episode[keep])
         results[name] = rows
     return results, traces

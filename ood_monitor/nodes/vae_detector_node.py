@@ -63,6 +63,9 @@ PARAMETERS = {
                              "stretches scoring up to that many times the calibration's are not strange yet; 0: "
                              "the model's calibrated setting (`ood-monitor calibrate --score-tolerance`; for "
                              "a fused score the smallest part's, the parts keep their own ratio)"),
+    "frame_p_max": (0.005, "a martingale or CUSUM alarm also needs the newest frame's own p-value at or below this "
+                           "(past the calibration's range), so a window's memory of an episode that ended does "
+                           "not keep the alarm up; 1: off"),
     "max_gap_s": (1.0, "a stamp gap longer than this, or a stamp jumping back, restarts the alarm state"),
     **stage_parameters(output_depth=10, stale_timeout_s=2.0, outputs="ood/score/<detector>"),
 }
@@ -97,7 +100,7 @@ def alarm_config(p: dict, card, model_dir) -> AlarmConfig:
 def alarm_summary(cfg: AlarmConfig) -> str:
     return (f"{cfg.test}; martingale {cfg.martingale} window {cfg.window} threshold {cfg.martingale_threshold:g}; "
             f"CUSUM delta {cfg.cusum_delta:g} threshold {cfg.cusum_threshold:g}; p floor {cfg.p_floor:g}; tail {cfg.tail}; "
-            f"score tolerance {cfg.score_tolerance:g}")
+            f"score tolerance {cfg.score_tolerance:g}; newest frame p <= {cfg.frame_p_max:g}")
 
 
 LIMITS = {
@@ -116,7 +119,7 @@ class VaeDetectorNode(StageNode):
         "cusum_delta": lambda v: v == 0 or v > 1, "cusum_threshold": lambda v: v >= 0,
         "pvalue_threshold": lambda v: 0 < v < 1, "p_floor": lambda v: 0 <= v < 1,
         "tail": lambda v: v in TAILS or v == "", "tail_index": lambda v: v >= 0,
-        "score_tolerance": lambda v: v == 0 or v >= 1,
+        "score_tolerance": lambda v: v == 0 or v >= 1, "frame_p_max": lambda v: 0 < v <= 1,
         "mc_z": None, "ignore_uncertain": None,
     }
 

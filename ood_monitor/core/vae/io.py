@@ -158,10 +158,10 @@ class ModelCard:
     def alarm_settings(self, model_dir: str | Path) -> dict:
         """The calibrated alarm settings (AlarmConfig fields without `test`), or ModelFileError saying
         how to calibrate them."""
-        from ood_monitor.core.alarm_calibration import OPTIONAL_ALARM
+        from ood_monitor.core.alarm_calibration import OPTIONAL_ALARM, UNCALIBRATED
         from ood_monitor.core.conformal import AlarmConfig
 
-        fields = set(AlarmConfig.__dataclass_fields__) - {"test"} - set(OPTIONAL_ALARM)
+        fields = set(AlarmConfig.__dataclass_fields__) - {"test"} - set(OPTIONAL_ALARM) - set(UNCALIBRATED)
         if not self.alarm or not fields <= set(self.alarm):
             raise ModelFileError(f"{Path(model_dir) / CONFIG} has no calibrated alarm thresholds: "
                                  f"{calibrate_hint(model_dir)}")
