@@ -171,8 +171,13 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     recording, in order)."""
     from ood_monitor.core import plots
     from ood_monitor.core.conformal import ConformalMonitor
-    from ood_monitor.core.detector_evaluation import (alarm_table, flow_input_labels, frame_table, group_masks,
-                                                      stream_labels)
+    from ood_monitor.core.detector_evaluation import (
+        alarm_table,
+        flow_input_labels,
+        frame_table,
+        group_masks,
+        stream_labels,
+    )
 
     name, card = scorer.name, scorer.card
     configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,

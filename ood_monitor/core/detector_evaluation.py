@@ -29,7 +29,9 @@ class Labels:
 
     def subset(self, keep: np.ndarray) -> Labels:
         """These labels on the frames `keep` selects (a boolean mask), in order."""
-        pick = (lambda a: None if a is None else np.asarray(a)[keep])
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a)[keep]
+
         return Labels(self.is_ood[keep], self.category[keep], self.kind[keep], self.episode[keep],
                       pick(self.sequence), pick(self.counted))
 
