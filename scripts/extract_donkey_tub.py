@@ -10,6 +10,13 @@ order (rotated upright where the phone was mounted sideways) plus `stamps.csv` (
 
     git clone https://github.com/medeiros-ph/Trekking_Pro_2019 && cd Trekking_Pro_2019 && git checkout 1d333c65
     python scripts/extract_donkey_tub.py Trekking_Pro_2019/tub --out real_sources --min-frames 300
+
+The moving-camera tuning recording (docs/real_footage.md) is the Donkey Car 4 tub of
+github.com/JustinWit/csc3520-autonomous-rc-car (commit 3e7fc5df, an RC car driving a taped track in a lab;
+no licence stated, so not committed either):
+
+    git clone https://github.com/JustinWit/csc3520-autonomous-rc-car && git -C csc3520-autonomous-rc-car checkout 3e7fc5df
+    python scripts/extract_donkey_tub.py csc3520-autonomous-rc-car/data --out real_sources --min-frames 1000 --width 160
 """
 from __future__ import annotations
 
@@ -26,16 +33,23 @@ RECORD = re.compile(r"record_(\d+)\.json$")
 
 
 def records(tub: Path) -> list[tuple[int, datetime, Path]]:
-    """(index, timestamp, image path) of every record, in index order."""
+    """(index, timestamp, image path) of every record, in index order: a Donkey Car 3 tub (record_N.json
+    beside the images) or a Donkey Car 4 tub (catalog_N.catalog, one JSON record per line, images in
+    images/)."""
     rows = []
     for path in tub.iterdir():
         m = RECORD.match(path.name)
-        if not m:
-            continue
-        rec = json.loads(path.read_text())
-        rows.append((int(m.group(1)), datetime.fromisoformat(rec["timestamp"]), tub / rec["cam/image_array"]))
+        if m:
+            rec = json.loads(path.read_text())
+            rows.append((int(m.group(1)), datetime.fromisoformat(rec["timestamp"]), tub / rec["cam/image_array"]))
+        elif path.suffix == ".catalog":
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    rows.append((int(rec["_index"]), datetime.fromtimestamp(rec["_timestamp_ms"] / 1000.0),
+                                 tub / "images" / rec["cam/image_array"]))
     if not rows:
-        raise ValueError(f"no record_N.json in {tub}: not a Donkey Car tub")
+        raise ValueError(f"no record_N.json or catalog_N.catalog in {tub}: not a Donkey Car tub")
     return sorted(rows)
 
 

@@ -40,6 +40,7 @@ FEATURE_SETS = {
     "flow change": column("dflow_mean", "dflow_p90", "dflow_rel"),
     "motion + warp residual": column(*FEATURES, "resid_mean", "resid_p90", "resid_ratio"),
     "motion + flow change": column(*FEATURES, "dflow_mean", "dflow_p90", "dflow_rel"),
+    "motion + residual mean, p90": column(*FEATURES, "resid_mean", "resid_p90"),
     "all": column(*FEATURES, *EXTRA),
 }
 

@@ -262,7 +262,7 @@ def test_ood_monitor_launch_runs_the_graph_on_the_demo_bag(workspace, demo_datas
     prepared = (info.width, info.height)
     assert prepared == (128, 128)
     assert all((m.encoding, m.width, m.height) == ("rgb8", 128, 128) for m in got["ood/image"])
-    assert all((m.encoding, m.width, m.height) == ("32FC2", 128, 128) for m in got["ood/flow"])
+    assert all((m.encoding, m.width, m.height) == ("32FC3", 128, 128) for m in got["ood/flow"])
     for detector in ("image", "flow"):
         for m in got[f"ood/score/{detector}"]:
             check_ood_score(m, detector)

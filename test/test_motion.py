@@ -29,7 +29,7 @@ def test_features_read_the_camera_motion() -> None:
     assert motion_features(field("pan"))[0, FEATURES.index("mean_u")] == pytest.approx(1.0)
     assert np.all(motion_features(field("frozen")) == 0.0)
     with pytest.raises(ValueError, match=r"\(N, H, W, 2\)"):
-        motion_features(np.zeros((2, H, W, 3), np.float32))
+        motion_features(np.zeros((2, H, W, 4), np.float32))  # 3 channels are flow with the warp residual
 
 
 def test_statistics_flag_frozen_reversing_and_jolts_but_not_ordinary_driving() -> None:

@@ -67,8 +67,8 @@ def test_flow_recovers_a_known_shift():
     assert est.update(gray, 0).reset == "first"
     shifted = np.roll(gray, (1, 3), axis=(0, 1))  # content moves right 3, down 1
     flow = est.update(shifted, 10**8).flow
-    assert flow.shape == (128, 128, 2) and flow.dtype == np.float32
-    inner = flow[16:-16, 16:-16].reshape(-1, 2)
+    assert flow.shape == (128, 128, 3) and flow.dtype == np.float32  # u, v and the warp residual
+    inner = flow[16:-16, 16:-16, :2].reshape(-1, 2)
     np.testing.assert_allclose(np.median(inner, axis=0), [3.0, 1.0], atol=0.25)
 
 

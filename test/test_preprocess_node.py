@@ -79,7 +79,7 @@ def test_outputs_keep_header_and_have_model_size(ros):
     for m in images:
         assert (m.encoding, m.width, m.height, m.header.frame_id) == ("rgb8", 128, 128, "cam_front")
     for m in flows:
-        assert (m.encoding, m.width, m.height, m.header.frame_id) == ("32FC2", 128, 128, "cam_front")
+        assert (m.encoding, m.width, m.height, m.header.frame_id) == ("32FC3", 128, 128, "cam_front")
     expected = cv2.resize(frames[0][:, 40:280], (128, 128), interpolation=cv2.INTER_AREA)  # centre crop 240x240
     got = image_to_array(images[0])
     assert np.abs(got.astype(int) - expected[:, :, :].astype(int)).mean() < 2.0

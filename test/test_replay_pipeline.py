@@ -116,7 +116,7 @@ def test_preprocess_node_on_the_demo_test_bag(demo_dataset):
         assert stamp_of(m) in labels
     by_kind: dict[str, list[float]] = {}
     for m in flows:
-        assert m.encoding == "32FC2" and stamp_of(m) in labels
+        assert m.encoding == "32FC3" and stamp_of(m) in labels
         flow = image_to_array(m)
         # ground below the horizon: forward driving moves it down the image (v > 0), reversing up
         by_kind.setdefault(labels[stamp_of(m)].kind, []).append(float(np.median(flow[96:, 32:96, 1])))

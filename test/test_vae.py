@@ -299,7 +299,7 @@ def test_collect_images_and_flow_restarts_at_stamp_gaps() -> None:
     assert image.raw.shape == (10, 32, 32, 3) and image.raw.dtype == np.uint8
     assert image.is_ood.sum() == 3 and list(image.episode) == [0] * 5 + [1] * 5
     flow = collect(frames, "flow", cfg)
-    assert flow.raw.shape == (8, 32, 32, 2) and flow.raw.dtype == np.float32  # no flow across the cut
+    assert flow.raw.shape == (8, 32, 32, 3) and flow.raw.dtype == np.float32  # no flow across the cut
     assert list(flow.index) == [1, 2, 3, 4, 6, 7, 8, 9] and flow.is_ood.sum() == 3  # onset frame 7 has flow
     assert collect(frames, "image", cfg).data_hash == image.data_hash
     frames[3].image = 255 - frames[3].image
@@ -321,7 +321,7 @@ def test_load_frames_from_image_folder(tmp_path: Path) -> None:
     image = load_frames(tmp_path, "image", FrameConfig(32, 32))
     assert image.raw.shape == (6, 32, 32, 3)
     np.testing.assert_array_equal(image.raw[0], prepare_frame(blob_images(6, size=40)[0], FrameConfig(32, 32)))
-    assert load_frames(tmp_path, "flow", FrameConfig(32, 32)).raw.shape == (5, 32, 32, 2)
+    assert load_frames(tmp_path, "flow", FrameConfig(32, 32)).raw.shape == (5, 32, 32, 3)  # u, v, warp residual
 
 
 def test_flow_flip_negates_u() -> None:

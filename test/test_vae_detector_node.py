@@ -85,11 +85,15 @@ def send(ros: RosHarness, topic: str, msgs: list[Image], handled: Callable[[], i
         assert wait_until(lambda i=i: handled() >= start + i + 1, 10), f"frame {i} on {topic} not handled"
 
 
-@pytest.mark.parametrize("kind,topic,encoding", [("image", "ood/image", "rgb8"), ("flow", "ood/flow", "32FC2")])
+@pytest.mark.parametrize("kind,topic,encoding", [("image", "ood/image", "rgb8"), ("flow", "ood/flow", "32FC2"),
+                                                 ("flow", "ood/flow", "32FC3")])
 def test_scores_every_frame_with_the_input_header(ros, tmp_path, kind, topic, encoding):
     start(ros, make_model(tmp_path, kind), kind)
     scores = ros.collect(OODScore, f"ood/score/{kind}")
-    sent = [array_to_image(f, encoding, header=header(i)) for i, f in enumerate(frames(kind, 6, seed=2))]
+    sent_frames = frames(kind, 6, seed=2)
+    if encoding == "32FC3":  # flow with the warp residual as a third channel: the VAE reads u, v
+        sent_frames = np.concatenate([sent_frames, np.full(sent_frames.shape[:3] + (1,), 3.0, np.float32)], axis=3)
+    sent = [array_to_image(f, encoding, header=header(i)) for i, f in enumerate(sent_frames)]
     send(ros, topic, sent, lambda: len(scores))
     for s, m in zip(scores, sent, strict=True):
         assert s.header == m.header and s.detector == kind

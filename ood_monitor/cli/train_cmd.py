@@ -7,6 +7,8 @@ import copy
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
@@ -65,8 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "plus the fine-texture term (kl_texture), the largest of that, the photometric "
                         "statistics and the local-structure statistics, each on its own calibrated scale "
                         "(kl_texture_photometric_structure; kl_texture_photometric without the last), either "
-                        "statistics alone (photometric, structure); for flow posterior_deviation plus the camera-motion term "
-                        "(posterior_motion); default: what the shipped models run "
+                        "statistics alone (photometric, structure); for flow posterior_deviation plus the camera-motion and "
+                        "warp-residual term (posterior_motion); default: what the shipped models run "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
@@ -79,18 +81,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_spool_option(v)
     add_label_options(v, training=True)
     v.set_defaults(func=run)
-    ph = models.add_parser("photometric", help="add the photometric and structure statistics of its training frames "
-                                               "to an image model trained before `train vae` wrote them",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ph.add_argument("--model", required=True, help="image model directory, e.g. models/vae_image")
-    ph.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                    help="the model's training data (checked against the data hash in its config.json)")
-    ph.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
-    ph.add_argument("--score", choices=SCORES, default=None,
-                    help="switch the model's score too, e.g. to kl_texture_photometric_structure (then run "
-                         "calibrate)")
-    add_spool_option(ph)
-    ph.set_defaults(func=run_photometric)
+    add_statistics_parser(models, "photometric", "image", "kl_texture_photometric_structure", run_photometric,
+                          "add the photometric and structure statistics of its training frames to an image model "
+                          "trained before `train vae` wrote them")
+    add_statistics_parser(models, "motion", "flow", "posterior_motion", run_motion,
+                          "re-fit a flow model's motion statistics on its training frames, with the warp residual "
+                          "of the current preprocessing (flow models trained before it)")
+
+
+def add_statistics_parser(models, name: str, kind: str, score: str, func, help_text: str) -> None:
+    """`train photometric|motion`: statistics added to a trained model from its own training frames."""
+    p = models.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help=f"{kind} model directory, e.g. models/vae_{kind}")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="the model's training data (checked against the data hash in its config.json)")
+    p.add_argument("--image-topic", default=None, help="image topic (default: the one used in training)")
+    p.add_argument("--score", choices=SCORES, default=None,
+                   help=f"switch the model's score too, e.g. to {score} (then run calibrate)")
+    add_spool_option(p)
+    p.set_defaults(func=func)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -223,33 +232,64 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     return 0
 
 
-def run_photometric(args: argparse.Namespace) -> int:
-    """`train photometric`: the section `train vae` writes for image models, from the same training frames."""
+@contextmanager
+def own_training_frames(args: argparse.Namespace, kind: str, what: str) -> Iterator[tuple]:
+    """(model path, encoder, card, training frames) of `args.model`, a `kind` model, read from `args.data`
+    (spooled while the block runs): the frames a statistic added later must describe, checked against
+    the data hash the model's card recorded."""
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.model_input import FrameConfig
-    from ood_monitor.core.vae.io import load_encoder, write_card
+    from ood_monitor.core.vae.io import load_encoder
     from ood_monitor.data.spool import spool_directory
     from ood_monitor.fleet.inputs import expand_inputs, load_training_frames
 
     path = resolve_model_dir(args.model)
     encoder, card = load_encoder(path)
-    if card.kind != "image":
-        raise ValueError(f"{path} is a {card.kind} model: photometric statistics are for image models")
+    if card.kind != kind:
+        raise ValueError(f"{path} is a {card.kind} model: {what} statistics are for {kind} models")
     topic = args.image_topic or card.data.get("image_topic", "/camera/image_raw")
     with spool_directory(args.spool_dir) as folder:
-        frames = load_training_frames(expand_inputs(args.data), "image", FrameConfig(card.config.width, card.config.height),
+        frames = load_training_frames(expand_inputs(args.data), kind, FrameConfig(card.config.width, card.config.height),
                                       topic, spool_dir=folder, drop_ood=True)
         if card.data.get("hash") and frames.data_hash != card.data["hash"]:
             raise ValueError(f"{' '.join(args.data)} is not the training data of {path} (data hash differs): "
                              f"the statistics must describe the frames the model was trained on")
+        yield path, encoder, card, frames
+
+
+def finish_card(path, card, args: argparse.Namespace, written: str) -> int:
+    """Switch the score if asked, check the card can score, write it and say what comes next."""
+    from ood_monitor.core.vae.io import write_card
+
+    card.score = args.score or card.score
+    card.nonconformity  # noqa: B018 -- ValueError now if the score lacks what it needs (too few frames)
+    write_card(path, card)
+    print(f"wrote {written} to {path}/config.json (score {card.score}); next: ood-monitor calibrate --model "
+          f"{args.model} --data <nominal recordings>")
+    return 0
+
+
+def run_photometric(args: argparse.Namespace) -> int:
+    """`train photometric`: the section `train vae` writes for image models, from the same training frames."""
+    with own_training_frames(args, "image", "photometric") as (path, encoder, card, frames):
         card.score = args.score or card.score
         card.photometric = photometric_section(encoder, card, frames)
     card.photometric["command"] = " ".join(["ood-monitor", *sys.argv[1:]])
-    card.nonconformity  # noqa: B018 -- ValueError now if the score lacks what it needs (too few frames)
-    write_card(path, card)
-    print(f"wrote the photometric and structure statistics of {len(frames)} training frames to {path}/config.json (score "
-          f"{card.score}); next: ood-monitor calibrate --model {args.model} --data <nominal recordings>")
-    return 0
+    return finish_card(path, card, args, f"the photometric and structure statistics of {len(frames)} training frames")
+
+
+def run_motion(args: argparse.Namespace) -> int:
+    """`train motion`: the motion statistics `train vae` fits for flow models (with the warp residual when
+    the flow carries it), from the model's own training frames."""
+    from ood_monitor.core.motion import fit_motion, min_frames
+
+    with own_training_frames(args, "flow", "motion") as (path, _, card, frames):
+        if len(frames) < min_frames():
+            raise ValueError(f"{len(frames)} flow frames are too few for the motion statistics (need {min_frames()})")
+        stats = fit_motion(frames.raw)
+    card.motion = {**stats.to_dict(), "command": " ".join(["ood-monitor", *sys.argv[1:]])}
+    return finish_card(path, card, args, f"the {stats.NAME} statistics ({len(stats.FEATURES)} features) of "
+                                         f"{len(frames)} training flow fields")
 
 
 def photometric_section(encoder, card, frames) -> dict:

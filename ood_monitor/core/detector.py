@@ -93,8 +93,9 @@ class VaeDetector:
         """ValueError unless `frame` is exactly what this model was trained on."""
         want = self.input_shape
         dtype = np.uint8 if self.kind == "image" else np.float32
-        what = "uint8 RGB" if self.kind == "image" else "float32 flow (px/frame)"
-        if not isinstance(frame, np.ndarray) or frame.shape != want or frame.dtype != dtype:
+        what = "uint8 RGB" if self.kind == "image" else "float32 flow (px/frame; a third channel: the warp residual)"
+        shapes = (want,) if self.kind == "image" else (want, (*want[:2], want[2] + 1))
+        if not isinstance(frame, np.ndarray) or frame.shape not in shapes or frame.dtype != dtype:
             got = f"{frame.shape} {frame.dtype}" if isinstance(frame, np.ndarray) else type(frame).__name__
             raise ValueError(f"{self.kind} detector expects {want[0]}x{want[1]}x{want[2]} {what}, got {got}")
         if self.kind == "flow" and not np.all(np.isfinite(frame)):

@@ -18,10 +18,12 @@ DIS_PRESETS = {
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """DIS preset and the largest stamp gap still treated as consecutive frames (seconds)."""
+    """DIS preset, the largest stamp gap still treated as consecutive frames (seconds), and whether each
+    flow field carries the warp residual as a third channel (`warp_residual`)."""
 
     preset: str = "ultrafast"
     max_gap_s: float = 1.0
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if self.preset not in DIS_PRESETS:
@@ -30,9 +32,25 @@ class FlowConfig:
             raise ValueError(f"max_gap_s must be positive, got {self.max_gap_s}")
 
 
+def warp_residual(prev: np.ndarray, gray: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """|next frame warped back by the flow - previous frame| per pixel (HxW float32, grey levels).
+
+    Why: how well the flow explains the next frame. Within a drive it is small (what remains are
+    occlusions and lighting); across dropped or shuffled frames, a frozen camera that starts again or a
+    jolt, DIS's smooth field cannot explain the jump and the residual grows, while the flow statistics
+    alone can look ordinary (docs/real_footage.md#motion-anomalies-and-the-flow-detector). One remap and
+    one difference at the model size (~0.1 ms at 128 px)."""
+    h, w = gray.shape
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    back = cv2.remap(gray, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.absdiff(back.astype(np.float32), prev.astype(np.float32))
+
+
 @dataclass(frozen=True)
 class FlowUpdate:
-    """Result of one frame: `flow` (HxWx2 float32, pixels per frame; prev(y, x) ~ next(y+v, x+u)),
+    """Result of one frame: `flow` (HxWx2 float32, pixels per frame; prev(y, x) ~ next(y+v, x+u); HxWx3 with
+    the warp residual as the third channel when the config asks for it),
     or None with `reset` saying why a new sequence started ('first', 'resolution', 'stamp_back',
     'gap') or `duplicate` when the frame repeats the previous stamp and was ignored."""
 
@@ -65,7 +83,10 @@ class FlowEstimator:
         self._prev, self._prev_stamp = gray, stamp_ns
         if reason is not None:
             return FlowUpdate(None, reset=reason)
-        return FlowUpdate(self._dis.calc(prev, gray, None))
+        flow = self._dis.calc(prev, gray, None)
+        if self.cfg.residual:
+            flow = np.dstack([flow, warp_residual(prev, gray, flow)])
+        return FlowUpdate(flow)
 
     def _reset_reason(self, gray: np.ndarray, stamp_ns: int) -> str | None:
         if self._prev is None or self._prev_stamp is None:

@@ -26,11 +26,16 @@ FEATURES = ("mean_u", "mean_v", "mean_speed", "p90_speed", "expansion", "rotatio
             "q00_u", "q00_v", "q01_u", "q01_v", "q10_u", "q10_v", "q11_u", "q11_v")
 
 
+RESIDUAL_FEATURES = ("resid_mean", "resid_p90")
+
+
 def motion_features(flows: np.ndarray) -> np.ndarray:
-    """(N, H, W, 2) float32 flow fields (px/frame) -> (N, len(FEATURES)) float64."""
-    flows = np.asarray(flows, np.float64)
-    if flows.ndim != 4 or flows.shape[-1] != 2:
+    """(N, H, W, 2) float32 flow fields (px/frame; a third channel, the warp residual, is ignored) ->
+    (N, len(FEATURES)) float64."""
+    flows = np.asarray(flows)
+    if flows.ndim != 4 or flows.shape[-1] not in (2, 3):
         raise ValueError(f"motion features need (N, H, W, 2) flow fields, got {flows.shape}")
+    flows = flows[..., :2].astype(np.float64)
     n, h, w, _ = flows.shape
     u, v = flows[..., 0], flows[..., 1]
     speed = np.hypot(u, v).reshape(n, -1)
@@ -42,6 +47,23 @@ def motion_features(flows: np.ndarray) -> np.ndarray:
              for i in range(2) for j in range(2)]
     return np.column_stack([u.mean(axis=(1, 2)), v.mean(axis=(1, 2)), speed.mean(axis=1),
                             np.percentile(speed, 90, axis=1), expansion, rotation, *[q for q in quads]])
+
+
+def residual_features(flows: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) flow fields whose third channel is the warp residual (core/flow.warp_residual) ->
+    (N, 2): its mean and 90th percentile (grey levels)."""
+    flows = np.asarray(flows)
+    if flows.ndim != 4 or flows.shape[-1] != 3:
+        raise ValueError(f"the warp residual needs (N, H, W, 3) flow fields (u, v, residual), got {flows.shape}: "
+                         "this model's motion term was fitted with it; preprocess_node's flow_residual must be "
+                         "true (ood/flow 32FC3), and flow recorded without it cannot be scored by this model")
+    resid = flows[..., 2].reshape(len(flows), -1).astype(np.float64)
+    return np.column_stack([resid.mean(axis=1), np.percentile(resid, 90, axis=1)])
+
+
+def motion_residual_features(flows: np.ndarray) -> np.ndarray:
+    """`motion_features` and `residual_features` side by side: (N, H, W, 3) -> (N, 16)."""
+    return np.concatenate([motion_features(flows), residual_features(flows)], axis=1)
 
 
 def min_frames() -> int:
@@ -61,3 +83,25 @@ class MotionStats(FeatureGaussian):
     def fit_flows(cls, flows: np.ndarray) -> MotionStats:
         """`fit` on (N, H, W, 2) flow fields, read block by block (they may be a memory map on disk)."""
         return cls.fit_frames(flows)
+
+
+@dataclass(frozen=True)
+class MotionResidualStats(MotionStats):
+    """The motion statistics with the warp residual's two (how well each flow field explains its next
+    frame): what a flow model trained on flow with the residual channel fits. Chosen on the road tuning
+    clip, where the two together separated all four motion anomalies (docs/real_footage.md)."""
+
+    FEATURES: ClassVar[tuple[str, ...]] = FEATURES + RESIDUAL_FEATURES
+    NAME: ClassVar[str] = "motion and warp residual"
+    EXTRACT = staticmethod(motion_residual_features)
+
+
+def fit_motion(flows: np.ndarray) -> MotionStats:
+    """The motion term a flow set supports: with the warp residual when its fields carry it."""
+    return (MotionResidualStats if flows.shape[-1] == 3 else MotionStats).fit_flows(flows)
+
+
+def motion_from_dict(d: dict) -> MotionStats:
+    """A card's motion statistics, of the class its feature list names."""
+    cls = MotionResidualStats if list(d.get("features", [])) == list(MotionResidualStats.FEATURES) else MotionStats
+    return cls.from_dict(d)

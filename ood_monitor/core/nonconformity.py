@@ -20,8 +20,9 @@ Both are as cheap as the KL (a few dozen flops per frame) and need the encoder a
                         sees them, from the encoder's outputs and one cheap filter of the frame.
 * `posterior_motion`    `posterior_deviation` plus the motion term of core/motion.py (flow models): how far
                         the frame's global camera motion (mean flow, speed, expansion, rotation, quadrant
-                        means) is from the training drives'. Small real recordings left the latent blind
-                        to a frozen camera, dropped frames and reversing that these statistics show.
+                        means) is from the training drives', with the warp residual (how well the flow
+                        explains the next frame) when the flow carries it. Small real recordings left the
+                        latent blind to dropped, shuffled and reversed frames that these statistics show.
 * `photometric`         the photometric statistics of core/photometric.py alone (global light, colour,
                         sharpness; image models): what `calibrate` reads as the second part below.
 * `kl_texture_photometric`  the larger of `kl_texture` and `photometric`, each divided by its own scale:

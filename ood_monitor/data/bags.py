@@ -26,6 +26,7 @@ IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "mono8": (np.dtype(np.uint8), 1),
     "32FC1": (np.dtype(np.float32), 1),
     "32FC2": (np.dtype(np.float32), 2),
+    "32FC3": (np.dtype(np.float32), 3),
 }
 
 

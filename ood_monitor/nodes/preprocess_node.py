@@ -1,4 +1,5 @@
-"""preprocess_node: camera -> ood/image (rgb8, model size) + ood/flow (32FC2) + ood/camera_info.
+"""preprocess_node: camera -> ood/image (rgb8, model size) + ood/flow (32FC3: u, v, warp residual; 32FC2
+without the residual) + ood/camera_info.
 
 Subscribes the camera with sensor-data QoS (keep last 1: a busy node drops stale frames, it never
 queues), prepares frames with the ROS-free `Preprocessor`, and keeps every output's header equal to
@@ -38,6 +39,8 @@ PARAMETERS = {
     "crop": ("center", "center: crop to the model aspect ratio then resize; stretch: resize only"),
     "flow_enabled": (True, "compute dense optical flow and publish ood/flow"),
     "flow_preset": ("ultrafast", "OpenCV DIS preset: ultrafast | fast | medium"),
+    "flow_residual": (True, "add the warp residual (|next frame warped back by the flow - previous frame|, grey "
+                            "levels) as a third channel of ood/flow (32FC3); flow models trained with it need it"),
     "max_gap_s": (1.0, "a larger gap between stamps restarts the flow sequence"),
     "max_repeated_frames": (RepeatCounter.limit, "more exact repeats of the camera frame in a row than this: ERROR 'camera frozen' "
                                "on /diagnostics (0: off)"),
@@ -69,7 +72,7 @@ class PreprocessNode(StageNode):
     def setup(self, p: dict) -> None:
         self.cfg = PreprocessConfig(
             frame=FrameConfig(width=p["width"], height=p["height"], crop=p["crop"]),
-            flow=FlowConfig(preset=p["flow_preset"], max_gap_s=p["max_gap_s"]),
+            flow=FlowConfig(preset=p["flow_preset"], max_gap_s=p["max_gap_s"], residual=p["flow_residual"]),
             flow_enabled=p["flow_enabled"],
         )
         self.pre = Preprocessor(self.cfg)
@@ -132,7 +135,8 @@ class PreprocessNode(StageNode):
             self.get_logger().info(f"flow sequence restarted: {result.reset}")
         self.pub_image.publish(array_to_image(result.image, "rgb8", header=header))
         if self.pub_flow is not None and result.flow is not None:
-            self.pub_flow.publish(array_to_image(result.flow, "32FC2", header=header))
+            encoding = "32FC3" if result.flow.shape[-1] == 3 else "32FC2"
+            self.pub_flow.publish(array_to_image(result.flow, encoding, header=header))
         self.stats.on_output((time.perf_counter() - start) * 1e3)
 
     def _count_repeat(self, rgb: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 """vae_detector_node: ood/image or ood/flow -> ood/score/<detector> (ood_msgs/OODScore).
 
 One node class, launched once per detector: `detector: image` runs the β-VAE encoder on ood/image
-(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2). Each frame gets the latent KL score
+(rgb8), `detector: flow` the flow-VAE encoder on ood/flow (32FC2, or 32FC3 with the warp residual). Each frame gets the latent KL score
 (docs/methods.md#vae-detectors) nonconformity score, an inductive conformal p-value against the model's stored
 calibration scores and the martingale / CUSUM alarm; optional cached MC dropout
 (docs/methods.md#mc-dropout-ignore-rule) adds the score's uncertainty. The model must exist, match the input
@@ -26,7 +26,7 @@ from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
 from ood_msgs.msg import OODScore
 
-DETECTORS = {"image": ("ood/image", "rgb8"), "flow": ("ood/flow", "32FC2")}
+DETECTORS = {"image": ("ood/image", ("rgb8",)), "flow": ("ood/flow", ("32FC2", "32FC3"))}  # topic, encodings
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 PARAMETERS = {
@@ -140,7 +140,7 @@ class VaeDetectorNode(StageNode):
 
     def setup(self, p: dict) -> None:
         self.detector_name = p["detector"]
-        default_topic, self.encoding = DETECTORS[self.detector_name]
+        default_topic, self.encodings = DETECTORS[self.detector_name]
         self.model_dir = resolve_model_dir(p["model_dir"] or f"models/vae_{self.detector_name}")
         self.detector = self._load_detector(p)
         alarm = alarm_config(p, self.detector.card, self.model_dir)
@@ -206,8 +206,9 @@ class VaeDetectorNode(StageNode):
         stamp = stamp_ns(msg.header)
         self.stats.on_input(stamp)
         try:
-            if msg.encoding != self.encoding:
-                raise ImageConversionError(f"{self.detector_name} detector expects {self.encoding}, got {msg.encoding!r}")
+            if msg.encoding not in self.encodings:
+                raise ImageConversionError(f"{self.detector_name} detector expects {' or '.join(self.encodings)}, "
+                                           f"got {msg.encoding!r}")
             frame = image_to_array(msg)
             self._restart_if_discontinuous(stamp)
             result = self.detector.score_frame(frame)

@@ -77,6 +77,7 @@ ENCODINGS: dict[str, ImageEncoding] = dict(
         _enc("16UC1", "u2", 1, "mono"),
         _enc("32FC1", "f4", 1, "mono"),
         _enc("32FC2", "f4", 2, "pair"),
+        _enc("32FC3", "f4", 3, "rgb"),  # ood/flow with the warp residual (u, v, residual)
     ]
 )
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(ENCODINGS)

@@ -27,7 +27,8 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 @dataclass
 class FrameSet:
     """N frames of one kind with their labels. `raw` is (N, H, W, 3) uint8 RGB for images and
-    (N, H, W, 2) float32 pixels/frame for flow (flow frame i is the motion into source frame i)."""
+    (N, H, W, 2) float32 pixels/frame for flow (flow frame i is the motion into source frame i), or
+    (N, H, W, 3) with the warp residual as the third channel (core/flow.warp_residual)."""
 
     kind: str
     raw: np.ndarray
@@ -53,10 +54,12 @@ class FrameSet:
 
 
 def model_input(raw: np.ndarray, kind: str, flow_scale: float) -> np.ndarray:
-    """(N, H, W, C) raw frames -> (N, C, H, W) float32: images in [0, 1], flow divided by `flow_scale`."""
+    """(N, H, W, C) raw frames -> (N, C, H, W) float32: images in [0, 1], flow (u, v; a warp residual
+    channel is not model input) divided by `flow_scale`."""
     if kind == "image":
         return image_tensor(raw)
-    return np.ascontiguousarray(np.moveaxis(np.asarray(raw, dtype=np.float32) / np.float32(flow_scale), -1, -3))
+    uv = np.asarray(raw)[..., :2]
+    return np.ascontiguousarray(np.moveaxis(uv.astype(np.float32) / np.float32(flow_scale), -1, -3))
 
 
 AUTO_SCALE_FRAMES = 256  # flow fields auto_flow_scale reads at most (evenly spaced; 34 MB at 128 px)
@@ -71,7 +74,7 @@ def auto_flow_scale(flow: np.ndarray, quantile: float = 99.0) -> float:
         return 1.0
     if len(flow) > AUTO_SCALE_FRAMES:
         flow = flow[np.linspace(0, len(flow) - 1, AUTO_SCALE_FRAMES).round().astype(np.int64)]
-    q = float(np.percentile(np.abs(flow), quantile))
+    q = float(np.percentile(np.abs(np.asarray(flow)[..., :2]), quantile))
     return max(0.25, float(np.ceil(q * 4.0) / 4.0))
 
 

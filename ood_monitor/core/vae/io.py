@@ -18,7 +18,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ood_monitor.core.motion import MotionStats
+from ood_monitor.core.motion import motion_from_dict
 from ood_monitor.core.nonconformity import FUSED, Nonconformity
 from ood_monitor.core.photometric import PhotometricStats
 from ood_monitor.core.structure import StructureStats
@@ -82,7 +82,7 @@ class ModelCard:
     def nonconformity(self) -> Nonconformity:
         """The score this model runs (ValueError if the card lacks what the method needs)."""
         head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
-        motion = MotionStats.from_dict(self.motion) if self.motion else None
+        motion = motion_from_dict(self.motion) if self.motion else None
         photometric = PhotometricStats.from_dict(self.photometric) if self.photometric else None
         structure = self.photometric.get("structure")
         scales = (self.photometric.get("parts") or {}).get("scales", ())

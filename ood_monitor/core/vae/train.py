@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_monitor.core.motion import MotionStats
+from ood_monitor.core.motion import MotionStats, fit_motion
 from ood_monitor.core.motion import min_frames as motion_min_frames
 from ood_monitor.core.nonconformity import encode, latent_stats, select_dims, stuck_dims
 from ood_monitor.core.texture import TextureHead, min_frames
@@ -247,7 +247,7 @@ def training_stats(encoder: nn.Module, data: FrameSet, flow_scale: float, batch:
     if data.kind == "image" and len(data) >= min_frames(mu.shape[1]):
         term = TextureHead.fit_frames(mu, logvar, data.raw)
     elif data.kind == "flow" and len(data) >= motion_min_frames():
-        term = MotionStats.fit_flows(data.raw)
+        term = fit_motion(data.raw)
     return latent_stats(mu, logvar), term
 
 
