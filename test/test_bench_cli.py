@@ -21,6 +21,10 @@ def test_bench_preprocess_rows(tmp_path):
     assert {"128px", "256px"} <= set(r)
     assert r["128px"]["frames"] == 40 and 0 < r["128px"]["ms_per_frame"] < r["256px"]["ms_per_frame"] * 5
     assert r["128px"]["ms_per_frame"] == pytest.approx(r["128px"]["decode_ms"] + r["128px"]["resize_flow_ms"], rel=1e-6)
+    residual = r["flow-residual-128"]  # the warp residual's cost, measured beside flow without it
+    assert residual["with_residual_ms"] > 0 and residual["without_ms"] > 0
+    assert residual["residual_ms"] == pytest.approx(residual["with_residual_ms"] - residual["without_ms"])
+    assert residual["ratio"] == pytest.approx(residual["with_residual_ms"] / residual["without_ms"])
 
 
 def test_bench_vae_rows_with_the_shipped_models(tmp_path):

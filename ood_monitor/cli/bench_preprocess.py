@@ -18,7 +18,8 @@ VARIANTS = {"128px": (128, "raw"), "256px": (256, "raw"), "128px-jpeg": (128, "j
 
 def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = stages.add_parser("preprocess", help="ms per frame: decode + resize + DIS flow, 640x480 -> 128/256")
-    p.add_argument("--frames", type=int, default=300, help="frames per variant (default 300)")
+    p.add_argument("--frames", type=int, default=290,
+                   help="frames per variant (default 290; the demo calibration drives it renders have 300)")
     p.add_argument("--preset", default="ultrafast", help="DIS preset (default ultrafast)")
     p.add_argument("--threads", type=int, default=1, help="OpenCV threads (default 1: one core)")
     p.set_defaults(func=run)
@@ -38,6 +39,23 @@ def camera_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) ->
     if len(frames) < n:
         raise ValueError(f"the demo calibration drives have only {len(frames)} frames, {n} asked for")
     return frames
+
+
+def residual_cost(frames: list[np.ndarray], size: int, preset: str) -> dict:
+    """What the warp residual (ood/flow's third channel) adds to resize + flow: two preprocessors, with
+    and without it, fed the same frames, alternating which runs first."""
+    runs = {on: Preprocessor(PreprocessConfig(frame=FrameConfig(size, size), flow=FlowConfig(preset=preset, residual=on)))
+            for on in (True, False)}
+    ms: dict[bool, list[float]] = {True: [], False: []}
+    for i, rgb in enumerate(frames):
+        for on in ((True, False) if i % 2 else (False, True)):
+            t0 = time.perf_counter()
+            runs[on].process(rgb, i * 66_666_667)
+            if i >= 3:
+                ms[on].append((time.perf_counter() - t0) * 1e3)
+    with_ms, without = float(np.median(ms[True])), float(np.median(ms[False]))
+    return {"variant": f"flow-residual-{size}", "output": f"{size}x{size}", "with_residual_ms": with_ms,
+            "without_ms": without, "residual_ms": with_ms - without, "ratio": with_ms / without}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
                      **summarize_ms(total), "decode_ms": float(np.mean(parts["decode"])),
                      "resize_flow_ms": float(np.mean(parts["prepare_flow"]))})
     print(format_table(rows, ["variant", "input", "output", "ms_per_frame", "ms_p95", "decode_ms", "resize_flow_ms"]))
-    write_report(rows, machine_info(opencv_threads=args.threads, dis_preset=args.preset), args.json)
+    residual = [residual_cost(frames, size, args.preset) for size in (128, 256)]
+    print(format_table(residual, ["variant", "output", "with_residual_ms", "without_ms", "residual_ms", "ratio"]))
+    write_report(rows + residual, machine_info(opencv_threads=args.threads, dis_preset=args.preset), args.json)
     if args.json:
         print(f"wrote {args.json}")
     return 0
