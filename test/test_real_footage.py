@@ -207,7 +207,7 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     report = tmp_path / "real.json"
     params = Path(__file__).resolve().parents[1] / "config" / "default.yaml"  # alarms: the calibrated ones
     assert main(["bench", "real", "--data", str(data), "--work", str(tmp_path / "work"), "--quick", "--no-masks",
-                 "--params", str(params), "--json", str(report)]) == 0
+                 "--params", str(params), "--json", str(report), "--markdown", str(tmp_path / "real.md")]) == 0
     result = json.loads(report.read_text())
     rows = result["rows"]
     assert sorted(r["kind"] for r in rows) == sorted(
@@ -225,6 +225,10 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     # calibrate chose a window whose log martingale can cross its threshold at that reference p-value
     assert summary["vae_image_max_log_martingale"] > summary["martingale_threshold"]
     assert (tmp_path / "work" / "drive" / "eval" / "report.md").is_file()
+    # false alarms per detector, the headline figure the larger of the two
+    per = [summary[f"vae_{k}_fa_per_1000_martingale"] for k in ("image", "flow")]
+    assert summary["fa_per_1000_martingale"] == max(per)
+    assert "(martingale: image, flow; CUSUM; frozen-camera check)" in (tmp_path / "real.md").read_text()
 
 
 def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:

@@ -317,16 +317,17 @@ def markdown(report: dict) -> str:
                      f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} "
                      f"| {alarms[2]} |")
     lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | score tolerance "
-              "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale, "
-              "CUSUM, frozen-camera check) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale: "
+              "image, flow; CUSUM; frozen-camera check) | object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
         lines.append(f"| {s['recording']} | {s['role']} | {s['calibration_frames']} | {s['p_reference']:.2g} "
                      f"| {_cell(s.get('vae_image_score_tolerance'))}, {_cell(s.get('vae_flow_score_tolerance'))} "
                      f"| {s['clean_frames']} | {_cell(s.get('vae_image_clean_p_below_0.05'))}, "
                      f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
                      f" / {_cell(s.get('martingale_threshold'), 0)} "
-                     f"| {_cell(s.get('fa_per_1000_martingale'), 0)}, "
-                     f"{_cell(s.get('fa_per_1000_cusum'), 0)}, {_cell(s.get('fa_per_1000_repeat_check'), 0)} "
+                     f"| {_cell(s.get('vae_image_fa_per_1000_martingale'), 1)}, "
+                     f"{_cell(s.get('vae_flow_fa_per_1000_martingale'), 1)}; {_cell(s.get('fa_per_1000_cusum'), 1)}; "
+                     f"{_cell(s.get('fa_per_1000_repeat_check'), 1)} "
                      f"| {_cell(s.get('pixel_auc_pr'))} "
                      f"| {_cell(s.get('f_star'))} | {s['seconds'] / 60:.0f} |")
     return "\n".join(lines) + "\n"
