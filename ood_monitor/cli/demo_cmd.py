@@ -24,7 +24,7 @@ OUTPUTS = {  # recorded topics of the live run
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 BENCHES = {  # bench -> the report's columns
-    "preprocess": ("variant", "ms_per_frame", "ms_p95"),
+    "preprocess": ("variant", "ms_per_frame", "ms_p95", "with_residual_ms", "without_ms", "ratio"),
     "vae": ("variant", "ms_per_frame", "ms_p95", "x_deterministic"),
     "compress": ("variant", "size_mb", "ms_per_frame", "x_fp32", "auroc", "aupr_out", "d_auroc", "d_aupr_out_pts",
                  "runtime"),
@@ -105,7 +105,9 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
 
 
 def live_alarms(result_bag: Path, test_bag: Path) -> dict:
-    """Alarm metrics of the scores the live nodes published, against the bag's labels."""
+    """Alarm metrics of the scores the live nodes published, against the bag's labels (the flow detector's
+    as `evaluate` counts them: not the frame whose flow pairs an episode's last frame with a clean one)."""
+    from ood_monitor.core.detector_evaluation import Labels, flow_input_labels
     from ood_monitor.core.detector_metrics import alarm_metrics
     from ood_monitor.data.bags import read_messages
     from ood_monitor.data.labeled_frames import iter_frames
@@ -117,13 +119,17 @@ def live_alarms(result_bag: Path, test_bag: Path) -> dict:
         by_detector.setdefault(msg.detector, []).append(msg)
     out = {}
     for det, msgs in by_detector.items():
-        rows = [(labels[stamp_of(m)], m.is_ood) for m in msgs if stamp_of(m) in labels]
+        rows = sorted(((stamp_of(m), labels[stamp_of(m)], m.is_ood) for m in msgs if stamp_of(m) in labels),
+                      key=lambda r: r[0])
         if not rows:
             continue
-        is_ood = np.array([f.is_ood for f, _ in rows])
-        alarm = np.array([a for _, a in rows])
-        episode = np.array([f.episode for f, _ in rows])
-        out[det] = {"frames_scored": len(rows), **alarm_metrics(alarm, is_ood, episode)}
+        is_ood = np.array([f.is_ood for _, f, _ in rows], bool)
+        alarm = np.array([a for _, _, a in rows])
+        episode = np.array([f.episode for _, f, _ in rows])
+        kept = np.ones(len(rows), bool)
+        if det == "flow":
+            kept = flow_input_labels(Labels(is_ood, episode, episode, episode)).counted_mask()
+        out[det] = {"frames_scored": len(rows), **alarm_metrics(alarm[kept], is_ood[kept], episode[kept])}
     return out
 
 
