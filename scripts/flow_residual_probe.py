@@ -4,8 +4,8 @@ changed since the last one) separate the real motion anomalies where the flow VA
 
 For every frame of a `data real` recording, through the same `Preprocessor` as the nodes (DIS flow at the
 128 px model input, restarted at each block's stamp gap): the motion statistics of core/motion.py; the
-warp residual |next warped back by the flow - previous| (mean, 90th percentile, and relative to the plain
-frame difference); and the change of the flow field since the previous frame (mean, 90th percentile,
+warp residual |next warped back by the flow - previous| that the Preprocessor sends as the flow's third
+channel (mean, 90th percentile, and relative to the plain frame difference); and the change of the flow field since the previous frame (mean, 90th percentile,
 relative to the speed). A Ledoit-Wolf Gaussian is fitted on the training split for each feature set; the
 printed figure is the AUROC of its Mahalanobis distance, each motion kind's 8 frames against the 416 clean
 test frames. Run it on tuning recordings only.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.covariance import LedoitWolf
 
 from ood_monitor.core.detector_metrics import kind_aurocs
+from ood_monitor.core.feature_gaussian import shrunk_gaussian, squared_mahalanobis
 from ood_monitor.core.model_input import to_gray
 from ood_monitor.core.motion import FEATURES, motion_features
 from ood_monitor.core.preprocess import Preprocessor
@@ -47,16 +47,14 @@ FEATURE_SETS = {
 
 def two_frame_statistics(prev: np.ndarray, gray: np.ndarray, flow: np.ndarray,
                          prev_flow: np.ndarray | None) -> list[float]:
-    """EXTRA for one flow field; prev/gray float32 grey frames, flow prev -> gray in px/frame."""
-    h, w = gray.shape
-    y, x = np.mgrid[:h, :w].astype(np.float32)
-    warped = cv2.remap(gray, x + flow[..., 0], y + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    resid, diff = np.abs(warped - prev), np.abs(gray - prev)
+    """EXTRA for one flow field; prev/gray float32 grey frames, flow prev -> gray as the Preprocessor gives it
+    (u, v in px/frame and the warp residual of core/flow.warp_residual)."""
+    resid, diff, uv = flow[..., 2], np.abs(gray - prev), flow[..., :2]
     out = [resid.mean(), np.percentile(resid, 90), diff.mean(), resid.mean() / (diff.mean() + 0.5)]
     if prev_flow is None:
         return out + [np.nan] * 3
-    change = np.hypot(*(flow - prev_flow).transpose(2, 0, 1))
-    speed = np.hypot(*flow.transpose(2, 0, 1)).mean() + np.hypot(*prev_flow.transpose(2, 0, 1)).mean()
+    change = np.linalg.norm(uv - prev_flow[..., :2], axis=-1)
+    speed = np.linalg.norm(uv, axis=-1).mean() + np.linalg.norm(prev_flow[..., :2], axis=-1).mean()
     return out + [change.mean(), np.percentile(change, 90), change.mean() / (speed + 0.05)]
 
 
@@ -78,10 +76,7 @@ def split_features(split: Path) -> tuple[list[dict], np.ndarray]:
 
 
 def distances(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    train = train[~np.isnan(train).any(axis=1)]
-    precision = np.linalg.inv(LedoitWolf().fit(train).covariance_ + 1e-9 * np.eye(train.shape[1]))
-    d = test - train.mean(axis=0)
-    score = np.einsum("ij,jk,ik->i", d, precision, d)
+    score = squared_mahalanobis(test, *shrunk_gaussian(train[~np.isnan(train).any(axis=1)], jitter=1e-9))
     return np.where(np.isnan(score), np.nanmedian(score), score)  # first flow of a block: no flow change
 
 

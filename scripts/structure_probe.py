@@ -16,9 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.covariance import LedoitWolf
 
 from ood_monitor.core.detector_metrics import kind_aurocs
+from ood_monitor.core.feature_gaussian import shrunk_gaussian, squared_mahalanobis
 from ood_monitor.core.model_input import FrameConfig, prepare_frame
 from ood_monitor.core.photometric import photometric_features
 
@@ -59,9 +59,7 @@ def main(recordings: list[str]) -> None:
         clean, kinds = np.array([r["is_ood"] == "0" for r in rows]), np.array([r["kind"] for r in rows])
         print(rec.name)
         for (name, a), b in zip(feature_sets(train).items(), feature_sets(test).values(), strict=True):
-            precision = np.linalg.inv(LedoitWolf().fit(a).covariance_ + 1e-9 * np.eye(a.shape[1]))
-            d = b - a.mean(axis=0)
-            aurocs = kind_aurocs(np.einsum("ij,jk,ik->i", d, precision, d), clean, kinds, KINDS)
+            aurocs = kind_aurocs(squared_mahalanobis(b, *shrunk_gaussian(a, jitter=1e-9)), clean, kinds, KINDS)
             print(f"  {name:24s} " + "  ".join(f"{k} {x:.2f}" for k, x in zip(KINDS, aurocs, strict=True)))
 
 

@@ -24,6 +24,22 @@ def rgb_frame_rows(frames: np.ndarray, statistics: Callable[[np.ndarray], np.nda
     return np.stack([statistics(f) for f in frames]) if len(frames) else np.zeros((0, width))
 
 
+def shrunk_gaussian(features: np.ndarray, jitter: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of (N, F) feature rows, the covariance shrunk by Ledoit-Wolf (a few hundred frames
+    of one drive) plus `jitter` on the diagonal."""
+    from sklearn.covariance import LedoitWolf
+
+    features = np.asarray(features, np.float64)
+    cov = LedoitWolf().fit(features).covariance_ + jitter * np.eye(features.shape[1])
+    return features.mean(axis=0), np.linalg.inv(cov)
+
+
+def squared_mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(N,) squared Mahalanobis distances of (N, F) feature rows (or one row) to a `shrunk_gaussian`."""
+    d = np.atleast_2d(np.asarray(features, np.float64)) - mean
+    return np.einsum("ij,jk,ik->i", d, precision, d)
+
+
 @dataclass(frozen=True)
 class FeatureGaussian:
     """Training mean and shrunk precision of the statistics `FEATURES` that a subclass's `EXTRACT` computes
@@ -46,14 +62,11 @@ class FeatureGaussian:
 
     @classmethod
     def fit(cls, features: np.ndarray, jitter: float = 1e-6) -> FeatureGaussian:
-        from sklearn.covariance import LedoitWolf
-
         features = np.asarray(features, np.float64)
         if features.ndim != 2 or features.shape[1] != len(cls.FEATURES) or len(features) < cls.min_frames():
             raise ValueError(f"{cls.NAME} statistics need at least {cls.min_frames()} frames of "
                              f"{len(cls.FEATURES)} features, got {features.shape}")
-        cov = LedoitWolf().fit(features).covariance_ + jitter * np.eye(features.shape[1])
-        return cls(features.mean(axis=0), np.linalg.inv(cov))
+        return cls(*shrunk_gaussian(features, jitter))
 
     @classmethod
     def fit_frames(cls, frames: np.ndarray) -> FeatureGaussian:
@@ -64,8 +77,7 @@ class FeatureGaussian:
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N,) squared Mahalanobis distances of (N, F) feature rows to the training frames."""
-        d = np.atleast_2d(np.asarray(features, np.float64)) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+        return squared_mahalanobis(features, self.mean, self.precision)
 
     def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray) -> np.ndarray:
         """(N,) distances as a score term; one features row is broadcast over N posteriors (MC-dropout
