@@ -272,7 +272,7 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     from ood_monitor.core.alarm_calibration import reference_p
     from ood_monitor.core.conformal import log_mixture_martingale, p_values, tail_index_for
     from ood_monitor.core.detector import score_frameset
-    from ood_monitor.core.detector_evaluation import Labels, alarm_table, flow_input_labels
+    from ood_monitor.core.detector_evaluation import Labels, alarm_table, detector_labels
     from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.vae.dataset import load_frames
     from ood_monitor.core.vae.io import load_encoder
@@ -281,10 +281,8 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     calibration = card.calibration_scores(model)
     frames = load_frames(test, card.kind, FrameConfig(card.config.width, card.config.height))
     scores = score_frameset(encoder, card, frames)
-    labels = Labels(frames.is_ood, frames.ood_kind, frames.ood_kind, frames.episode,
-                    stream_sequences(test, frames.index))
-    if card.kind == "flow":
-        labels = flow_input_labels(labels)
+    labels = detector_labels(card.kind, Labels(frames.is_ood, frames.ood_kind, frames.ood_kind, frames.episode,
+                                               stream_sequences(test, frames.index)))
     configs, _, _ = alarm_settings(card.kind, lambda: card.alarm_settings(model), params, tests)
     results, _ = alarm_table(calibration, scores, labels, configs)
     cfg = next(iter(configs.values()))

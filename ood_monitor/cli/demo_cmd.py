@@ -107,8 +107,7 @@ def run_live(test_bag: Path, result_bag: Path, rate: float, params: Path, stages
 def live_alarms(result_bag: Path, test_bag: Path) -> dict:
     """Alarm metrics of the scores the live nodes published, against the bag's labels (the flow detector's
     as `evaluate` counts them: not the frame whose flow pairs an episode's last frame with a clean one)."""
-    from ood_monitor.core.detector_evaluation import Labels, flow_input_labels
-    from ood_monitor.core.detector_metrics import alarm_metrics
+    from ood_monitor.core.detector_evaluation import Labels, counted_alarm_metrics, detector_labels
     from ood_monitor.data.bags import read_messages
     from ood_monitor.data.labeled_frames import iter_frames
     from ood_monitor.ros.live import stamp_of
@@ -124,12 +123,9 @@ def live_alarms(result_bag: Path, test_bag: Path) -> dict:
         if not rows:
             continue
         is_ood = np.array([f.is_ood for _, f, _ in rows], bool)
-        alarm = np.array([a for _, _, a in rows])
         episode = np.array([f.episode for _, f, _ in rows])
-        kept = np.ones(len(rows), bool)
-        if det == "flow":
-            kept = flow_input_labels(Labels(is_ood, episode, episode, episode)).counted_mask()
-        out[det] = {"frames_scored": len(rows), **alarm_metrics(alarm[kept], is_ood[kept], episode[kept])}
+        labels_of = detector_labels(det, Labels(is_ood, episode, episode, episode))
+        out[det] = {"frames_scored": len(rows), **counted_alarm_metrics(np.array([a for _, _, a in rows]), labels_of)}
     return out
 
 

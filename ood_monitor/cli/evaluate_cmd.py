@@ -173,7 +173,7 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     from ood_monitor.core.conformal import ConformalMonitor
     from ood_monitor.core.detector_evaluation import (
         alarm_table,
-        flow_input_labels,
+        detector_labels,
         frame_table,
         group_masks,
         stream_labels,
@@ -182,10 +182,8 @@ def evaluate_model(scorer, table, out: Path, title: str, params: Path | None, te
     name, card = scorer.name, scorer.card
     configs, max_gap_s, origin = alarm_settings(card.kind, lambda: card.alarm_settings(scorer.path), params,
                                                  tests)
-    labels = stream_labels(table.is_ood, table.category, table.kind, table.episode, table.stamp_ns, max_gap_s,
-                           table.source)
-    if card.kind == "flow":
-        labels = flow_input_labels(labels)
+    labels = detector_labels(card.kind, stream_labels(table.is_ood, table.category, table.kind, table.episode,
+                                                      table.stamp_ns, max_gap_s, table.source))
     scores = table.score
     alarms, traces = alarm_table(scorer.calibration, scores, labels, configs)
     metrics = frame_table(scores, labels)
@@ -221,19 +219,18 @@ def per_source_results(table, labels, traces: dict, configs: dict) -> list[dict]
     missed (what a fleet report ranks by)."""
     import numpy as np
 
-    from ood_monitor.core.detector_metrics import alarm_metrics
+    from ood_monitor.core.detector_evaluation import counted_alarm_metrics
 
     rows = []
     for src in dict.fromkeys(table.source.tolist()):
         sel = table.source == src
-        counted = sel & labels.counted_mask()
         stamps = table.stamp_ns[sel]
         period = float(np.median(np.diff(stamps))) * 1e-9 if stamps.size > 1 else 0.0
         row = {"source": src, "frames": int(sel.sum()), "ood_frames": int(labels.is_ood[sel].sum()),
                "frame_period_s": period, "alarms": {}}
         for test, trace in traces.items():
             alarmed = trace["is_ood"][sel].astype(bool)
-            m = alarm_metrics(trace["is_ood"][counted].astype(bool), labels.is_ood[counted], labels.episode[counted])
+            m = counted_alarm_metrics(alarmed, labels.subset(sel))
             row["alarms"][test] = {"alarm_frames": int(alarmed.sum()), "alarm_s": float(alarmed.sum() * period),
                                    "alarm_fraction": float(alarmed.mean()) if alarmed.size else 0.0,
                                    "missed_episodes": m["missed_episodes"], "ood_episodes": m["ood_episodes"],

@@ -51,6 +51,17 @@ def flow_input_labels(labels: Labels) -> Labels:
                   labels.counted_mask() & ~after)
 
 
+def detector_labels(kind: str, labels: Labels) -> Labels:
+    """The labels a detector of `kind` ("image" or "flow") is measured against (`flow_input_labels`)."""
+    return flow_input_labels(labels) if kind == "flow" else labels
+
+
+def counted_alarm_metrics(alarmed: np.ndarray, labels: Labels) -> dict[str, float]:
+    """`alarm_metrics` of per-frame alarms on the frames the labels count."""
+    keep = labels.counted_mask()
+    return alarm_metrics(np.asarray(alarmed, bool)[keep], labels.is_ood[keep], labels.episode[keep])
+
+
 def sequence_ids(stamp_ns: np.ndarray, max_gap_s: float, source: np.ndarray | None = None) -> np.ndarray:
     """0, 1, 2, ... per frame: a new sequence wherever vae_detector_node restarts its alarm state (the
     stamp jumps back or advances by more than `max_gap_s`) and wherever `source` (the recording) changes."""
@@ -123,7 +134,7 @@ def alarm_table(calibration: np.ndarray, scores: np.ndarray, labels: Labels, tes
         trace = monitor_sequence(calibration, scores, cfg, labels.sequence)
         traces[name] = trace
         alarmed = trace["is_ood"][counted]
-        rows = {"all": alarm_metrics(alarmed, kept.is_ood, kept.episode)}
+        rows = {"all": counted_alarm_metrics(trace["is_ood"], labels)}
         for group, sel in group_masks(kept).items():
             if group.startswith("category:"):
                 keep = sel | nominal
