@@ -66,7 +66,8 @@ def check_anomaly_mask(m, prepared_wh: tuple[int, int], threshold: float = 0.5) 
 
 def check_synthesis(m, steps: int | None = None) -> None:
     """SynthesisResult.msg."""
-    _covers(m, {"header", "input", "synthesized", "steps", "guidance", "backend", "latency_ms"})
+    _covers(m, {"header", "input", "synthesized", "steps", "guidance", "backend", "latency_ms", "input_features",
+                "feature_shapes", "feature_source"})
     assert m.input.encoding == "rgb8" and m.synthesized.encoding == "rgb8"
     assert (m.input.width, m.input.height) == (m.synthesized.width, m.synthesized.height)
     assert m.input.header == m.header and m.synthesized.header == m.header
@@ -74,6 +75,12 @@ def check_synthesis(m, steps: int | None = None) -> None:
     assert math.isfinite(m.guidance) and m.guidance >= 0.0
     assert m.backend
     assert math.isfinite(m.latency_ms) and m.latency_ms >= 0.0
+    shapes = list(m.feature_shapes)
+    assert len(shapes) % 3 == 0 and bool(shapes) == bool(m.feature_source) == (len(m.input_features) > 0)
+    sizes = [shapes[i] * shapes[i + 1] * shapes[i + 2] for i in range(0, len(shapes), 3)]
+    assert sum(sizes) == len(m.input_features)
+    assert not m.feature_source or m.feature_source.startswith("dcae:")
+    assert np.isfinite(np.frombuffer(m.input_features, dtype=np.float32)).all()
 
 
 def check_camera_view(image, camera_wh: tuple[int, int]) -> None:

@@ -22,6 +22,7 @@ from ood_monitor.core.analysis.nominal import load_nominal, settings_mismatch
 from ood_monitor.core.analysis.segmenters import AutoMaskConfig, SlicSegmenter, make_segmenter
 from ood_monitor.core.model_dirs import ModelDirError, resolve_model_dir
 from ood_monitor.core.model_input import FrameConfig, image_transform
+from ood_monitor.ros.features import features_from_fields
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
@@ -113,6 +114,8 @@ class AnalysisNode(StageNode):
         self.cond = threading.Condition()
         self.pending: SynthesisResult | None = None
         self.superseded = 0
+        self.handed = {"used": 0, "not_used": 0, "none_sent": 0}
+        self.handed_reason = "none received yet"
         self.running = False
         self.worker: threading.Thread | None = None
         super().__init__(node_name, **kwargs)
@@ -219,6 +222,8 @@ class AnalysisNode(StageNode):
                 "nominal_stats_mismatch": self.nominal_mismatch or "none",
                 "threshold": str(self.analyzer.cfg.threshold), "camera_size": cam,
                 "superseded": str(self.superseded),
+                **{f"handed_features_{k}": str(v) for k, v in self.handed.items()},
+                "handed_features": self.handed_reason,
                 **{f"stage_{k}_ms": f"{v:.1f}" for k, v in self.stage_ms.items()}}
 
     def on_camera_info(self, msg: CameraInfo) -> None:
@@ -237,8 +242,10 @@ class AnalysisNode(StageNode):
             if image.shape != synth.shape:
                 raise ValueError(f"input {image.shape[1]}x{image.shape[0]} and synthesized "
                                  f"{synth.shape[1]}x{synth.shape[0]} differ in size")
+            features = self._handed_features(msg)
             decoded = time.perf_counter()
-            result = self.analyzer.analyze(image, synth)
+            result = self.analyzer.analyze(image, synth, features)
+            self._count_handed(features)
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
@@ -252,6 +259,27 @@ class AnalysisNode(StageNode):
         analysed = decoded + sum(result.timings_ms.values()) / 1e3
         self._track_stages({"decode_msg": (decoded - start) * 1e3, **result.timings_ms,
                             "encode_msg": max(0.0, (done - analysed) * 1e3)})
+
+    def _handed_features(self, msg: SynthesisResult):
+        """The input's encoder features the synthesizer sent, or None; malformed ones are ignored (the
+        analysis computes its own) and the reason goes to /diagnostics, never a refused frame."""
+        try:
+            return features_from_fields(msg.input_features, msg.feature_shapes, msg.feature_source)
+        except ValueError as exc:
+            self.handed_reason = f"malformed: {exc}"
+            return None
+
+    def _count_handed(self, features) -> None:
+        if features is None:
+            self.handed["none_sent"] += 1
+            if not self.handed_reason.startswith("malformed"):
+                self.handed_reason = "none sent (synthesizer_node hand_features false, or no DC-AE)"
+        elif self.analyzer.discrepancy.last_handed:
+            self.handed["not_used"] += 1
+            self.handed_reason = f"not used: {self.analyzer.discrepancy.last_handed}"
+        else:
+            self.handed["used"] += 1
+            self.handed_reason = "used"
 
     def _publish(self, header, result, start: float) -> None:
         conf = np.clip(result.confidence, 0.0, 1.0).astype(np.float32)

@@ -26,6 +26,7 @@ from ood_monitor.core.diffusion.synthesizer import (
     synthesizer_from_params,
 )
 from ood_monitor.core.model_dirs import resolve_model_dir
+from ood_monitor.ros.features import features_to_fields
 from ood_monitor.ros.image import ImageConversionError, array_to_image, image_to_array, to_rgb8
 from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of
@@ -56,6 +57,8 @@ PARAMETERS = {
     "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),
     "threads": (0, "torch CPU threads (0: torch's default)"),
     "seed": (0, "noise seed (the same frame always gives the same synthesis)"),
+    "hand_features": (True, "send the input's DC-AE encoder features with the synthesis (0.9 MB at 128 px) so "
+                            "the analysis need not compute them; false: smaller messages for a remote analysis"),
     "trigger": ("always", "always | on_ood | every_n"),
     "every_n": (5, "with trigger every_n: synthesize every n-th received frame"),
     "score_topics": (["ood/score/image", "ood/score/flow"], "OODScore topics the on_ood trigger listens to"),
@@ -88,7 +91,8 @@ LIMITS = {  # 0 / -1 / "": the sampling preset's value
 class SynthesizerNode(StageNode):
     PARAMETERS = PARAMETERS
     LIMITS = LIMITS
-    TUNABLE = ("sampling", "steps", "guidance", "strength", "guidance_kind", "trigger", "every_n", "score_wait_s")
+    TUNABLE = ("sampling", "steps", "guidance", "strength", "guidance_kind", "trigger", "every_n", "score_wait_s",
+               "hand_features")
 
     def __init__(self, node_name: str = "synthesizer_node", **kwargs) -> None:
         self.worker: threading.Thread | None = None
@@ -251,13 +255,16 @@ class SynthesizerNode(StageNode):
             return
         if not (self.active and self.running):  # deactivated or stopped during this frame: outputs stay silent
             return
+        handed = self.synth.last_features if self.p["hand_features"] and self.synth.feature_source else ()
+        values, shapes = features_to_fields(handed)
         latency = (time.perf_counter() - start) * 1e3
         self._track_stages(self.synth.last_timing.stages(), latency - self.synth.last_timing.total_ms)
         g = self.synth.guidance
         self.pub.publish(SynthesisResult(
             header=msg.header, input=array_to_image(rgb, "rgb8", header=msg.header),
             synthesized=array_to_image(out, "rgb8", header=msg.header), steps=int(g.steps),
-            guidance=float(g.scale), backend=self.synth.backend, latency_ms=float(latency)))
+            guidance=float(g.scale), backend=self.synth.backend, latency_ms=float(latency),
+            input_features=values, feature_shapes=shapes, feature_source=self.synth.feature_source if handed else ""))
         self.stats.on_output(latency)
 
     def _track_stages(self, stages: dict[str, float], conversion_ms: float) -> None:

@@ -10,7 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from ood_monitor.core.analysis.discrepancy import Discrepancy, DiscrepancyConfig, FeatureExtractor
+from ood_monitor.core.analysis.discrepancy import (
+    Discrepancy,
+    DiscrepancyConfig,
+    FeatureExtractor,
+    FrameFeatures,
+)
 from ood_monitor.core.analysis.masks import MaskResult, Region, extract_regions
 from ood_monitor.core.analysis.nominal import NominalDiscrepancy
 from ood_monitor.core.analysis.pooling import pool_labels
@@ -66,12 +71,14 @@ class Analyzer:
         self.discrepancy = Discrepancy(self.cfg.discrepancy, extractor)
         self.nominal = nominal
 
-    def analyze(self, image: np.ndarray, synthesized: np.ndarray) -> AnalysisResult:
+    def analyze(self, image: np.ndarray, synthesized: np.ndarray,
+                image_features: FrameFeatures | None = None) -> AnalysisResult:
         """`timings_ms` is the per-stage profile: the discrepancy terms (features, colour, structure; each
         only when enabled), nominal (normalisation), segmentation, pooling (+ confidence), mask (threshold
-        + regions); their sum is the frame's analysis time."""
+        + regions); their sum is the frame's analysis time. `image_features`: the image's encoder features
+        from the synthesizer (used when they match this analysis' encoder; Discrepancy.handed_maps)."""
         t0 = time.perf_counter()
-        disc = self.discrepancy(image, synthesized)
+        disc = self.discrepancy(image, synthesized, image_features)
         timings = dict(self.discrepancy.last_ms)
         t1 = time.perf_counter()
         timings["weighting"] = max(0.0, (t1 - t0) * 1e3 - sum(timings.values()))
@@ -90,5 +97,5 @@ class Analyzer:
         return AnalysisResult(disc, conf, mask, timings)
 
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "Analyzer", "DiscrepancyConfig", "MaskResult", "Region",
+__all__ = ["AnalysisConfig", "AnalysisResult", "Analyzer", "DiscrepancyConfig", "FrameFeatures", "MaskResult", "Region",
            "analysis_config"]

@@ -29,6 +29,18 @@ LAB_SCALE = 20.0  # ΔE76 of 20 (a clearly different colour) maps to discrepancy
 
 
 @dataclass(frozen=True)
+class FrameFeatures:
+    """A frame's feature maps computed elsewhere, and which encoder computed them.
+
+    Why: the synthesizer runs the DC-AE encoder's first blocks on the frame on its way to the latent; handed
+    over with the synthesis they spare the analysis running them again (half its feature term). They are
+    used only when `source` names the analysis' own encoder and their shapes are the ones it would make."""
+
+    maps: tuple[np.ndarray, ...]  # (C, H, W) float32 each, shallowest first
+    source: str  # e.g. "dcae:<weights sha256 prefix>:fp32" (core/diffusion/synthesizer.feature_source)
+
+
+@dataclass(frozen=True)
 class DiscrepancyConfig:
     """Weights of the three terms (a zero weight skips its computation) and their smoothing. Defaults are
     the shipped ones (scripts/tune_analysis.py on a tuning split: structure-heavy weights and a 2 px pre-blur
@@ -87,14 +99,19 @@ def to_tensor(images: Sequence[np.ndarray], size: tuple[int, int] | None = None)
 
 
 def feature_term(a: np.ndarray, b: np.ndarray, extractor: FeatureExtractor, feature_size: int = 128,
-                 gain: float = 1.0) -> np.ndarray:
+                 gain: float = 1.0, a_maps: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Mean over scales of the cosine distance of the features, bilinearly upsampled to the image, times
-    `gain`, clipped to [0, 1]."""
+    `gain`, clipped to [0, 1]. `a_maps`: `a`'s maps already computed by this encoder ((C, H, W) each;
+    `handed_maps` checks that), so only `b` runs through it."""
     h, w = a.shape[:2]
     scale = feature_size / max(h, w)
     size = (max(8, round(h * scale)), max(8, round(w * scale)))
     with torch.inference_mode():
-        feats = extractor(to_tensor([a, b], size))
+        if a_maps is None:
+            feats = extractor(to_tensor([a, b], size))
+        else:
+            feats = [torch.cat([torch.from_numpy(fa)[None], fb]) for fa, fb in
+                     zip(a_maps, extractor(to_tensor([b], size)), strict=True)]
         if not feats:
             raise ValueError("feature extractor returned no feature maps")
         maps = [_cosine_distance(f) for f in feats]
@@ -118,14 +135,35 @@ class Discrepancy:
         self.cfg = cfg or DiscrepancyConfig()
         self.extractor = extractor
         self.last_ms: dict[str, float] = {}  # ms per term of the last call (the per-stage profile)
+        self.last_handed = ""  # why the last call's handed features were not used ("" when used or none given)
 
-    def terms(self, image: np.ndarray, synthesized: np.ndarray) -> dict[str, np.ndarray]:
-        """The individual terms with a positive weight (the feature term only with an extractor)."""
+    def handed_maps(self, image: np.ndarray, features: FrameFeatures | None) -> tuple[np.ndarray, ...] | None:
+        """`features`' maps when they are what this extractor would compute for `image`, else None (and the
+        reason in `last_handed`)."""
+        self.last_handed = ""
+        if features is None or self.extractor is None:
+            return None
+        own = getattr(self.extractor, "source", "")
+        if not own or features.source != own:
+            self.last_handed = f"from {features.source or 'an unnamed encoder'}, not this analysis' {own or 'extractor'}"
+            return None
+        expected = getattr(self.extractor, "map_shapes", lambda *_: None)(image.shape[:2], self.cfg.feature_size)
+        got = [tuple(m.shape) for m in features.maps]
+        if expected is None or got != expected:
+            self.last_handed = f"shapes {got}, this analysis makes {expected}"
+            return None
+        return features.maps
+
+    def terms(self, image: np.ndarray, synthesized: np.ndarray,
+              image_features: FrameFeatures | None = None) -> dict[str, np.ndarray]:
+        """The individual terms with a positive weight (the feature term only with an extractor).
+        `image_features`: the image's feature maps from elsewhere, used when `handed_maps` accepts them."""
         _check_pair(image, synthesized)
         c, out, ms = self.cfg, {}, {}
         t0 = time.perf_counter()
         if c.weight_feature > 0 and self.extractor is not None:
-            out["feature"] = feature_term(image, synthesized, self.extractor, c.feature_size, c.feature_gain)
+            out["feature"] = feature_term(image, synthesized, self.extractor, c.feature_size, c.feature_gain,
+                                          self.handed_maps(image, image_features))
             ms["features"], t0 = (time.perf_counter() - t0) * 1e3, time.perf_counter()
         if c.weight_colour > 0:
             out["colour"] = colour_term(image, synthesized, c.blur_sigma)
@@ -138,11 +176,12 @@ class Discrepancy:
             raise ValueError("no discrepancy term enabled: set weight_colour/structure > 0 or give a feature model")
         return out
 
-    def __call__(self, image: np.ndarray, synthesized: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, synthesized: np.ndarray,
+                 image_features: FrameFeatures | None = None) -> np.ndarray:
         """HxW float32 discrepancy in [0, 1]; identical images give 0 everywhere."""
         weights = {"feature": self.cfg.weight_feature, "colour": self.cfg.weight_colour,
                    "structure": self.cfg.weight_structure}
-        terms = self.terms(image, synthesized)
+        terms = self.terms(image, synthesized, image_features)
         total = sum(weights[k] for k in terms)
         acc = sum(weights[k] * v for k, v in terms.items())
         return (acc / total).astype(np.float32)
@@ -232,29 +271,55 @@ def load_dcae(model_dir: str | Path, device: str = "cpu") -> nn.Module:
     return AutoencoderDC.from_pretrained(str(model_dir), use_safetensors=True).to(device).eval()
 
 
-def dcae_features(model_dir: str | Path, device: str = "cpu", stages: int = 3) -> FeatureExtractor:
+class DcaeFeatures:
     """DC-AE encoder features: the outputs of its first `stages` down blocks (input mapped to [-1, 1]).
 
     The encoder runs only up to the last block used: the deeper block and the latent head, whose outputs
     were computed and thrown away when these features were read through forward hooks on a whole
-    `encode`, cost 45 % of the feature term (the same features; test_analysis checks they are equal)."""
-    model = load_dcae(model_dir, device)
-    encoder = model.encoder
-    blocks = list(encoder.down_blocks)[:max(1, min(stages, len(encoder.down_blocks)))]
-    multiple = 2 ** len(encoder.down_blocks)
+    `encode`, cost 45 % of the feature term (the same features; test_analysis checks they are equal).
+    `source` names the weights, so features the synthesizer computed with the same ones can stand in."""
 
-    def extract(x: torch.Tensor) -> list[torch.Tensor]:
-        h, w = x.shape[-2:]
-        size = (max(multiple, h // multiple * multiple), max(multiple, w // multiple * multiple))
-        if size != (h, w):  # the encoder needs sides divisible by its compression
+    def __init__(self, model_dir: str | Path, device: str = "cpu", stages: int = 3) -> None:
+        from ood_monitor.core.diffusion.synthesizer import feature_source
+
+        model = load_dcae(model_dir, device)
+        card = json.loads((Path(model_dir) / "config.json").read_text())
+        self.source = feature_source(card, "fp32") if card.get("type") == "dcae" else ""
+        self.device = device
+        self.encoder = model.encoder
+        self.blocks = list(self.encoder.down_blocks)[:max(1, min(stages, len(self.encoder.down_blocks)))]
+        self.multiple = 2 ** len(self.encoder.down_blocks)
+        self._shapes: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+
+    def _size(self, h: int, w: int) -> tuple[int, int]:
+        """The encoder needs sides divisible by its compression."""
+        m = self.multiple
+        return max(m, h // m * m), max(m, w // m * m)
+
+    def map_shapes(self, image_hw: tuple[int, int], feature_size: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each map for an image of `image_hw` at `feature_size` (as feature_term resizes it)."""
+        h, w = image_hw
+        scale = feature_size / max(h, w)
+        size = self._size(max(8, round(h * scale)), max(8, round(w * scale)))
+        if size not in self._shapes:  # once per input size: a blank frame through the blocks
+            with torch.inference_mode():
+                self._shapes[size] = [tuple(f.shape[1:]) for f in self(torch.zeros(1, 3, *size))]
+        return self._shapes[size]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        size = self._size(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        out, hidden = [], encoder.conv_in(x.to(device) * 2.0 - 1.0)
-        for block in blocks:
+        out, hidden = [], self.encoder.conv_in(x.to(self.device) * 2.0 - 1.0)
+        for block in self.blocks:
             hidden = block(hidden)
             out.append(hidden.float().cpu())
         return out
 
-    return extract
+
+def dcae_features(model_dir: str | Path, device: str = "cpu", stages: int = 3) -> DcaeFeatures:
+    """The DC-AE feature extractor of `model_dir` (see DcaeFeatures)."""
+    return DcaeFeatures(model_dir, device, stages)
 
 
 FEATURE_KINDS = ("auto", "none", "random", "vae", "dcae")

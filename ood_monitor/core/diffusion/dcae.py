@@ -74,6 +74,28 @@ def encode(model: AutoencoderDC, images: torch.Tensor, scaling_factor: float) ->
     return model.encode(images).latent * scaling_factor
 
 
+# Encoder blocks whose outputs the analysis' feature term reads (core/analysis/discrepancy.dcae_features)
+FEATURE_STAGES = 3
+
+
+def encode_with_features(model: AutoencoderDC, images: torch.Tensor,
+                         stages: int = FEATURE_STAGES) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Unscaled latents and the outputs of the encoder's first `stages` down blocks, from one pass.
+
+    Why: the analysis compares a frame and its synthesis through these block outputs; the synthesizer has
+    computed the frame's on the way to its latent, so it hands them over instead of the analysis running
+    the blocks again (about half its feature term)."""
+    maps: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: maps.append(out))
+             for block in list(model.encoder.down_blocks)[:stages]]
+    try:
+        latent = model.encode(images).latent
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return latent, maps
+
+
 def decode(model: AutoencoderDC, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1] (clamped)."""
     return model.decode(latents / scaling_factor).sample.clamp(-1.0, 1.0)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dcae import encode_with_features
+
 OPSET = 17
 
 
@@ -45,12 +47,15 @@ def _positive_movedim() -> Iterator[None]:
 
 
 class _Encoder(nn.Module):
+    """Latent, then the first down blocks' outputs (handed to the analysis: see dcae.encode_with_features)."""
+
     def __init__(self, autoencoder: nn.Module) -> None:
         super().__init__()
         self.ae = autoencoder
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ae.encode(x).latent
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        latent, maps = encode_with_features(self.ae, x)
+        return (latent, *maps)
 
 
 class _Decoder(nn.Module):
@@ -111,8 +116,7 @@ class OrtGraph:
         buf = io.BytesIO()
         cpu_example = tuple(a.detach().cpu() for a in example)
         with torch.no_grad(), _positive_movedim(), _quiet():
-            torch.onnx.export(module.eval(), cpu_example, buf, input_names=names, output_names=["out"],
-                              opset_version=OPSET, dynamo=False)
+            torch.onnx.export(module.eval(), cpu_example, buf, input_names=names, opset_version=OPSET, dynamo=False)
         self.names = names
         self.device = device or torch.device("cpu")
         self.before: list[Callable[[], None]] = []  # run before every call (one may raise to cancel)
@@ -120,10 +124,15 @@ class OrtGraph:
                                             providers=providers(self.device))
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        """The graph's first output."""
+        return self.run(*args)[0]
+
+    def run(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph, in order."""
         for check in self.before:
             check()
         feed = {n: np.ascontiguousarray(a.detach().float().cpu().numpy()) for n, a in zip(self.names, args, strict=True)}
-        return torch.from_numpy(self.session.run(None, feed)[0]).to(self.device)
+        return [torch.from_numpy(out).to(self.device) for out in self.session.run(None, feed)]
 
 
 @contextlib.contextmanager
@@ -146,7 +155,8 @@ class OrtDenoiser:
 
 
 class OrtAutoencoder:
-    """encode(images) -> unscaled latents, decode(latents) -> images, as the DC-AE's `.latent` / `.sample`."""
+    """encoder(images) -> unscaled latents (`encoder.run`: latents and the first down blocks' outputs),
+    decoder(latents) -> images, as the DC-AE's `.latent` / `.sample`."""
 
     def __init__(self, autoencoder: nn.Module, image_size: int, latent_shape: tuple[int, ...], threads: int,
                  device: torch.device) -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .dcae import DcaeConfig, build_dcae, decode, encode
+from .dcae import DcaeConfig, build_dcae, decode, encode_with_features
 from .dit import Dit, DitConfig
 from .guided_ddim import GUIDANCE_KINDS, GuidanceConfig, guided_sample
 from .schedules import ScheduleConfig, make_scheduler
@@ -43,6 +43,13 @@ NODE_BACKENDS = ("auto",) + BACKENDS
 SAMPLING_PRESETS = ("realtime", "model")
 REALTIME_SAMPLING = {"steps": 2, "scale": 4.0, "strength": 0.3, "kind": "gradfree"}
 UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
+
+
+def feature_source(ae_card: dict, precision: str) -> str:
+    """Names an encoder's features: its weights' sha256 prefix and the precision it ran at. Features are
+    handed from the synthesizer to the analysis only between equal names (core/analysis/discrepancy)."""
+    sha = str(ae_card.get("weights_sha256", ""))[:16]
+    return f"dcae:{sha}:{precision}" if sha else ""
 
 
 class ModelFileError(RuntimeError):
@@ -223,7 +230,10 @@ class Synthesizer:
     runtime: str = "torch"
     ort_denoiser: object | None = None
     ort_autoencoder: object | None = None
+    feature_source: str = ""  # which encoder `last_features` came from: weights sha256 prefix and precision
     last_timing: SynthesisTiming = field(default_factory=SynthesisTiming)
+    # the input's encoder block outputs ((C, H, W) each) from the last synthesize, for the analysis
+    last_features: tuple[np.ndarray, ...] = ()
 
     def __post_init__(self) -> None:
         self.scheduler = make_scheduler(self.schedule, self.sampler)
@@ -258,11 +268,12 @@ class Synthesizer:
             kind=guidance_kind or defaults.get("kind", "gradient"))
         if backend == "onnxruntime" and precision != "fp32":
             raise ValueError(f"backend onnxruntime runs fp32 graphs; precision {precision} needs backend torch")
-        autoencoder, scaling = None, 1.0
+        autoencoder, scaling, source = None, 1.0, ""
         if card["type"] == "latent_dit":
             ae_dir = (Path(path) / card["dcae"]).resolve()
             autoencoder, ae_card = load_model(ae_dir, "dcae")
             scaling = float(ae_card["arch"]["scaling_factor"])
+            source = feature_source(ae_card, precision)
         size = int(card["image_size"])
         ort_denoiser = ort_autoencoder = None
         if backend == "onnxruntime":  # exported from the CPU modules, before they move to the device
@@ -280,7 +291,7 @@ class Synthesizer:
                    image_size=size, sampler=sampler, autoencoder=autoencoder,
                    scaling_factor=scaling, device=dev, precision=precision, name=Path(path).name,
                    model_hash=card.get("weights_sha256", "")[:12], seed=seed, runtime=backend,
-                   ort_denoiser=ort_denoiser, ort_autoencoder=ort_autoencoder)
+                   ort_denoiser=ort_denoiser, ort_autoencoder=ort_autoencoder, feature_source=source)
 
     @staticmethod
     def card_sampling(path: str | Path) -> GuidanceConfig:
@@ -336,11 +347,16 @@ class Synthesizer:
         return np.ascontiguousarray(img)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled latents; keeps the encoder's first block outputs in `last_features` (no extra work)."""
+        self.last_features = ()
         if self.autoencoder is None:
             return x
         if self.ort_autoencoder is not None:
-            return self.ort_autoencoder.encoder(x) * self.scaling_factor
-        return encode(self.autoencoder, x, self.scaling_factor)
+            latent, *maps = self.ort_autoencoder.encoder.run(x)
+        else:
+            latent, maps = encode_with_features(self.autoencoder, x)
+        self.last_features = tuple(np.ascontiguousarray(m[0].float().cpu().numpy()) for m in maps)
+        return latent * self.scaling_factor
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.autoencoder is None:
