@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer
-from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, make_feature_extractor
+from ood_monitor.core.analysis.discrepancy import DiscrepancyConfig, FrameFeatures, make_feature_extractor
 from ood_monitor.core.analysis.nominal import load_nominal
 from ood_monitor.core.analysis.segmenters import (
     AutoMaskConfig,
@@ -80,14 +80,14 @@ def oracle_synthesis(image: np.ndarray, mask: np.ndarray | None, seed: int = 0) 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.ndarray], str]:
+def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.ndarray], str, list]:
     """(frames as analysed, their syntheses, what made them) for --synthesis."""
     from dataclasses import replace
 
     model = Path(args.models) / "latent_dit"
     kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
     if kind == "oracle":
-        return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE
+        return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE, []
     from ood_monitor.cli.evaluate_cmd import node_parameters
     from ood_monitor.core.analysis.mask_evaluation import prepare_label
     from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
@@ -102,7 +102,11 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
     g = synth.guidance
     what = (f"real: {model}, {synth.backend}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength "
             f"{g.strength:g}, at {cfg.width}x{cfg.height}")
-    return prepared, [synth.synthesize(f.image) for f in prepared], what
+    images, features = [], []
+    for f in prepared:  # with the encoder features synthesizer_node hands the analysis
+        images.append(synth.synthesize(f.image))
+        features.append(FrameFeatures(synth.last_features, synth.feature_source) if synth.feature_source else None)
+    return prepared, images, what, features
 
 
 def object_frames(path: str, limit: int) -> list:
@@ -123,12 +127,15 @@ def anomaly_class_ids(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
             tuple(c.id for c in classes.values() if c.name in ("unknown", "void")))
 
 
-def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_ids) -> dict:
-    """Time analyze() per frame and score its pooled confidence."""
+def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_ids,
+             features: list | None = None) -> dict:
+    """Time analyze() per frame and score its pooled confidence. `features`: the synthesizer's encoder
+    features per frame (handed over as synthesizer_node does; used where they fit the analyzer's encoder)."""
     auc, fstar, times, stages = PixelAucPr(), FStar(anomaly_ids, ignore_ids), [], {}
-    analyzer.analyze(frames[0].image, synth[0])  # warm-up (lazy imports, allocator)
-    for f, s in zip(frames, synth, strict=True):
-        result = analyzer.analyze(f.image, s)
+    features = features or [None] * len(frames)
+    analyzer.analyze(frames[0].image, synth[0], features[0])  # warm-up (lazy imports, allocator)
+    for f, s, handed in zip(frames, synth, features, strict=True):
+        result = analyzer.analyze(f.image, s, handed)
         times.append(sum(result.timings_ms.values()))
         for k, v in result.timings_ms.items():
             stages.setdefault(k, []).append(v)
@@ -148,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if not frames:
         print(f"no object-anomaly frames with masks in {args.data} (generate: ood-monitor data demo)")
         return 1
-    frames, synth, synthesis = synthesize(args, frames)
+    frames, synth, synthesis, handed = synthesize(args, frames)
     ids = anomaly_class_ids(args.data)
     extractor, feat_desc = make_feature_extractor(args.features, args.models)
     cfg = AnalysisConfig()
@@ -164,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, seg in variants.items():
         rows.append({"variant": name, "segmenter": seg.name, "features": feat_desc,
-                     **evaluate(Analyzer(cfg, seg, extractor, nominal), frames, synth, *ids)})
+                     **evaluate(Analyzer(cfg, seg, extractor, nominal), frames, synth, *ids, handed)})
     if nominal is not None:
         rows.append({"variant": "fallback-raw", "segmenter": fallback.segmenter.name, "features": feat_desc,
-                     **evaluate(Analyzer(cfg, fallback.segmenter, extractor), frames, synth, *ids)})
+                     **evaluate(Analyzer(cfg, fallback.segmenter, extractor), frames, synth, *ids, handed)})
     if args.sam_tiny:
         rows += tiny_sam_rows(frames[:4], synth[:4], ids, extractor, cfg)
     if args.compare:
