@@ -127,3 +127,28 @@ def test_nodes_hand_features_over_and_the_masks_stay_the_same():
     assert (diag["handed_features_used"], diag["handed_features_none_sent"]) == ("0", "1")
     assert diag["handed_features"].startswith("none sent")
     np.testing.assert_allclose(conf, conf_plain, atol=1e-4)
+
+
+@pytest.mark.ros
+def test_analysis_node_analyses_a_frame_whose_handed_features_are_malformed():
+    """Broken feature fields cost the hand-off, not the frame: the mask is published, /diagnostics says why."""
+    import array
+
+    with RosHarness() as ros:
+        analysis = ros.add(AnalysisNode(context=ros.context, parameter_overrides=[
+            Parameter("models_dir", value=str(MODELS)), Parameter("torch_threads", value=1)]))
+        masks = ros.collect(AnomalyMask, "ood/anomaly")
+        pub = ros.publisher(SynthesisResult, "ood/synthesis")
+        ros.wait_for_subscribers(pub)
+        h = Header(frame_id="cam")
+        h.stamp.sec = 1_700_000_000
+        image = frame()
+        pub.publish(SynthesisResult(header=h, input=array_to_image(image, "rgb8", header=h),
+                                    synthesized=array_to_image(frame(2), "rgb8", header=h), steps=2,
+                                    input_features=array.array("f", [1.0, 2.0, 3.0]),
+                                    feature_shapes=array.array("I", [32, 64, 64]), feature_source="dcae:x:fp32"))
+        assert wait_until(lambda: masks, 30)
+        diag = analysis.diagnostic_values()
+        assert diag["handed_features"].startswith("malformed") and "describe 131072 values" in diag["handed_features"]
+        assert (diag["handed_features_used"], diag["handed_features_malformed"]) == ("0", "1")
+        assert analysis.stats.processed == 1

@@ -114,7 +114,7 @@ class AnalysisNode(StageNode):
         self.cond = threading.Condition()
         self.pending: SynthesisResult | None = None
         self.superseded = 0
-        self.handed = {"used": 0, "not_used": 0, "none_sent": 0}
+        self.handed = {"used": 0, "not_used": 0, "malformed": 0, "none_sent": 0}
         self.handed_reason = "none received yet"
         self.running = False
         self.worker: threading.Thread | None = None
@@ -242,10 +242,10 @@ class AnalysisNode(StageNode):
             if image.shape != synth.shape:
                 raise ValueError(f"input {image.shape[1]}x{image.shape[0]} and synthesized "
                                  f"{synth.shape[1]}x{synth.shape[0]} differ in size")
-            features = self._handed_features(msg)
+            features, malformed = self._handed_features(msg)
             decoded = time.perf_counter()
             result = self.analyzer.analyze(image, synth, features)
-            self._count_handed(features)
+            self._count_handed(features, malformed)
         except (ImageConversionError, ValueError) as exc:
             self._reject(str(exc))
             return
@@ -261,19 +261,21 @@ class AnalysisNode(StageNode):
                             "encode_msg": max(0.0, (done - analysed) * 1e3)})
 
     def _handed_features(self, msg: SynthesisResult):
-        """The input's encoder features the synthesizer sent, or None; malformed ones are ignored (the
-        analysis computes its own) and the reason goes to /diagnostics, never a refused frame."""
+        """(the input's encoder features the synthesizer sent or None, why they are malformed or "").
+        Malformed ones are ignored (the analysis computes its own), never a refused frame."""
         try:
-            return features_from_fields(msg.input_features, msg.feature_shapes, msg.feature_source)
+            return features_from_fields(msg.input_features, msg.feature_shapes, msg.feature_source), ""
         except ValueError as exc:
-            self.handed_reason = f"malformed: {exc}"
-            return None
+            return None, str(exc)
 
-    def _count_handed(self, features) -> None:
-        if features is None:
+    def _count_handed(self, features, malformed: str) -> None:
+        """Counts and the latest reason for /diagnostics (`handed_features`)."""
+        if malformed:
+            self.handed["malformed"] += 1
+            self.handed_reason = f"malformed: {malformed}"
+        elif features is None:
             self.handed["none_sent"] += 1
-            if not self.handed_reason.startswith("malformed"):
-                self.handed_reason = "none sent (synthesizer_node hand_features false, or no DC-AE)"
+            self.handed_reason = "none sent (synthesizer_node hand_features false, or no DC-AE)"
         elif self.analyzer.discrepancy.last_handed:
             self.handed["not_used"] += 1
             self.handed_reason = f"not used: {self.analyzer.discrepancy.last_handed}"
