@@ -98,14 +98,20 @@ def to_tensor(images: Sequence[np.ndarray], size: tuple[int, int] | None = None)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+def feature_input_size(image_hw: tuple[int, int], feature_size: int) -> tuple[int, int]:
+    """(height, width) an image is resized to before the encoder: its longer side `feature_size`."""
+    h, w = image_hw
+    scale = feature_size / max(h, w)
+    return max(8, round(h * scale)), max(8, round(w * scale))
+
+
 def feature_term(a: np.ndarray, b: np.ndarray, extractor: FeatureExtractor, feature_size: int = 128,
                  gain: float = 1.0, a_maps: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Mean over scales of the cosine distance of the features, bilinearly upsampled to the image, times
     `gain`, clipped to [0, 1]. `a_maps`: `a`'s maps already computed by this encoder ((C, H, W) each;
     `handed_maps` checks that), so only `b` runs through it."""
     h, w = a.shape[:2]
-    scale = feature_size / max(h, w)
-    size = (max(8, round(h * scale)), max(8, round(w * scale)))
+    size = feature_input_size((h, w), feature_size)
     with torch.inference_mode():
         if a_maps is None:
             feats = extractor(to_tensor([a, b], size))
@@ -298,9 +304,7 @@ class DcaeFeatures:
 
     def map_shapes(self, image_hw: tuple[int, int], feature_size: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each map for an image of `image_hw` at `feature_size` (as feature_term resizes it)."""
-        h, w = image_hw
-        scale = feature_size / max(h, w)
-        size = self._size(max(8, round(h * scale)), max(8, round(w * scale)))
+        size = self._size(*feature_input_size(image_hw, feature_size))
         if size not in self._shapes:  # once per input size: a blank frame through the blocks
             with torch.inference_mode():
                 self._shapes[size] = [tuple(f.shape[1:]) for f in self(torch.zeros(1, 3, *size))]
