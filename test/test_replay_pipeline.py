@@ -67,6 +67,35 @@ def test_player_paces_by_recorded_time_and_recorder_keeps_everything(ros, demo_d
     assert len(recorded) == len(frames)
 
 
+def test_recorder_edits_a_topic_before_writing_it(ros, tmp_path):
+    """The demo records ood/synthesis without the handed encoder features: the edited topic is written
+    changed, every other field intact; the other topics as received."""
+    from ood_monitor.cli.demo_cmd import RECORD_EDITS
+    from ood_monitor.ros.features import features_to_fields
+    from ood_monitor.ros.image import array_to_image
+    from ood_msgs.msg import SynthesisResult
+
+    recorder = BagRecorder(ros.probe, tmp_path / "rec", [("/ood/synthesis", "ood_msgs/msg/SynthesisResult"),
+                                                         ("/camera/image_raw", "sensor_msgs/msg/Image")],
+                           edits=RECORD_EDITS)
+    synth_pub = ros.publisher(SynthesisResult, "/ood/synthesis", RELIABLE)
+    image_pub = ros.publisher(Image, "/camera/image_raw", RELIABLE)
+    ros.wait_for_subscribers(synth_pub)
+    ros.wait_for_subscribers(image_pub)
+    rgb = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    values, shapes = features_to_fields([np.ones((2, 4, 4), np.float32)])
+    synth_pub.publish(SynthesisResult(input=array_to_image(rgb, "rgb8"), synthesized=array_to_image(rgb, "rgb8"),
+                                      steps=2, input_features=values, feature_shapes=shapes, feature_source="dcae:x:fp32"))
+    image_pub.publish(array_to_image(rgb, "rgb8"))
+    assert wait_until(lambda: len(recorder.counts) == 2, 10)
+    recorder.close()
+    got = {topic: m for topic, _ty, _s, m in read_messages(tmp_path / "rec")}
+    synth = got["/ood/synthesis"]
+    assert len(synth.input_features) == 0 and len(synth.feature_shapes) == 0 and synth.feature_source == ""
+    assert synth.steps == 2 and np.array_equal(image_to_array(synth.synthesized), rgb)
+    np.testing.assert_array_equal(image_to_array(got["/camera/image_raw"]), rgb)
+
+
 def test_looped_restamped_playback_reads_as_one_camera_running_forward(ros, demo_dataset):
     """`bench pipeline` loops a bag: with restamp, stamps keep increasing across loops, spaced by the
     recorded period over rate, and image + camera_info of a frame share their stamp."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosgraph_msgs.msg import Clock
 
@@ -142,7 +142,10 @@ class BagRecorder:
     keep-all subscriptions, so nothing a reliable publisher sends is lost while the executor is busy."""
 
     def __init__(self, node: Node, out: str | Path, topics: Iterable[tuple[str, str]],
-                 storage: str = "mcap", qos: QoSProfile | None = None) -> None:
+                 storage: str = "mcap", qos: QoSProfile | None = None,
+                 edits: dict[str, Callable] | None = None) -> None:
+        """`edits`: topic -> function changing a message in place before it is written (e.g. dropping a
+        bulky field); those topics are deserialized and serialized again, the others written as received."""
         from ood_monitor.data.bags import typestore
 
         self.out = Path(out)
@@ -157,10 +160,14 @@ class BagRecorder:
         # executor fell behind for 50 frames (seen on a loaded 2-core machine: 76 of 96 frames recorded)
         qos = qos or QoSProfile(depth=1000, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
         self._subs = []
+        edits = edits or {}
         for topic, msgtype in topics:
             conn = self._writer.add_connection(topic, msgtype, typestore=ts)
-            callback = self._writer_callback(topic, conn)
-            self._subs.append(node.create_subscription(message_class(msgtype), topic, callback, qos, raw=True))
+            write = self._writer_callback(topic, conn)
+            edit = edits.get(topic)
+            callback = write if edit is None else (lambda msg, e=edit, w=write: w(serialize_message(e(msg) or msg)))
+            self._subs.append(node.create_subscription(message_class(msgtype), topic, callback, qos,
+                                                       raw=edit is None))
         self._node = node
 
     def _writer_callback(self, topic: str, conn):
