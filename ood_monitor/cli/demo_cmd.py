@@ -27,8 +27,8 @@ OUTPUTS = {  # recorded topics of the live run
 
 
 def without_handed_features(msg):
-    """The synthesis as recorded: without the encoder features handed to the analysis (0.9 MB a message,
-    two thirds of the bag); an analysis replaying the bag computes them itself."""
+    """The synthesis as recorded (a BagRecorder edit): without the encoder features handed to the analysis
+    (0.9 MB a message, two thirds of the bag); an analysis replaying the bag computes them itself."""
     msg.input_features, msg.feature_shapes, msg.feature_source = array.array("f"), array.array("I"), ""
     return msg
 

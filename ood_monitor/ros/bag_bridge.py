@@ -144,8 +144,8 @@ class BagRecorder:
     def __init__(self, node: Node, out: str | Path, topics: Iterable[tuple[str, str]],
                  storage: str = "mcap", qos: QoSProfile | None = None,
                  edits: dict[str, Callable] | None = None) -> None:
-        """`edits`: topic -> function changing a message in place before it is written (e.g. dropping a
-        bulky field); those topics are deserialized and serialized again, the others written as received."""
+        """`edits`: topic -> function taking a message and returning the one to write (e.g. without a bulky
+        field); those topics are deserialized and serialized again, the others written as received."""
         from ood_monitor.data.bags import typestore
 
         self.out = Path(out)
@@ -165,7 +165,7 @@ class BagRecorder:
             conn = self._writer.add_connection(topic, msgtype, typestore=ts)
             write = self._writer_callback(topic, conn)
             edit = edits.get(topic)
-            callback = write if edit is None else (lambda msg, e=edit, w=write: w(serialize_message(e(msg) or msg)))
+            callback = write if edit is None else (lambda msg, e=edit, w=write: w(serialize_message(e(msg))))
             self._subs.append(node.create_subscription(message_class(msgtype), topic, callback, qos,
                                                        raw=edit is None))
         self._node = node
