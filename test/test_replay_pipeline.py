@@ -119,7 +119,10 @@ def test_looped_restamped_playback_reads_as_one_camera_running_forward(ros, demo
 
 
 def test_preprocess_node_on_the_demo_test_bag(demo_dataset):
-    """preprocess_node in its own process (as deployed), the bag replayed in real time from this one."""
+    """preprocess_node in its own process (as deployed), the bag replayed from this one. At half the
+    recorded rate: the node's input is best effort, depth 1 (as deployed), so on a loaded 2-core runner
+    real time drops frames by chance (CI once passed 124 of 232); this checks what the node makes, while
+    its rate is measured by `ood-monitor bench pipeline`."""
     bag = demo_dataset / "bags" / "test"
     labels = {f.stamp_ns: f for f in iter_frames(bag)}
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0")) % 100 + 120
@@ -129,13 +132,14 @@ def test_preprocess_node_on_the_demo_test_bag(demo_dataset):
         with RosHarness(domain_id=domain) as ros:
             images = ros.collect(Image, "/ood/image", RELIABLE)
             flows = ros.collect(Image, "/ood/flow", RELIABLE)
-            player = BagPlayer(ros.probe, bag, PlaybackConfig(topics=["/camera/image_raw", "/camera/camera_info"]))
+            player = BagPlayer(ros.probe, bag, PlaybackConfig(
+                rate=0.5, topics=["/camera/image_raw", "/camera/camera_info"]))
             camera = next(p for p in ros.probe.publishers if p.topic_name == "/camera/image_raw")
             ros.wait_for_subscribers(camera, timeout=30)
             assert wait_until(lambda: ros.probe.count_publishers("/ood/image") > 0, 30)
             time.sleep(1.0)  # let discovery settle both ways
-            play_in_thread(player).join(timeout=120)
-            # the node's best-effort depth-1 input may drop a frame under load; most must come through
+            play_in_thread(player).join(timeout=180)
+            # the node's best-effort depth-1 input may still drop a frame under load; most must come through
             assert wait_until(lambda: len(images) >= 0.8 * len(labels), 5), (len(images), len(labels))
     finally:
         os.killpg(node.pid, signal.SIGINT)
