@@ -262,10 +262,10 @@ def vae_features(model_dir: str | Path) -> SequentialFeatures:
     return SequentialFeatures(convs[:-1] if len(convs) > 3 else convs).eval()
 
 
-def load_dcae(model_dir: str | Path, device: str = "cpu") -> nn.Module:
+def load_dcae(model_dir: str | Path, device: str = "cpu", card: dict | None = None) -> nn.Module:
     """The synthesizer's DC-AE (ood_monitor.diffusion model directory, see core/diffusion), or a
-    diffusers AutoencoderDC saved with save_pretrained."""
-    card = json.loads((Path(model_dir) / "config.json").read_text())
+    diffusers AutoencoderDC saved with save_pretrained. `card`: its config.json, when already read."""
+    card = card if card is not None else json.loads((Path(model_dir) / "config.json").read_text())
     if card.get("type") == "dcae":
         from ood_monitor.core.diffusion.synthesizer import load_model
 
@@ -285,11 +285,15 @@ class DcaeFeatures:
     `encode`, cost 45 % of the feature term (the same features; test_analysis checks they are equal).
     `source` names the weights, so features the synthesizer computed with the same ones can stand in."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", stages: int = 3) -> None:
+    def __init__(self, model_dir: str | Path, device: str = "cpu", stages: int | None = None) -> None:
+        """`stages`: None reads the blocks the synthesizer hands over (dcae.FEATURE_STAGES)."""
+        from ood_monitor.core.diffusion.dcae import FEATURE_STAGES
         from ood_monitor.core.diffusion.synthesizer import feature_source
 
-        model = load_dcae(model_dir, device)
+        stages = FEATURE_STAGES if stages is None else stages
+
         card = json.loads((Path(model_dir) / "config.json").read_text())
+        model = load_dcae(model_dir, device, card)
         self.source = feature_source(card, "fp32") if card.get("type") == "dcae" else ""
         self.device = device
         self.encoder = model.encoder
@@ -321,7 +325,7 @@ class DcaeFeatures:
         return out
 
 
-def dcae_features(model_dir: str | Path, device: str = "cpu", stages: int = 3) -> DcaeFeatures:
+def dcae_features(model_dir: str | Path, device: str = "cpu", stages: int | None = None) -> DcaeFeatures:
     """The DC-AE feature extractor of `model_dir` (see DcaeFeatures)."""
     return DcaeFeatures(model_dir, device, stages)
 
