@@ -280,9 +280,10 @@ def kind_alarms(model: Path, test: Path, params: Path, tests: list[str]) -> dict
     encoder, card = load_encoder(model)
     calibration = card.calibration_scores(model)
     frames = load_frames(test, card.kind, FrameConfig(card.config.width, card.config.height))
-    scores = score_frameset(encoder, card, frames)
+    sequence = stream_sequences(test, frames.index)
+    scores = score_frameset(encoder, card, frames, sequence=sequence)
     labels = detector_labels(card.kind, Labels(frames.is_ood, frames.ood_kind, frames.ood_kind, frames.episode,
-                                               stream_sequences(test, frames.index)))
+                                               sequence))
     configs, _, _ = alarm_settings(card.kind, lambda: card.alarm_settings(model), params, tests)
     results, _ = alarm_table(calibration, scores, labels, configs)
     cfg = next(iter(configs.values()))

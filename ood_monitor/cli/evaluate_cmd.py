@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 MASK_TOPIC = "/ood/gt/mask"  # data.labeled_frames.DEFAULT_MASK_TOPIC (kept import-free here)
 ALARM_FIELDS = ("martingale", "epsilon", "window", "martingale_threshold", "cusum_delta", "cusum_threshold",
                 "pvalue_threshold", "p_floor", "tail", "tail_index", "score_tolerance", "frame_p_max")
-NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default
 SHIPPED_PARAMS = "config/default.yaml"
 
 
@@ -88,6 +87,7 @@ def alarm_settings(kind: str, stored, params: Path | None, tests: list[str]) -> 
     {name: where it came from})."""
     from ood_monitor.core.alarm_calibration import UNCALIBRATED, resolve_alarm
     from ood_monitor.core.conformal import AlarmConfig
+    from ood_monitor.fleet.scoring import NODE_MAX_GAP_S
 
     source = params if params is not None else shipped_params()
     section = node_parameters(source, f"vae_{kind}_detector") if source is not None else {}

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128, 256)
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
-          "kl_texture_photometric", "structure", "kl_texture_photometric_structure")  # core/nonconformity.SCORES
+          "kl_texture_photometric", "structure", "kl_texture_photometric_structure", "change",
+          "kl_texture_photometric_structure_change")  # core/nonconformity.SCORES
 # image: chosen on the real tuning recordings (docs/real_footage.md#structure-part), equal on the demo world
 DEFAULT_SCORES = {"image": "kl_texture_photometric_structure", "flow": "posterior_deviation"}
 
@@ -166,7 +167,8 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     if len(frames) < 8:
         raise ValueError(f"only {len(frames)} usable frames in {describe(data)}: need at least 8")
     score = args.score or DEFAULT_SCORES[args.kind]
-    textured = ("kl_texture", "kl_texture_photometric", "kl_texture_photometric_structure")
+    textured = ("kl_texture", "kl_texture_photometric", "kl_texture_photometric_structure",
+                "kl_texture_photometric_structure_change")
     if args.score is None and score in textured and len(frames) < min_frames(cfg.latent):
         score = "kl_deviation"
         print(f"score kl_deviation: {len(frames)} frames are too few for kl_texture's texture head "
@@ -294,17 +296,29 @@ def run_motion(args: argparse.Namespace) -> int:
 
 def photometric_section(encoder, card, frames) -> dict:
     """The card's photometric statistics of the training frames (core/photometric.py; empty when there are
-    too few frames to fit them) with their local-structure statistics (core/structure.py) and, for a fused
-    score, its parts' scales until `calibrate` measures them: each part's largest score on the training
-    frames (one encoder pass serves every part)."""
+    too few frames to fit them) with their local-structure statistics (core/structure.py), the change
+    statistics of both (core/change.py: frames in stream order, a new sequence wherever the frame index
+    does not step by one) and, for a fused score, its parts' scales until `calibrate` measures them: each
+    part's largest score on the training frames (one encoder pass serves every part)."""
+    import numpy as np
+
+    from ood_monitor.core.change import ChangeStats
     from ood_monitor.core.nonconformity import FUSED, encode
-    from ood_monitor.core.photometric import PhotometricStats
-    from ood_monitor.core.structure import StructureStats
+    from ood_monitor.core.photometric import PhotometricStats, photometric_features
+    from ood_monitor.core.structure import StructureStats, structure_features
+    from ood_monitor.data.spool import chunks
 
     if len(frames) < PhotometricStats.min_frames():
         return {}
-    section = PhotometricStats.fit_frames(frames.raw).to_dict()
-    section["structure"] = StructureStats.fit_frames(frames.raw).to_dict()
+    photometric, structure = (np.concatenate([extract(block) for block in chunks(frames.raw)])
+                              for extract in (photometric_features, structure_features))
+    section = PhotometricStats.fit(photometric).to_dict()
+    section["structure"] = StructureStats.fit(structure).to_dict()
+    sequence = np.cumsum(np.r_[0, np.diff(np.asarray(frames.index)) != 1])
+    try:
+        section["change"] = ChangeStats.fit(np.concatenate([photometric, structure], axis=1), sequence).to_dict()
+    except ValueError as exc:  # too few frames in order: scores with a change part refuse, saying why
+        print(f"no change statistics: {exc}", flush=True)
     parts = FUSED.get(card.score)
     if parts:
         mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames))

@@ -36,11 +36,21 @@ class FrameScore:
     uncertain: bool
 
 
-def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch: int = 256) -> np.ndarray:
-    """Deterministic scores (the card's nonconformity) of a whole FrameSet (calibration, evaluation)."""
+def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch: int = 256,
+                   sequence: np.ndarray | None = None) -> np.ndarray:
+    """Deterministic scores (the card's nonconformity) of a whole FrameSet (calibration, evaluation), in
+    stream order; `sequence` (one id per frame) restarts a stateful score (the change part) where it
+    changes, as the node restarts at a stamp gap (None: one sequence)."""
     mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames), batch)
     score = card.nonconformity
-    return score(mu, logvar, score.frame_features(frames.raw))
+    sequence = np.zeros(len(frames), np.int64) if sequence is None else np.asarray(sequence)
+    starts = np.flatnonzero(np.r_[True, sequence[1:] != sequence[:-1]]) if len(frames) else np.zeros(0, int)
+    out = []
+    for start, stop in zip(starts, [*starts[1:], len(frames)], strict=True):
+        score.restart()
+        rows = slice(start, stop)
+        out.append(score(mu[rows], logvar[rows], score.frame_features(np.asarray(frames.raw[rows]))))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 class VaeDetector:
@@ -102,8 +112,9 @@ class VaeDetector:
             raise ValueError("flow field contains NaN or inf")
 
     def reset(self) -> None:
-        """Start a new sequence: clears the martingale window and CUSUM."""
+        """Start a new sequence: clears the martingale window, CUSUM and the change part's reference."""
         self.monitor.reset()
+        self.score.restart()
 
     @torch.inference_mode()
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:

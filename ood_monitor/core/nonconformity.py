@@ -35,19 +35,27 @@ Both are as cheap as the KL (a few dozen flops per frame) and need the encoder a
 * `kl_texture_photometric_structure`  the largest of `kl_texture`, `photometric` and `structure`, each on
                         its own scale as above: the structure part sees an elastic warp, pixelation and
                         JPEG blocks that leave texture, light and colour alone.
+* `change`              a frame's photometric and structure statistics against the frames just before it
+                        (core/change.py; image models): the fourth part below. Stateful: frames must come in
+                        stream order, and `restart` starts a new sequence.
+* `kl_texture_photometric_structure_change`  the four parts, each on its own scale: the change part sees a
+                        corruption arrive from one frame to the next on a moving camera whose calibration
+                        spans views as strange as the corruption. While the change part is over its scale,
+                        the frame stays out of its reference (docs/methods.md#change-part).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from ood_monitor.core.change import ChangeStats, ChangeTracker
 from ood_monitor.core.motion import MotionStats
-from ood_monitor.core.photometric import PhotometricStats
-from ood_monitor.core.structure import StructureStats
+from ood_monitor.core.photometric import PhotometricStats, photometric_features
+from ood_monitor.core.structure import StructureStats, structure_features
 from ood_monitor.core.texture import TextureHead, texture_features
 
 
@@ -85,11 +93,13 @@ def kl_score(mu: np.ndarray, logvar: np.ndarray, dims: list[int] | np.ndarray) -
 
 
 SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_motion", "photometric",
-          "kl_texture_photometric", "structure", "kl_texture_photometric_structure")
+          "kl_texture_photometric", "structure", "kl_texture_photometric_structure", "change",
+          "kl_texture_photometric_structure_change")
 FRAME_TERMS = {"kl_texture": "texture", "posterior_motion": "motion"}  # score -> the frame term it adds
 FUSED = {"kl_texture_photometric": ("kl_texture", "photometric"),  # fused score -> its parts
-         "kl_texture_photometric_structure": ("kl_texture", "photometric", "structure")}
-STATISTICS_ONLY = ("photometric", "structure")  # scores of frame statistics alone, no latent
+         "kl_texture_photometric_structure": ("kl_texture", "photometric", "structure"),
+         "kl_texture_photometric_structure_change": ("kl_texture", "photometric", "structure", "change")}
+STATISTICS_ONLY = ("photometric", "structure", "change")  # scores of frame statistics alone, no latent
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -120,7 +130,8 @@ class Nonconformity:
     features with `center` / `scale` (from training data, see `from_stats`); `kl_texture` adds its
     fitted `texture` head's term and needs each frame's texture cells (`frame_features`); `photometric`
     scores the frames' `photometric` statistics; `kl_texture_photometric` is the larger of those two
-    parts, each divided by its entry of `part_scales`."""
+    parts, each divided by its entry of `part_scales`. With `change` statistics the instance holds one
+    stream's reference (`tracker`): `frame_features` must see the frames in stream order."""
 
     method: str
     dims: tuple[int, ...]
@@ -131,6 +142,8 @@ class Nonconformity:
     photometric: PhotometricStats | None = None
     part_scales: tuple[float, ...] = ()
     structure: StructureStats | None = None
+    change: ChangeStats | None = None
+    tracker: ChangeTracker | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in SCORES:
@@ -153,17 +166,29 @@ class Nonconformity:
         if "structure" in (self.method, *FUSED.get(self.method, ())) and self.structure is None:
             raise ValueError(f"{self.method} needs the structure statistics fitted at training (`ood-monitor "
                              f"train photometric` adds them to an image model)")
+        if "change" in (self.method, *FUSED.get(self.method, ())) and self.change is None:
+            raise ValueError(f"{self.method} needs the change statistics fitted at training (`ood-monitor train "
+                             f"photometric` adds them to an image model)")
         parts = len(FUSED.get(self.method, ()))
         if parts and (len(self.part_scales) != parts or not min(self.part_scales) > 0):
             raise ValueError(f"{self.method} needs {parts} positive part scales (`ood-monitor calibrate` measures them)")
+        if self.change is not None:  # a frame over the change part's scale stays out of the reference
+            bound = self.part_scales[-1] if parts else np.inf
+            object.__setattr__(self, "tracker", ChangeTracker(self.change, bound))
+
+    def restart(self) -> None:
+        """A new sequence (a stamp gap, another recording): the change part forgets the frames before."""
+        if self.tracker is not None:
+            self.tracker.reset()
 
     @classmethod
     def from_stats(cls, method: str, dims: Sequence[int], stats: dict[str, list[float]] | None,
                    min_std: float = 1e-3, texture: TextureHead | None = None,
                    motion: MotionStats | None = None, photometric: PhotometricStats | None = None,
-                   part_scales: Sequence[float] = (), structure: StructureStats | None = None) -> Nonconformity:
-        """Build from per-dimension training statistics (`latent_stats`); plain KL and the photometric
-        statistics alone need none."""
+                   part_scales: Sequence[float] = (), structure: StructureStats | None = None,
+                   change: ChangeStats | None = None) -> Nonconformity:
+        """Build from per-dimension training statistics (`latent_stats`); plain KL and the frame statistics
+        alone need none."""
         dims = tuple(int(d) for d in dims)
         if method == "kl":
             return cls(method, dims)
@@ -171,6 +196,8 @@ class Nonconformity:
             return cls(method, dims, photometric=photometric)
         if method == "structure":
             return cls(method, dims, structure=structure)
+        if method == "change":
+            return cls(method, dims, change=change)
         if not stats:
             raise ValueError(f"score {method!r} needs latent statistics of the training data")
         names = ("mu", "logvar") if method in ("posterior_deviation", "posterior_motion") else ("kl",)
@@ -185,19 +212,26 @@ class Nonconformity:
                    motion if method == "posterior_motion" and isinstance(motion, MotionStats) else None,
                    photometric if method in FUSED else None,
                    tuple(float(v) for v in part_scales) if method in FUSED else (),
-                   structure if "structure" in FUSED.get(method, ()) else None)
+                   structure if "structure" in FUSED.get(method, ()) else None,
+                   change if "change" in FUSED.get(method, ()) else None)
 
     def frame_features(self, frames: np.ndarray) -> np.ndarray | None:
         """What the score's frame terms read of the raw frames: texture cells of (N, H, W, 3) uint8 images
         (`kl_texture`), then their photometric statistics (`photometric`, `kl_texture_photometric`), motion
-        statistics of (N, H, W, 2) flow fields (`posterior_motion`); else None."""
+        statistics of (N, H, W, 2) flow fields (`posterior_motion`), and last the change part's scores of
+        the frames, which advance its reference (`change`: call once per frame, in stream order); else None."""
         parts = []
         if self.texture is not None:
             parts.append(texture_features(frames, self.texture.cfg))
+        photometric = None if self.photometric is None and self.change is None else photometric_features(frames)
+        structure = None if self.structure is None and self.change is None else structure_features(frames)
         if self.photometric is not None:
-            parts.append(self.photometric.features(frames))
+            parts.append(photometric)
         if self.structure is not None:
-            parts.append(self.structure.features(frames))
+            parts.append(structure)
+        if self.tracker is not None:
+            rows = np.concatenate([photometric, structure], axis=1)
+            parts.append(np.array([[self.tracker.update(row)] for row in rows]).reshape(-1, 1))
         if self.motion is not None:
             parts.append(self.motion.features(frames))
         return np.concatenate(parts, axis=1) if parts else None
@@ -207,9 +241,12 @@ class Nonconformity:
         `frame_features` (one row is broadcast over N posteriors of one frame)."""
         if self.method == "kl":
             return kl_score(mu, logvar, self.dims)
-        needs_frames = any(t is not None for t in (self.texture, self.motion, self.photometric, self.structure))
+        needs_frames = any(t is not None for t in (self.texture, self.motion, self.photometric, self.structure,
+                                                   self.change))
         if needs_frames and features is None:
             raise ValueError(f"{self.method} scores need the frames' features (Nonconformity.frame_features)")
+        if self.method == "change":
+            return np.broadcast_to(np.atleast_2d(features)[:, -1], (len(mu),)).astype(np.float64)
         if self.method == "photometric":
             return np.asarray(self.photometric(mu, logvar, features), np.float64)
         if self.method == "structure":
@@ -224,9 +261,12 @@ class Nonconformity:
         if self.motion is not None:
             score = score + self.motion(mu, logvar, features)
         if self.photometric is not None:  # a fused score: every part on its own scale, the largest counts
-            parts = [score, self.photometric(mu, logvar, features[:, :len(self.photometric.FEATURES)])]
+            n_photo = len(self.photometric.FEATURES)
+            parts = [score, self.photometric(mu, logvar, features[:, :n_photo])]
             if self.structure is not None:
-                parts.append(self.structure(mu, logvar, features[:, len(self.photometric.FEATURES):]))
+                parts.append(self.structure(mu, logvar, features[:, n_photo:n_photo + len(self.structure.FEATURES)]))
+            if self.change is not None:
+                parts.append(np.broadcast_to(features[:, -1], (len(mu),)))
             score = np.max([p / s for p, s in zip(parts, self.part_scales, strict=True)], axis=0)
         return score
 

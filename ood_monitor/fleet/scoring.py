@@ -21,6 +21,7 @@ from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
 from ood_monitor.core.vae.dataset import frame_digest
 
 DEFAULT_BATCH = 64
+NODE_MAX_GAP_S = 1.0  # vae_detector_node's max_gap_s default: a longer stamp gap restarts its state
 
 
 @dataclass
@@ -89,6 +90,7 @@ class ModelScorer:
         if score:
             self.card.score = score
         self.score_fn = self.card.nonconformity  # ValueError now if the card lacks the score's statistics
+        self._last: tuple[str, int] | None = None  # (source, stamp) of the last frame scored
         if calibrated:
             self.calibration  # noqa: B018 -- ModelFileError now, not after scoring a fleet
 
@@ -109,8 +111,11 @@ class ModelScorer:
     def frame_config(self) -> FrameConfig:
         return FrameConfig(self.card.config.width, self.card.config.height)
 
-    def score(self, raw: np.ndarray) -> np.ndarray:
-        """Scores of (N, H, W, C) prepared frames (uint8 images or px/frame flow), as the node computes them."""
+    def score(self, raw: np.ndarray, rows: list[tuple] | None = None) -> np.ndarray:
+        """Scores of (N, H, W, C) prepared frames (uint8 images or px/frame flow), as the node computes them.
+        `rows`: each frame's (source, index, stamp_ns, ...) in stream order; a stateful score (the change
+        part) restarts where the node would (a new source, a stamp gap over its default max_gap_s, a stamp
+        jumping back). Without rows the frames continue the stream scored so far."""
         import torch
 
         from ood_monitor.core.nonconformity import encode
@@ -119,7 +124,16 @@ class ModelScorer:
         with torch.no_grad():
             mu, logvar = encode(self.encoder, lambda s: model_input(raw[s], self.kind, self.card.flow_scale),
                                 len(raw), batch=len(raw))
-        return np.asarray(self.score_fn(mu, logvar, self.score_fn.frame_features(raw)), dtype=np.float64)
+        if self.score_fn.tracker is None or rows is None:
+            return np.asarray(self.score_fn(mu, logvar, self.score_fn.frame_features(raw)), dtype=np.float64)
+        out = np.zeros(len(raw))
+        for i, row in enumerate(rows):
+            here = (str(row[0]), int(row[2]))
+            if self._last is None or here[0] != self._last[0] or not 0 < here[1] - self._last[1] <= NODE_MAX_GAP_S * 1e9:
+                self.score_fn.restart()
+            self._last = here
+            out[i] = self.score_fn(mu[i:i + 1], logvar[i:i + 1], self.score_fn.frame_features(raw[i:i + 1]))[0]
+        return out
 
 
 class _Buffer:
@@ -145,7 +159,7 @@ class _Buffer:
 
     def flush(self) -> None:
         if self.items:
-            self.scores.append(self.scorer.score(np.stack(self.items)))
+            self.scores.append(self.scorer.score(np.stack(self.items), self.rows))
             self.columns.extend(self.rows)
             self.items, self.rows = [], []
 

@@ -18,6 +18,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ood_monitor.core.change import ChangeStats
 from ood_monitor.core.motion import motion_from_dict
 from ood_monitor.core.nonconformity import FUSED, Nonconformity
 from ood_monitor.core.photometric import PhotometricStats
@@ -68,8 +69,8 @@ class ModelCard:
     texture: dict = field(default_factory=dict)
     motion: dict = field(default_factory=dict)  # motion statistics of flow models (core/motion.py)
     # photometric statistics of image models (core/photometric.py), under "structure" their local-structure
-    # statistics (core/structure.py), and under "parts" the part scales of the fused score that `calibrate`
-    # measured
+    # statistics (core/structure.py), under "change" the change part's (core/change.py), and under "parts"
+    # the part scales of the fused score that `calibrate` measured
     photometric: dict = field(default_factory=dict)
     alarm: dict = field(default_factory=dict)  # alarm settings chosen by `calibrate` (core/alarm_calibration.py)
     extra: dict = field(default_factory=dict)  # other sections (compression, runtime, guard): kept as read
@@ -84,11 +85,12 @@ class ModelCard:
         head = TextureHead.from_dict(self.texture, self.config.latent) if self.texture else None
         motion = motion_from_dict(self.motion) if self.motion else None
         photometric = PhotometricStats.from_dict(self.photometric) if self.photometric else None
-        structure = self.photometric.get("structure")
+        structure, change = self.photometric.get("structure"), self.photometric.get("change")
         scales = (self.photometric.get("parts") or {}).get("scales", ())
         return Nonconformity.from_stats(self.score, self.selected_dims, self.latent_stats, texture=head, motion=motion,
                                         photometric=photometric, part_scales=scales,
-                                        structure=StructureStats.from_dict(structure) if structure else None)
+                                        structure=StructureStats.from_dict(structure) if structure else None,
+                                        change=ChangeStats.from_dict(change) if change else None)
 
     @property
     def score_description(self) -> str:
