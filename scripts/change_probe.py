@@ -1,4 +1,4 @@
-"""Probe (docs/real_footage.md#change-against-recent-frames-probe-not-in-the-product-yet): on a moving camera the image detector's
+"""Probe (docs/real_footage.md#change-part): on a moving camera the image detector's
 calibration spans views (sun through glass, deep shade) as far from the training frames as several
 corruptions, so brightness, frost or rain get p-values inside the calibration's range. A corruption
 arrives from one frame to the next; the scene changes gradually. Does a frame's change against the last

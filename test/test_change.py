@@ -38,7 +38,7 @@ def with_step(rows: np.ndarray, start: int, length: int, size: float = 1.5) -> n
 
 
 def test_a_lasting_step_is_held_against_the_frames_before_it_and_the_return_is_not_flagged() -> None:
-    stats = ChangeStats.fit(stream(400, 0))
+    stats = ChangeStats.fit(stream(400, 0), cfg=ChangeConfig(k=2, hold=40))
     bound = bound_for(stats, stream(200, 1))
     nominal = stream(60, 2)
     assert (change_scores(stats, nominal, bound=bound) <= bound).mean() > 0.95

@@ -1,5 +1,5 @@
-"""A frame's change against the frames just before it: the building block of a change part for the image
-detector's score (docs/real_footage.md#change-against-recent-frames-probe-not-in-the-product-yet).
+"""A frame's change against the frames just before it: the change part of the image detector's fused score
+`kl_texture_photometric_structure_change` (an option; docs/real_footage.md#change-part).
 
 Why: on a fast moving camera the calibration runs through views (sun through glass, deep shade) as far
 from the training frames as brightness, frost or rain, so those corruptions get p-values inside the
@@ -30,10 +30,13 @@ from ood_monitor.core.feature_gaussian import shrunk_gaussian, squared_mahalanob
 @dataclass(frozen=True)
 class ChangeConfig:
     """k: rows in the reference (2 chosen on the moving tuning recording, equal to 4 elsewhere);
-    hold: frames a reference may stay frozen (2 s at 20 fps) before it restarts."""
+    hold: frames a step is held against the reference before the reference restarts. Short: the alarm
+    needs two frames, and a jump of the stream itself (frames skipped, a frozen camera resuming) looks
+    like a lasting step, so each held frame after it is a false alarm (2, 4 and 40 on the tuning builds:
+    docs/real_footage.md#change-part)."""
 
     k: int = 2
-    hold: int = 40
+    hold: int = 2
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.hold < 0:
