@@ -229,11 +229,11 @@ class Nonconformity:
             parts.append(photometric)
         if self.structure is not None:
             parts.append(structure)
-        if self.tracker is not None:
-            rows = np.concatenate([photometric, structure], axis=1)
-            parts.append(np.array([[self.tracker.update(row)] for row in rows]).reshape(-1, 1))
         if self.motion is not None:
             parts.append(self.motion.features(frames))
+        if self.tracker is not None:  # last: __call__ reads it as the final column
+            rows = np.concatenate([photometric, structure], axis=1)
+            parts.append(np.array([[self.tracker.update(row)] for row in rows]).reshape(-1, 1))
         return np.concatenate(parts, axis=1) if parts else None
 
     def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
