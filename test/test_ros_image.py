@@ -525,9 +525,10 @@ def test_fuzz_to_rgb8_float(data):
         return
     out = to_rgb8(pixels, encoding, float_range=float_range)
     assert out.shape == (*shape[:2], 3) and out.dtype == np.uint8
-    low, high = (pixels.min(), pixels.max()) if float_range is None else float_range
+    # in float64: float32 extremes (-2.2e38 .. 1.2e38) overflow a float32 range to inf
+    low, high = (float(pixels.min()), float(pixels.max())) if float_range is None else float_range
     if high > low:
-        expected = np.rint(np.clip((pixels[..., 0].astype(np.float64) - low) / (float(high) - low), 0, 1) * 255)
+        expected = np.rint(np.clip((pixels[..., 0].astype(np.float64) - low) / (high - low), 0, 1) * 255)
         np.testing.assert_array_equal(out[..., 0], expected.astype(np.uint8))
     if channels == 2:
         assert not out[..., 2].any()
