@@ -44,13 +44,7 @@ def score_frameset(encoder: nn.Module, card: ModelCard, frames: FrameSet, batch:
     mu, logvar = encode(encoder, lambda s: frames.inputs(s, card.flow_scale), len(frames), batch)
     score = card.nonconformity
     sequence = np.zeros(len(frames), np.int64) if sequence is None else np.asarray(sequence)
-    starts = np.flatnonzero(np.r_[True, sequence[1:] != sequence[:-1]]) if len(frames) else np.zeros(0, int)
-    out = []
-    for start, stop in zip(starts, [*starts[1:], len(frames)], strict=True):
-        score.restart()
-        rows = slice(start, stop)
-        out.append(score(mu[rows], logvar[rows], score.frame_features(np.asarray(frames.raw[rows]))))
-    return np.concatenate(out) if out else np.zeros(0)
+    return score.stream(mu, logvar, frames.raw, np.r_[True, sequence[1:] != sequence[:-1]])
 
 
 class VaeDetector:

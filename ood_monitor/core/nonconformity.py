@@ -233,8 +233,24 @@ class Nonconformity:
             parts.append(self.motion.features(frames))
         if self.tracker is not None:  # last: __call__ reads it as the final column
             rows = np.concatenate([photometric, structure], axis=1)
-            parts.append(np.array([[self.tracker.update(row)] for row in rows]).reshape(-1, 1))
+            parts.append(np.array([self.tracker.update(row) for row in rows], np.float64).reshape(-1, 1))
         return np.concatenate(parts, axis=1) if parts else None
+
+    def stream(self, mu: np.ndarray, logvar: np.ndarray, frames: np.ndarray, restarts: np.ndarray) -> np.ndarray:
+        """Scores of N frames in stream order, their posteriors (mu, logvar); `restarts` (N bools): a new
+        sequence starts at that frame (the change part restarts). One `frame_features` pass per run of frames
+        between restarts, so a stateful score costs no more than a stateless one."""
+        restarts = np.asarray(restarts, bool)
+        if not len(frames):
+            return np.zeros(0)
+        cuts = (np.flatnonzero(restarts[1:]) + 1).tolist()
+        out = []
+        for start, stop in zip([0, *cuts], [*cuts, len(frames)], strict=True):
+            if restarts[start]:
+                self.restart()
+            rows = slice(start, stop)
+            out.append(self(mu[rows], logvar[rows], self.frame_features(np.asarray(frames[rows]))))
+        return np.concatenate(out)
 
     def __call__(self, mu: np.ndarray, logvar: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Scores of N posteriors: (N, D) x2 -> (N,), higher = stranger. `features`: the frames'

@@ -124,16 +124,18 @@ class ModelScorer:
         with torch.no_grad():
             mu, logvar = encode(self.encoder, lambda s: model_input(raw[s], self.kind, self.card.flow_scale),
                                 len(raw), batch=len(raw))
-        if self.score_fn.tracker is None or rows is None:
+        if self.score_fn.tracker is None or not rows:
             return np.asarray(self.score_fn(mu, logvar, self.score_fn.frame_features(raw)), dtype=np.float64)
-        out = np.zeros(len(raw))
-        for i, row in enumerate(rows):
-            here = (str(row[0]), int(row[2]))
-            if self._last is None or here[0] != self._last[0] or not 0 < here[1] - self._last[1] <= NODE_MAX_GAP_S * 1e9:
-                self.score_fn.restart()
-            self._last = here
-            out[i] = self.score_fn(mu[i:i + 1], logvar[i:i + 1], self.score_fn.frame_features(raw[i:i + 1]))[0]
-        return out
+        from ood_monitor.core.detector_evaluation import sequence_ids
+
+        last_source, last_stamp = self._last or ("", 0)
+        sources = np.array([last_source, *(str(r[0]) for r in rows)], dtype=object)
+        stamps = np.array([last_stamp, *(int(r[2]) for r in rows)], np.int64)
+        sequence = sequence_ids(stamps, NODE_MAX_GAP_S, sources)
+        restarts = sequence[1:] != sequence[:-1]
+        restarts[0] |= self._last is None
+        self._last = (sources[-1], int(stamps[-1]))
+        return self.score_fn.stream(mu, logvar, raw, restarts)
 
 
 class _Buffer:
