@@ -28,6 +28,7 @@ from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import EXIT_WORKER_WAIT_S, StageNode, stage_parameters, stamp_ns
+from ood_monitor.ros.threads import limit_threads
 from ood_msgs.msg import AnomalyMask, AnomalyRegion, SynthesisResult
 
 # Analysis defaults come from the dataclasses (one source: evaluate, bench and the node run the same).
@@ -55,7 +56,7 @@ PARAMETERS = {
     "threshold": (AnalysisConfig.threshold, "confidence at or above this is anomalous"),
     "min_region_px": (AnalysisConfig.min_region_px, "smaller regions are dropped (model-resolution pixels)"),
     "device": ("cpu", "torch device for SAM and the feature extractor"),
-    "torch_threads": (1, "torch and OpenCV threads (0: their defaults)"),
+    "torch_threads": (1, "torch, BLAS and OpenCV threads (0: their defaults)"),
     "camera_info_topic": ("camera/camera_info", "camera intrinsics; gives the camera resolution (empty: off)"),
     "camera_width": (0, "camera resolution of ood/anomaly/mask|confidence (0: from camera_info, else input size)"),
     "camera_height": (0, "see camera_width"),
@@ -182,12 +183,8 @@ class AnalysisNode(StageNode):
                                       f"--params <this parameter file>")
 
     def setup(self, p: dict) -> None:
-        if p["torch_threads"] > 0:
-            # OpenCV too: its thread pool fighting the other nodes for 2 cores costs more than it gives
-            import torch
-
-            torch.set_num_threads(p["torch_threads"])
-            cv2.setNumThreads(p["torch_threads"])
+        # OpenCV too: its thread pool fighting the other nodes for 2 cores costs more than it gives
+        limit_threads(p["torch_threads"], opencv=True)
         auto = AutoMaskConfig(p["sam_points_per_side"], p["sam_pred_iou_thresh"], p["sam_stability_score_thresh"])
         choice = make_segmenter(p["segmenter"], p["sam_checkpoint"], p["sam_model_type"], p["sam_onnx_dir"],
                                 p["device"], p["fallback_segmenter"], auto,

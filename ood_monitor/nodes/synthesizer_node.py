@@ -32,6 +32,7 @@ from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, at_least, one_of
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import EXIT_WORKER_WAIT_S, StageNode, stage_parameters, stamp_ns
+from ood_monitor.ros.threads import limit_threads
 from ood_msgs.msg import OODScore, SynthesisResult
 
 TRIGGERS = ("always", "on_ood", "every_n")
@@ -55,7 +56,7 @@ PARAMETERS = {
                         "gradient guidance always runs the DiT in torch (it backpropagates)"),
     "device": ("cpu", "cpu | cuda"),
     "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),
-    "threads": (0, "torch CPU threads (0: torch's default)"),
+    "threads": (0, "torch, BLAS and ONNX Runtime CPU threads (0: the libraries' defaults)"),
     "seed": (0, "noise seed (the same frame always gives the same synthesis)"),
     "hand_features": (True, "send the input's DC-AE encoder features with the synthesis (0.9 MB at 128 px) so "
                             "the analysis need not compute them; false: smaller messages for a remote analysis"),
@@ -140,10 +141,7 @@ class SynthesizerNode(StageNode):
 
     def _load(self, p: dict) -> Synthesizer:
         """The model, or ModelFileError / ValueError naming the file or parameter (configure fails)."""
-        if p["threads"] > 0:
-            import torch
-
-            torch.set_num_threads(p["threads"])
+        limit_threads(p["threads"])
         self.model_dir = resolve_model_dir(p["model_dir"])
         synth = synthesizer_from_params(self.model_dir, p)
         self.model_sampling = Synthesizer.card_sampling(self.model_dir)

@@ -24,6 +24,7 @@ from ood_monitor.ros.node_main import exit_process, run_node
 from ood_monitor.ros.params import Limits, one_of, positive
 from ood_monitor.ros.qos import sensor_qos
 from ood_monitor.ros.stage_node import StageNode, stage_parameters, stamp_ns
+from ood_monitor.ros.threads import limit_threads
 from ood_msgs.msg import OODScore
 
 DETECTORS = {"image": ("ood/image", ("rgb8",)), "flow": ("ood/flow", ("32FC2", "32FC3"))}  # topic, encodings
@@ -38,7 +39,7 @@ PARAMETERS = {
     "precision": ("", "empty: the model's own (fp32, or a compressed variant's); fp32 | fp16 | int8"),
     "engine_cache_dir": ("", "TensorRT engine cache (empty: ~/.cache/ood_monitor/engines)"),
     "force_compressed": (False, "run a compressed variant even though the OOD guard flagged it"),
-    "inference_threads": (0, "ONNX Runtime / torch CPU threads (0: library default)"),
+    "inference_threads": (0, "ONNX Runtime, torch and BLAS CPU threads (0: library default)"),
     "input_height": (128, "frame size the preprocess node produces; the model must match"),
     "input_width": (128, "frame size the preprocess node produces; the model must match"),
     "mc_samples": (0, "MC-dropout samples per frame (0: off); the trunk runs once, the tail N times"),
@@ -165,11 +166,8 @@ class VaeDetectorNode(StageNode):
         """torch fp32 loads the encoder directly; other backends/precisions (and compressed variants) go
         through core.runtime, which refuses a variant the OOD guard flagged unless force_compressed."""
         size = (p["input_height"], p["input_width"])
+        limit_threads(p["inference_threads"])  # one: a second thread waiting on a busy core costs a time slice
         if p["backend"] == "torch" and p["precision"] in ("", "fp32") and not is_variant(self.model_dir):
-            if p["inference_threads"] > 0:  # one thread: a second one waiting on a busy core costs a time slice
-                import torch
-
-                torch.set_num_threads(p["inference_threads"])
             return VaeDetector.from_model_dir(self.model_dir, AlarmConfig(), mc_samples=p["mc_samples"],
                                               device=self._device(p["device"]), z=p["mc_z"],
                                               kind=self.detector_name, expect_size=size)
