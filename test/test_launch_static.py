@@ -113,7 +113,7 @@ ROSDEP_KEYS = {  # Python import -> its rosdep key
 PIP_ONLY = {  # Python import -> its requirements-robot.txt line (no rosdep key)
     "rosbags": "rosbags", "safetensors": "safetensors", "diffusers": "diffusers",
     "segment_anything": "segment-anything", "onnx": "onnx", "onnxruntime": "onnxruntime",
-    "torch_pruning": "torch-pruning",
+    "torch_pruning": "torch-pruning", "threadpoolctl": "threadpoolctl",
 }
 JETPACK = {"tensorrt", "pycuda"}  # optional TensorRT backend: installed with JetPack, imported only there
 # off-robot tools (requirements.txt): `--engine ray` re-scoring on a cluster, the real-footage benchmark builder
