@@ -74,6 +74,23 @@ def test_the_reference_restarts_after_hold_frames_and_at_each_sequence() -> None
     np.testing.assert_array_equal(scores, manual)
 
 
+def test_repeated_frames_are_no_change_and_the_frame_after_them_restarts_the_reference() -> None:
+    stats = ChangeStats.fit(stream(400, 0), cfg=ChangeConfig(k=2, hold=40))
+    bound = bound_for(stats, stream(200, 1))
+    live = stream(80, 2)
+    live[40:, 0] += 1.5  # while the camera stood frozen on frame 19 the view moved on
+    frozen = live.copy()
+    frozen[20:40] = live[19]
+    scores = change_scores(stats, frozen, bound=bound)
+    assert np.all(scores[20:40] == 0.0)  # a repeat changes nothing
+    assert scores[40] == 0.0  # the jump on resuming is not a step from the frozen view
+    assert np.all(scores[41:60] <= bound)  # and the frames after it face the new view, not the held old one
+    without = frozen.copy()
+    without[20:40] += np.arange(20)[:, None] * 1e-9  # the same stream where the frames differ minutely
+    held = change_scores(stats, without, bound=bound)
+    assert np.all(held[40:43] > bound)  # then the new view is held against the old one: what the rule avoids
+
+
 def test_statistics_survive_the_card_and_refuse_what_they_cannot_fit() -> None:
     stats = ChangeStats.fit(stream(100, 0), cfg=ChangeConfig(k=4, hold=9))
     again = ChangeStats.from_dict(stats.to_dict())

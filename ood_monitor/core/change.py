@@ -15,7 +15,11 @@ the reference, so a lasting corruption keeps being compared with the frames befo
 frames. A step *towards* the training frames (the row's own distance to them falls below the
 reference's, or below halfway from the reference's to the held frames') is the stream coming back: it
 scores 0 and the reference restarts there; without that rule the frames after an episode faced a stale
-reference on a moving camera. State restarts with each sequence, where the node restarts its alarms.
+reference on a moving camera. A frame that repeats the one before it bit for bit (the same row) is no
+change and stays out of the reference; the first new frame after repeats restarts it: a camera that froze
+and resumes has jumped in time, and against the frames before the freeze it looked like a lasting step
+(false alarms right after frozen episodes on the moving tuning recording and the demo world). State
+restarts with each sequence, where the node restarts its alarms.
 """
 from __future__ import annotations
 
@@ -109,14 +113,24 @@ class ChangeTracker:
         self.stats, self.bound = stats, bound
         self.reference: deque = deque(maxlen=stats.cfg.k)
         self.held: list[float] = []  # level distances of the frames kept out since the reference last grew
+        self.last: np.ndarray | None = None  # the previous frame's row, accepted or not
+        self.repeats = 0  # frames in a row that repeated `last` exactly
 
     def reset(self) -> None:
         """A new sequence: no reference until its first frame."""
         self.reference.clear()
         self.held = []
+        self.last, self.repeats = None, 0
 
     def update(self, row: np.ndarray) -> float:
         row = np.asarray(row, np.float64)
+        if self.last is not None and np.array_equal(row, self.last):
+            self.repeats += 1
+            return 0.0
+        if self.repeats:  # the camera moves on after repeating itself: what came before is stale
+            self.reference.clear()
+            self.held = []
+        self.last, self.repeats = row, 0
         score = 0.0
         if self.reference:
             mean = np.mean(self.reference, axis=0)
