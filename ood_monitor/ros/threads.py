@@ -5,7 +5,7 @@ Why BLAS too: numpy's OpenBLAS starts a worker thread when it is imported, befor
 priority, and after every large enough product (the analysis' colour clusters: a 16,384-pixel matrix
 product per frame) that worker busy-waits for the next one. Live, in the synthesis/analysis process, it
 took a third of a core from the detectors and the mask path; with one BLAS thread the mask rate at a 30 Hz
-camera went from 6.8 to 9.8-13.0 Hz on 2 cores (docs/benchmarks-masks.md#one-blas-thread)."""
+camera went from 6.8 to 9.8-13.0 Hz on 2 cores (docs/benchmarks-masks.md#one-blas-thread-the-default)."""
 from __future__ import annotations
 
 
