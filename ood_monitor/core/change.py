@@ -128,9 +128,8 @@ class ChangeTracker:
             self.repeats += 1
             return 0.0
         if self.repeats:  # the camera moves on after repeating itself: what came before is stale
-            self.reference.clear()
-            self.held = []
-        self.last, self.repeats = row, 0
+            self.reset()
+        self.last = row
         score = 0.0
         if self.reference:
             mean = np.mean(self.reference, axis=0)
