@@ -32,6 +32,7 @@ from ood_monitor.core.analysis.segmenters import (
 )
 from ood_monitor.core.benchmark import format_table, machine_info, summarize_ms, write_report
 from ood_monitor.core.mask_metrics import FStar, PixelAucPr
+from ood_monitor.ros.threads import limit_threads
 
 DEFAULT_DATA = "demo_data/images/test"
 ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
@@ -149,8 +150,7 @@ def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+    limit_threads(args.threads, opencv=True)  # as analysis_node does with its torch_threads
     frames = object_frames(args.data, 16 if args.quick else args.frames)
     if not frames:
         print(f"no object-anomaly frames with masks in {args.data} (generate: ood-monitor data demo)")

@@ -152,8 +152,9 @@ def run_variant(v: dict, model_dir: str, images: np.ndarray, device: str, thread
     import torch
 
     from ood_monitor.core.diffusion.synthesizer import Synthesizer
+    from ood_monitor.ros.threads import limit_threads
 
-    torch.set_num_threads(threads)
+    limit_threads(threads)  # as synthesizer_node does with its threads
     base = _rss_mb("VmRSS")  # after imports, before the model: growth = weights + activations
     synth = Synthesizer.from_model_dir(model_dir, steps=v["steps"], guidance=v["scale"], strength=v["strength"],
                                        guidance_kind=v["kind"], device=device, precision=v["precision"],
