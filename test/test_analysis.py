@@ -14,6 +14,7 @@ from ood_monitor.core.analysis.discrepancy import (
     Discrepancy,
     DiscrepancyConfig,
     HookFeatures,
+    _cosine_distance,
     make_feature_extractor,
     random_conv_features,
 )
@@ -60,6 +61,19 @@ def test_identical_images_give_zero_discrepancy(features):
     d = Discrepancy(DiscrepancyConfig(), random_conv_features() if features else None)(img, img)
     assert d.shape == img.shape[:2] and d.dtype == np.float32
     assert float(d.max()) < 1e-3
+
+
+def test_cosine_distance_equals_torch_cosine_similarity_on_mean_centred_features():
+    """The flat products must give what F.cosine_similarity gives (the nominal statistics were fitted on
+    it), and 0 where both images' features agree."""
+    f = torch.randn(2, 16, 9, 7, generator=torch.Generator().manual_seed(3)).relu()
+    f[1, :, 0, 0] = f[0, :, 0, 0]
+    centred = f - f.mean(dim=(0, 2, 3), keepdim=True)
+    expected = (1.0 - torch.nn.functional.cosine_similarity(centred[0:1], centred[1:2], dim=1, eps=1e-6)) / 2.0
+    got = _cosine_distance(f)
+    assert got.shape == (1, 1, 9, 7)
+    torch.testing.assert_close(got[0], expected, atol=1e-6, rtol=0)
+    assert float(got[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("cfg", [DiscrepancyConfig(), DiscrepancyConfig(weight_colour=0, weight_structure=0),
