@@ -2,10 +2,12 @@
 random SAM through the real loading, automatic-mask and ONNX export/inference paths), costmap, speed."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
+from skimage.metrics import structural_similarity
 
 from ood_monitor.cli.bench_analysis import oracle_synthesis
 from ood_monitor.core.analysis import AnalysisConfig, Analyzer
@@ -15,6 +17,7 @@ from ood_monitor.core.analysis.discrepancy import (
     DiscrepancyConfig,
     HookFeatures,
     _cosine_distance,
+    local_ssim,
     make_feature_extractor,
     random_conv_features,
 )
@@ -74,6 +77,18 @@ def test_cosine_distance_equals_torch_cosine_similarity_on_mean_centred_features
     assert got.shape == (1, 1, 9, 7)
     torch.testing.assert_close(got[0], expected, atol=1e-6, rtol=0)
     assert float(got[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_local_ssim_is_scikit_image_structural_similarity(sigma):
+    """The structure term's SSIM map must be scikit-image's (Gaussian weights, population covariance)."""
+    rng = np.random.default_rng(5)
+    a = cv2.GaussianBlur(rng.uniform(0, 255, (40, 56)), (0, 0), 1.5)
+    b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255)
+    b[10:20, 30:45] = 0.0
+    _, expected = structural_similarity(a, b, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
+                                        data_range=255.0, full=True)
+    np.testing.assert_allclose(local_ssim(a, b, sigma), expected, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("cfg", [DiscrepancyConfig(), DiscrepancyConfig(weight_colour=0, weight_structure=0),
