@@ -193,8 +193,13 @@ def test_analyzer_finds_the_inpainted_object():
     assert iou > 0.6, iou
     assert result.mask.frame_score > 0.5
     assert set(result.timings_ms) == {"features", "colour", "structure", "weighting", "nominal", "segmentation",
-                                      "pooling", "mask"}  # the per-stage profile: every stage that ran
+                                      "segmentation_wait", "pooling", "mask"}  # every stage that ran
     assert all(v >= 0 for v in result.timings_ms.values()) and result.timings_ms["segmentation"] > 0
+    # the segmentation ran on its own thread beside the discrepancy: not part of the frame's time twice
+    assert result.elapsed_ms == pytest.approx(sum(result.timings_ms.values()) - result.timings_ms["segmentation"])
+    # and pooled what the segmenter gives on the caller's thread
+    expected = np.clip(pool_labels(result.discrepancy, seg.labels(anomalous)) * AnalysisConfig().confidence_gain, 0, 1)
+    np.testing.assert_array_equal(result.confidence, expected.astype(np.float32))
 
 
 def test_confidence_gain_scales_the_pooled_discrepancy_and_the_mask_follows():

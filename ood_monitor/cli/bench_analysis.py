@@ -37,7 +37,7 @@ from ood_monitor.ros.threads import limit_threads
 DEFAULT_DATA = "demo_data/images/test"
 ORACLE = "oracle stand-in: ground-truth region inpainted (cv2.inpaint) + blur 0.7 px + noise sigma 2"
 STAGE_COLUMNS = [f"stage_{k}_ms" for k in ("features", "colour", "structure", "weighting", "nominal", "segmentation",
-                                            "pooling", "mask")]
+                                            "segmentation_wait", "pooling", "mask")]
 TINY_SAM = SamArchitecture(64, 2, 2, (1,), image_size=256, prompt_embed_dim=64, window_size=8,
                            decoder_mlp_dim=128, decoder_heads=2, iou_head_hidden_dim=64)
 
@@ -137,7 +137,7 @@ def evaluate(analyzer: Analyzer, frames: list, synth: list, anomaly_ids, ignore_
     analyzer.analyze(frames[0].image, synth[0], features[0])  # warm-up (lazy imports, allocator)
     for f, s, handed in zip(frames, synth, features, strict=True):
         result = analyzer.analyze(f.image, s, handed)
-        times.append(sum(result.timings_ms.values()))
+        times.append(result.elapsed_ms)
         for k, v in result.timings_ms.items():
             stages.setdefault(k, []).append(v)
         auc.add(result.confidence, f.mask)

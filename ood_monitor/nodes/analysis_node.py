@@ -253,7 +253,7 @@ class AnalysisNode(StageNode):
             return
         self._publish(msg.header, result, start)
         done = time.perf_counter()
-        analysed = decoded + sum(result.timings_ms.values()) / 1e3
+        analysed = decoded + result.elapsed_ms / 1e3
         self._track_stages({"decode_msg": (decoded - start) * 1e3, **result.timings_ms,
                             "encode_msg": max(0.0, (done - analysed) * 1e3)})
 
