@@ -131,3 +131,34 @@ def test_peak_tensor_memory_counts_weights_and_the_largest_live_set():
         return float(b.sum())
 
     assert peak_tensor_mb(fn, "cpu", resident_mb=1.0) == pytest.approx(9.0, abs=0.2)
+
+
+@pytest.mark.parametrize("size", [0, 64])
+def test_bench_masks_times_the_mask_path_sequentially_and_as_two_processes(demo_dataset, tmp_path, size):
+    """size 0: the shipped models (quality columns); 64: the architectures rebuilt untrained (times only)."""
+    out = tmp_path / "masks.json"
+    args = ["bench", "masks", "--quick", "--data", str(demo_dataset / "bags" / "test"), "--frames", "3",
+            "--seconds", "3", "--camera-hz", "15", "--size", str(size), "--json", str(out)]
+    assert cli(args) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["name"] == "anomaly_mask" and row["size"] == (size or 128) and row["masks"] > 0
+    assert 0 < row["rate_hz"] <= 1.1 * row["camera_hz"] and 0 < row["p50_ms"] <= row["p95_ms"]
+    assert row["ms_per_mask"] >= row["synthesis_ms"] > 0 and row["analysis_ms"] > 0
+    assert {"synth_encode_ms", "synth_dit_ms", "synth_decode_ms", "analysis_segmentation_ms"} <= set(row)
+    if size:
+        assert row["weights"].startswith("UNTRAINED") and "auc_pr" not in row
+    else:
+        assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["f_star"] <= 1.0
+
+
+def test_mask_hand_over_keeps_the_newest_synthesis():
+    import multiprocessing as mp
+    import time
+
+    from ood_monitor.cli.bench_masks import _hand_over
+
+    box = mp.get_context("spawn").Queue(maxsize=1)
+    assert _hand_over(box, "first") is False
+    time.sleep(0.2)  # the queue's feeder thread has written it
+    assert _hand_over(box, "second") is True
+    assert box.get(timeout=5) == "second"

@@ -325,6 +325,12 @@ def test_sampling_presets_and_explicit_values():
     with pytest.raises(ValueError, match="parameter sampling"):
         sampling_overrides("fastest")
     assert resolve_backend("auto", "int8-selected") == "torch" and resolve_backend("torch", "fp32") == "torch"
+    import onnxruntime as ort
+
+    # on cuda, auto picks ONNX Runtime only where its CUDA provider exists (the CPU package would refuse)
+    gpu_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert resolve_backend("auto", "fp32", "cuda") == ("onnxruntime" if gpu_ort else "torch")
+    assert resolve_backend("auto", "fp32", "cpu") == "onnxruntime"
     with pytest.raises(ValueError, match="parameter backend"):
         resolve_backend("tensorrt", "fp32")
 

@@ -11,6 +11,7 @@ STAGES = {
     "analysis": "ood_monitor.cli.bench_analysis",
     "compress": "ood_monitor.cli.bench_compress",
     "synth": "ood_monitor.cli.bench_synth",
+    "masks": "ood_monitor.cli.bench_masks",
     "pipeline": "ood_monitor.cli.bench_pipeline",
     "fleet": "ood_monitor.cli.bench_fleet",
     "real": "ood_monitor.cli.bench_real",

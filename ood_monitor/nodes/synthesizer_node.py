@@ -52,7 +52,7 @@ PARAMETERS = {
     "guidance": (-1.0, "similarity guidance scale s (gradient) or w (gradfree); -1: from sampling"),
     "strength": (0.0, "start from the input noised to t = strength*T (1.0: pure noise); 0: from sampling"),
     "guidance_kind": ("", "gradient (Algorithm 1: backprop through the DiT) | gradfree | none; empty: from sampling"),
-    "backend": ("auto", "auto (onnxruntime for fp32 when installed, else torch) | onnxruntime | torch; "
+    "backend": ("auto", "auto (onnxruntime for fp32 where it runs on the device, else torch) | onnxruntime | torch; "
                         "gradient guidance always runs the DiT in torch (it backpropagates)"),
     "device": ("cpu", "cpu | cuda"),
     "precision": ("fp32", "fp32 | fp16 (selected layers of denoiser + DC-AE, GPU) | int8-selected (weight-only, CPU)"),

@@ -132,8 +132,9 @@ def sampling_overrides(preset: str, steps: int = UNSET_STEPS, guidance: float = 
             "guidance_kind": kind if kind != UNSET_KIND else base["kind"]}
 
 
-def resolve_backend(backend: str, precision: str) -> str:
-    """auto: onnxruntime for fp32 when it is installed, else torch."""
+def resolve_backend(backend: str, precision: str, device: str = "cpu") -> str:
+    """auto: onnxruntime for fp32 when it is installed and runs on `device` (on cuda: onnxruntime-gpu's
+    CUDA execution provider; the CPU-only package would make the node refuse to start), else torch."""
     if backend not in NODE_BACKENDS:
         raise ValueError(f"parameter backend must be one of {NODE_BACKENDS}, got {backend!r}")
     if backend != "auto":
@@ -141,8 +142,10 @@ def resolve_backend(backend: str, precision: str) -> str:
     if precision != "fp32":
         return "torch"
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime as ort
     except ImportError:
+        return "torch"
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
         return "torch"
     return "onnxruntime"
 
@@ -155,9 +158,10 @@ def synthesizer_from_params(model_dir: str | Path, p: dict) -> Synthesizer:
     sampling = sampling_overrides(p.get("sampling", "realtime"), p.get("steps", UNSET_STEPS),
                                   p.get("guidance", UNSET_GUIDANCE), p.get("strength", UNSET_STRENGTH),
                                   p.get("guidance_kind", UNSET_KIND))
-    return Synthesizer.from_model_dir(model_dir, **sampling, device=p.get("device", "cpu"), precision=precision,
-                                      seed=int(p.get("seed", 0)), backend=resolve_backend(p.get("backend", "auto"),
-                                                                                           precision),
+    device = p.get("device", "cpu")
+    return Synthesizer.from_model_dir(model_dir, **sampling, device=device, precision=precision,
+                                      seed=int(p.get("seed", 0)),
+                                      backend=resolve_backend(p.get("backend", "auto"), precision, device),
                                       threads=int(p.get("threads", 0)))
 
 
@@ -197,16 +201,24 @@ class SynthesisTiming:
                 "decode": self.decode_ms}
 
 
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work: CUDA kernels run asynchronously, so without the
+    synchronisation every stage's time would land in whichever stage first copies back to the host."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class _TimedModel:
     """Wraps the denoiser to add up the time of its forward passes."""
 
-    def __init__(self, model) -> None:
-        self.model, self.ms, self.calls = model, 0.0, 0
+    def __init__(self, model, device: torch.device) -> None:
+        self.model, self.device, self.ms, self.calls = model, device, 0.0, 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
+        t0 = _clock(self.device)
         out = self.model(x, t)
-        self.ms += (time.perf_counter() - t0) * 1e3
+        self.ms += (_clock(self.device) - t0) * 1e3
         self.calls += 1
         return out
 
@@ -333,13 +345,13 @@ class Synthesizer:
         gen = torch.Generator(self.device).manual_seed(self.seed)
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         gradient = self.guidance.kind == "gradient" and self.guidance.scale > 0  # needs torch's backward
-        model = _TimedModel(self.denoiser if gradient or self.ort_denoiser is None else self.ort_denoiser)
+        model = _TimedModel(self.denoiser if gradient or self.ort_denoiser is None else self.ort_denoiser, self.device)
         with torch.no_grad():
-            t0 = time.perf_counter()
+            t0 = _clock(self.device)
             y = self._encode(x)
-            t1 = time.perf_counter()
+            t1 = _clock(self.device)
             out = guided_sample(model, y, self.scheduler, self.guidance, gen)
-            t2 = time.perf_counter()
+            t2 = _clock(self.device)
             out = self._decode(out)
             img = ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
             t3 = time.perf_counter()
