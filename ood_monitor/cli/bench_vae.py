@@ -16,6 +16,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--flow-model", type=Path, default=Path("models/vae_flow"))
     p.add_argument("--frames", type=int, default=200, help="frames per row (default 200)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the whole CPU here)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="the encoders' device (the detector nodes' `device` with backend torch)")
     p.set_defaults(func=run)
     return p
 
@@ -37,15 +39,17 @@ def run(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)
     n = 30 if args.quick else args.frames
     image_dir, flow_dir = resolve_model_dir(args.image_model), resolve_model_dir(args.flow_model)
-    image_det = VaeDetector.from_model_dir(image_dir, kind="image")
-    flow_det = VaeDetector.from_model_dir(flow_dir, kind="flow")
-    mc_det = VaeDetector.from_model_dir(image_dir, kind="image", mc_samples=30)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch finds no CUDA GPU here")
+    image_det = VaeDetector.from_model_dir(image_dir, kind="image", device=args.device)
+    flow_det = VaeDetector.from_model_dir(flow_dir, kind="flow", device=args.device)
+    mc_det = VaeDetector.from_model_dir(image_dir, kind="image", mc_samples=30, device=args.device)
     h, w = image_det.card.config.height, image_det.card.config.width
     frames = camera_frames(n + 4)
     pre = Preprocessor(PreprocessConfig(frame=FrameConfig(w, h)))
     prepared = [pre.process(f, i * 66_666_667) for i, f in enumerate(frames)]
     images = [r.image for r in prepared]
-    x = torch.from_numpy(model_input(images[1][None], "image", 1.0))
+    x = torch.from_numpy(model_input(images[1][None], "image", 1.0)).to(args.device)
     texture = mc_det.score.frame_features(images[1][None])
 
     def pipeline(i: int) -> None:
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [{"variant": k, **summarize_ms(v), "x_deterministic": float(np.mean(v)) / base, "what": notes[k]}
             for k, v in timings.items()]
     print(format_table(rows, ["variant", "ms_per_frame", "ms_p95", "x_deterministic", "what"]))
-    write_report(rows, machine_info(torch_threads=args.threads), args.json,
+    write_report(rows, machine_info(torch_threads=args.threads, device=args.device), args.json,
                  models={"image": str(image_dir), "flow": str(flow_dir)})
     if args.json:
         print(f"wrote {args.json}")

@@ -119,4 +119,4 @@ def full_pass_scores(encoder: nn.Module, x: torch.Tensor, score: ScoreFn | Seque
     """The uncached reference: `samples` complete encoder passes with dropout on, as one batch."""
     with torch.no_grad(), dropout_active(encoder):
         mu, logvar = encoder(x.expand(samples, *x.shape[1:]))
-    return apply_score(as_score(score), mu.numpy(), logvar.numpy(), texture)
+    return apply_score(as_score(score), mu.cpu().numpy(), logvar.cpu().numpy(), texture)

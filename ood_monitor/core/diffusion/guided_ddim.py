@@ -102,7 +102,8 @@ def guided_sample(model: EpsModel, y: torch.Tensor, scheduler: DDIMScheduler | D
     timesteps = plan_timesteps(scheduler, cfg.steps, cfg.strength)
     if len(timesteps) == 0:
         return y.clone()
-    noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    noise = torch.randn(y.shape, generator=generator, dtype=y.dtype,
+                        device=generator.device if generator is not None else y.device).to(y.device)
     x = noise if cfg.strength >= 1.0 else add_noise(scheduler, y, noise, timesteps[0])
     extra = {"eta": 0.0} if isinstance(scheduler, DDIMScheduler) else {"generator": generator}
     for t in timesteps:

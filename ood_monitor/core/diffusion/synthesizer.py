@@ -342,7 +342,9 @@ class Synthesizer:
     def synthesize(self, rgb: np.ndarray) -> np.ndarray:
         """One frame; timing of the parts in `last_timing`."""
         self.validate(rgb)
-        gen = torch.Generator(self.device).manual_seed(self.seed)
+        # the noise is drawn on the CPU whatever the device: CUDA's generator gives another stream for the
+        # same seed, and a synthesis (and the nominal statistics fitted to its errors) must not depend on it
+        gen = torch.Generator().manual_seed(self.seed)
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         gradient = self.guidance.kind == "gradient" and self.guidance.scale > 0  # needs torch's backward
         model = _TimedModel(self.denoiser if gradient or self.ort_denoiser is None else self.ort_denoiser, self.device)

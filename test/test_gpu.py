@@ -1,0 +1,65 @@
+"""What the GPU paths must give: the CPU's answers. Skipped where torch finds no CUDA GPU (this project's
+CI); run on a GPU machine with `python -m pytest test/test_gpu.py` (docs/benchmarks-masks.md#on-a-gpu-h200-2026-12-04
+names the machine they last passed on)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch finds none here)")
+
+
+def frames(n: int = 6, size: int = 128) -> list[np.ndarray]:
+    """Smooth random RGB frames (uint8), different enough to spread the scores."""
+    rng = np.random.default_rng(0)
+    return [cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (0, 0), 1.0 + i)
+            for i in range(n)]
+
+
+def flows(n: int = 6, size: int = 128) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [cv2.GaussianBlur(rng.normal(0, 1.5 * (i + 1), (size, size, 2)).astype(np.float32), (0, 0), 4.0)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("model", "inputs"), [("models/vae_image", frames), ("models/vae_flow", flows)])
+def test_detector_scores_and_alarms_match_the_cpu(model, inputs):
+    from ood_monitor.core.detector import VaeDetector
+
+    cpu, gpu = (VaeDetector.from_model_dir(model, device=d) for d in ("cpu", "cuda"))
+    assert next(gpu.encoder.parameters()).is_cuda
+    for x in inputs():
+        a, b = cpu.score_frame(x), gpu.score_frame(x)
+        assert b.score == pytest.approx(a.score, rel=1e-3, abs=1e-3)
+        assert (b.p_value, b.is_ood) == (a.p_value, a.is_ood)
+
+
+def test_synthesis_on_cuda_matches_the_cpu_within_a_grey_level():
+    from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
+
+    cpu = synthesizer_from_params("models/latent_dit", {"backend": "torch"})
+    gpu = synthesizer_from_params("models/latent_dit", {"device": "cuda"})  # auto: torch without onnxruntime-gpu
+    half = synthesizer_from_params("models/latent_dit", {"device": "cuda", "precision": "fp16"})
+    assert gpu.backend.startswith(("torch-cuda", "ort-cuda")) and half.backend == "torch-cuda-fp16-selected"
+    for x in frames(3):
+        ref = cpu.synthesize(x).astype(np.float32)
+        assert np.abs(gpu.synthesize(x) - ref).mean() < 1.0
+        assert np.abs(half.synthesize(x) - ref).mean() < 3.0
+        t = gpu.last_timing
+        assert t.encode_ms > 0 and t.dit_ms > 0 and t.decode_ms > 0  # synchronised: every stage has its time
+        assert [m.shape for m in gpu.last_features] == [m.shape for m in cpu.last_features]
+
+
+def test_analysis_features_on_cuda_give_the_cpu_mask():
+    from ood_monitor.core.analysis import Analyzer
+    from ood_monitor.core.analysis.discrepancy import make_feature_extractor
+    from ood_monitor.core.analysis.segmenters import SlicSegmenter
+
+    image, synthesis = frames(2)
+    seg = SlicSegmenter()
+    cpu = Analyzer(segmenter=seg, extractor=make_feature_extractor("dcae", "models", "cpu")[0])
+    gpu = Analyzer(segmenter=seg, extractor=make_feature_extractor("dcae", "models", "cuda")[0])
+    a, b = cpu.analyze(image, synthesis), gpu.analyze(image, synthesis)
+    np.testing.assert_allclose(b.confidence, a.confidence, atol=1e-3)
