@@ -103,7 +103,7 @@ def test_cuda_requests_without_cuda_name_the_parameter(export, encoder):
         make_backend("torch", encoder, device="cuda")
     with pytest.raises(BackendUnavailable, match="set parameter device to cuda or precision to fp32"):
         make_backend("torch", encoder, precision="fp16")
-    with pytest.raises(BackendUnavailable, match="set parameter device to cpu"):
+    with pytest.raises(BackendUnavailable, match="set parameter backend to torch or device to cpu"):
         providers_for("cuda", ["CPUExecutionProvider"])
 
 

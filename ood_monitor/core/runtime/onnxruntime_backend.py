@@ -28,7 +28,7 @@ def providers_for(device: str, available: list[str]) -> list[str]:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
         raise BackendUnavailable("backend 'onnxruntime' has no CUDA execution provider here (install "
-                                 "onnxruntime-gpu): set parameter device to cpu")
+                                 "onnxruntime-gpu): set parameter backend to torch or device to cpu")
     index = device.split(":", 1)[1] if ":" in device else "0"
     return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
 
