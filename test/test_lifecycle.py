@@ -2,6 +2,7 @@
 the nodes' real ROS services."""
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -76,8 +77,10 @@ def test_lifecycle_transitions_gate_processing(ros):
     images = ros.collect(Image, "ood/image")
     pub = ros.publisher(Image, "camera/image_raw")
     assert state(ros, "preprocess_node") == "unconfigured" and not list(node.subscriptions)
+    gc.unfreeze()  # what earlier tests' nodes froze
     assert transition(ros, "preprocess_node", Transition.TRANSITION_CONFIGURE)
     assert state(ros, "preprocess_node") == "inactive"
+    assert gc.get_freeze_count() > 0  # set up: the long-lived objects are out of the collector's walks
     ros.wait_for_subscribers(pub)
     assert frames_received(ros, pub, images, 0, active=False) == 0  # configured but inactive: nothing processed
     assert transition(ros, "preprocess_node", Transition.TRANSITION_ACTIVATE)
@@ -86,6 +89,7 @@ def test_lifecycle_transitions_gate_processing(ros):
     assert frames_received(ros, pub, images, 20, active=False) == 0
     assert transition(ros, "preprocess_node", Transition.TRANSITION_CLEANUP)
     assert state(ros, "preprocess_node") == "unconfigured"
+    assert gc.get_freeze_count() == 0  # what the cleanup lets go of can be collected
     assert wait_until(lambda: pub.get_subscription_count() == 0, 5)  # subscriptions freed
 
 

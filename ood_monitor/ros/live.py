@@ -182,6 +182,7 @@ class LiveGraph:
 
         from ood_monitor.ros.bag_bridge import BagPlayer
         from ood_monitor.ros.graph import NodeGraph
+        from ood_monitor.ros.stage_node import freeze_long_lived
 
         for name, group in self.process_specs.items():
             nice = 0 if name == "camera_stages" else HEAVY_NICE
@@ -199,6 +200,7 @@ class LiveGraph:
         if self.procs:  # the other processes are loading their models
             wait_for_publishers(self.io, [t for t, name in STAGE_OUTPUTS.items() if name in self.remote_names])
             time.sleep(2.0)
+        freeze_long_lived()  # as the nodes do: the player and the probes must not stall on a full collection
         return self
 
     def _keep_diagnostics(self, msg) -> None:
