@@ -210,8 +210,8 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     """Synthesizer here, analysis in a spawned process; camera ticks at --camera-hz for --seconds."""
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(maxsize=1), ctx.Queue()
-    worker = ctx.Process(target=_analysis_worker, args=(args.params, models, trained, args.analysis_device, inbox,
-                                                                 outbox), daemon=True)
+    worker = ctx.Process(target=_analysis_worker, daemon=True,
+                         args=(args.params, models, trained, args.analysis_device, inbox, outbox))
     worker.start()
     _receive(outbox, worker)  # "ready": the analysis is loaded
     period, dropped, synthesized, last_tick = 1.0 / args.camera_hz, 0, 0, -1
@@ -231,10 +231,12 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     while (item := _receive(outbox, worker)) is not None:
         done.append(item)
     worker.join(timeout=60)
+    if len(done) < 2:
+        raise RuntimeError(f"{len(done)} masks in {args.seconds:g} s: too few to time, raise --seconds")
     ends = np.array([d for _, d in done])
     latency = np.array([(d - s) * 1e3 for s, d in done])
-    warm = slice(min(5, len(done) - 1), None)  # the first masks include the analysis' lazy start-up
-    span = ends[warm][-1] - ends[warm][0] if len(ends[warm]) > 1 else float("nan")
+    warm = slice(min(5, len(done) - 2), None)  # the first masks include the analysis' lazy start-up
+    span = ends[warm][-1] - ends[warm][0]
     return {"rate_hz": float((len(ends[warm]) - 1) / span) if span > 0 else float("nan"),
             "synth_hz": synthesized / args.seconds, "camera_hz": args.camera_hz,
             "p50_ms": float(np.percentile(latency[warm], 50)), "p95_ms": float(np.percentile(latency[warm], 95)),
