@@ -83,23 +83,18 @@ def oracle_synthesis(image: np.ndarray, mask: np.ndarray | None, seed: int = 0) 
 
 def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.ndarray], str, list]:
     """(frames as analysed, their syntheses, what made them) for --synthesis."""
-    from dataclasses import replace
-
     model = Path(args.models) / "latent_dit"
     kind = args.synthesis if args.synthesis != "auto" else ("real" if (model / "config.json").is_file() else "oracle")
     if kind == "oracle":
         return frames, [oracle_synthesis(f.image, f.mask, seed=i) for i, f in enumerate(frames)], ORACLE, []
     from ood_monitor.cli.evaluate_cmd import node_parameters
-    from ood_monitor.core.analysis.mask_evaluation import prepare_label
     from ood_monitor.core.diffusion.synthesizer import synthesizer_from_params
-    from ood_monitor.core.model_input import FrameConfig, prepare_frame
+    from ood_monitor.core.model_input import FrameConfig
 
     params = args.params if args.params.exists() else None
     synth = synthesizer_from_params(model, {**node_parameters(params, "synthesizer_node"), "threads": args.threads})
     cfg = FrameConfig(synth.image_size, synth.image_size)
-    prepared = [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
-                        semantic=prepare_label(f.semantic, cfg)) for f in frames]
-    prepared = [f for f in prepared if f.mask.any()]
+    prepared = [f for f in prepared_frames(frames, cfg) if f.mask.any()]
     g = synth.guidance
     what = (f"real: {model}, {synth.backend}, {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength "
             f"{g.strength:g}, at {cfg.width}x{cfg.height}")
@@ -108,6 +103,18 @@ def synthesize(args: argparse.Namespace, frames: list) -> tuple[list, list[np.nd
         images.append(synth.synthesize(f.image))
         features.append(FrameFeatures(synth.last_features, synth.feature_source) if synth.feature_source else None)
     return prepared, images, what, features
+
+
+def prepared_frames(frames: list, cfg) -> list:
+    """Frames through ood/image's crop and resize (`cfg`: a FrameConfig), their mask and semantic labels
+    through the same crop, resized nearest-neighbour."""
+    from dataclasses import replace
+
+    from ood_monitor.core.analysis.mask_evaluation import prepare_label
+    from ood_monitor.core.model_input import prepare_frame
+
+    return [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
+                    semantic=None if f.semantic is None else prepare_label(f.semantic, cfg)) for f in frames]
 
 
 def object_frames(path: str, limit: int) -> list:

@@ -28,8 +28,6 @@ import numpy as np
 
 from ood_monitor.core.benchmark import format_table, machine_info, write_report
 
-SYNTH_STAGES = ("encode", "dit", "guidance", "decode")
-
 
 def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = stages.add_parser("masks", help="synthesizer + analysis on one device: stage ms, masks/s, latency, AUC-PR")
@@ -109,18 +107,14 @@ def analyzer(params: Path, models: Path, trained: bool, device: str = ""):
 
 def object_frames(path: str, size: int, limit: int) -> list:
     """Object-anomaly frames with masks, prepared at size x size as ood/image (labels likewise)."""
-    from dataclasses import replace
     from itertools import islice
 
-    from ood_monitor.core.analysis.mask_evaluation import prepare_label
-    from ood_monitor.core.model_input import FrameConfig, prepare_frame
+    from ood_monitor.cli.bench_analysis import prepared_frames
+    from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.data.labeled_frames import iter_frames
 
-    cfg = FrameConfig(size, size)
     frames = (f for f in iter_frames(path) if f.category == "object" and f.mask is not None and f.mask.any())
-    out = [replace(f, image=prepare_frame(f.image, cfg), mask=prepare_label(f.mask, cfg),
-                   semantic=None if f.semantic is None else prepare_label(f.semantic, cfg))
-           for f in islice(frames, limit)]
+    out = prepared_frames(list(islice(frames, limit)), FrameConfig(size, size))
     if not out:
         raise ValueError(f"no object-anomaly frames with masks in {path} (generate: ood-monitor data demo)")
     return out
@@ -206,8 +200,9 @@ def _receive(box: mp.Queue, worker) -> object:
                 raise RuntimeError(f"the analysis process exited with code {worker.exitcode}") from None
 
 
-def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, images: list[np.ndarray]) -> dict:
-    """Synthesizer here, analysis in a spawned process; camera ticks at --camera-hz for --seconds."""
+def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, images: list[np.ndarray],
+              seconds: float) -> dict:
+    """Synthesizer here, analysis in a spawned process; camera ticks at --camera-hz for `seconds`."""
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(maxsize=1), ctx.Queue()
     worker = ctx.Process(target=_analysis_worker, daemon=True,
@@ -216,7 +211,7 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     _receive(outbox, worker)  # "ready": the analysis is loaded
     period, dropped, synthesized, last_tick = 1.0 / args.camera_hz, 0, 0, -1
     start = time.monotonic()
-    while (now := time.monotonic()) - start < args.seconds:
+    while (now := time.monotonic()) - start < seconds:
         tick = int((now - start) / period)
         if tick == last_tick:  # wait for the next camera frame
             time.sleep(max(0.0, start + (tick + 1) * period - now))
@@ -232,13 +227,13 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
         done.append(item)
     worker.join(timeout=60)
     if len(done) < 2:
-        raise RuntimeError(f"{len(done)} masks in {args.seconds:g} s: too few to time, raise --seconds")
+        raise RuntimeError(f"{len(done)} masks in {seconds:g} s: too few to time, raise --seconds")
     ends = np.array([d for _, d in done])
     latency = np.array([(d - s) * 1e3 for s, d in done])
     warm = slice(min(5, len(done) - 2), None)  # the first masks include the analysis' lazy start-up
     span = ends[warm][-1] - ends[warm][0]
     return {"rate_hz": float((len(ends[warm]) - 1) / span) if span > 0 else float("nan"),
-            "synth_hz": synthesized / args.seconds, "camera_hz": args.camera_hz,
+            "synth_hz": synthesized / seconds, "camera_hz": args.camera_hz,
             "p50_ms": float(np.percentile(latency[warm], 50)), "p95_ms": float(np.percentile(latency[warm], 95)),
             "masks": len(done), "dropped": dropped}
 
@@ -264,13 +259,12 @@ def run(args: argparse.Namespace) -> int:
         synth = synthesizer(args, models)
         frames = object_frames(args.data, size, 8 if args.quick else args.frames)
         seconds = min(args.seconds, 8.0) if args.quick else args.seconds
-        args = argparse.Namespace(**{**vars(args), "seconds": seconds})
         row = {"device": args.device, "backend": synth.backend, "size": size,
                "analysis_device": args.analysis_device or "as --params",
                "weights": "shipped" if trained else "UNTRAINED (times only)",
                **sequential(synth, analyzer(args.params, models, trained, args.analysis_device), frames, trained,
                             *anomaly_class_ids(args.data)),
-               **pipelined(synth, args, models, trained, [f.image for f in frames])}
+               **pipelined(synth, args, models, trained, [f.image for f in frames], seconds)}
     g = synth.guidance
     print(format_table([row], ["device", "backend", "size", "weights", "rate_hz", "camera_hz", "p50_ms", "p95_ms",
                                "ms_per_mask", "synthesis_ms", "analysis_ms", "auc_pr", "f_star"]))

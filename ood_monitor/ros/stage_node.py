@@ -69,16 +69,16 @@ WORKER_STOP_TIMEOUT_S = 1.5  # lifecycle cleanup: let a frame in progress finish
 EXIT_WORKER_WAIT_S = 0.3
 
 
-
 def freeze_long_lived() -> None:
     """Put everything alive after a node's set-up (modules, models, ROS entities) out of the cyclic garbage
     collector's reach. Why: a full collection walks every tracked object, and with torch, ONNX Runtime and
-    rclpy loaded it stalled the process for 200-270 ms (the camera stages' process 210 ms) about once a
-    minute (`bench pipeline --quick`, 2-core EPYC): several camera frames late at once. Once frozen, a
-    full collection walks only what was made since. Reference counting still frees frozen objects; a
-    cleanup unfreezes, so a reconfigured node's old models can be collected."""
+    rclpy loaded it stalled a node process for 140-280 ms once every one to five minutes (`bench pipeline`,
+    2-core EPYC): several camera frames late at once. Once frozen, a full collection walks only what was
+    made since. Reference counting still frees frozen objects; a cleanup unfreezes, so a reconfigured
+    node's old models can be collected."""
     gc.collect()
     gc.freeze()
+
 
 class StageNode(LifecycleNode):
     PARAMETERS: ClassVar[dict[str, tuple[Any, str]]] = {}
