@@ -133,22 +133,38 @@ def test_peak_tensor_memory_counts_weights_and_the_largest_live_set():
     assert peak_tensor_mb(fn, "cpu", resident_mb=1.0) == pytest.approx(9.0, abs=0.2)
 
 
+def test_bench_pipeline_reads_the_synthesizers_frame_counts_from_diagnostics():
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from ood_monitor.cli.bench_pipeline import synthesizer_counts
+
+    def status(name: str, **values) -> DiagnosticStatus:
+        return DiagnosticStatus(name=name, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    older = DiagnosticArray(status=[status("synthesizer_node", received=5, skipped_stale=1)])
+    newer = DiagnosticArray(status=[status("robot1/analysis_node", received=99),
+                                    status("robot1/synthesizer_node", received=9, triggered=6, superseded=1,
+                                           skipped_stale=2, backend="ort-cpu-fp32")])
+    assert synthesizer_counts([older, newer]) == {"received": 9, "triggered": 6, "superseded": 1, "skipped_stale": 2}
+
+
 @pytest.mark.parametrize("size", [0, 64])
 def test_bench_masks_times_the_mask_path_sequentially_and_as_two_processes(demo_dataset, tmp_path, size):
     """size 0: the shipped models (quality columns); 64: the architectures rebuilt untrained (times only)."""
     out = tmp_path / "masks.json"
     args = ["bench", "masks", "--quick", "--data", str(demo_dataset / "bags" / "test"), "--frames", "3",
             "--seconds", "3", "--camera-hz", "15", "--size", str(size), "--json", str(out)]
-    assert cli(args) == 0
+    assert cli(args + (["--max-wait-ms", "0"] if size else [])) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["name"] == "anomaly_mask" and row["size"] == (size or 128) and row["masks"] > 0
     assert 0 < row["rate_hz"] <= 1.1 * row["camera_hz"] and 0 < row["p50_ms"] <= row["p95_ms"]
     assert row["ms_per_mask"] >= row["synthesis_ms"] > 0 and row["analysis_ms"] > 0
     assert {"synth_encode_ms", "synth_dit_ms", "synth_decode_ms", "analysis_segmentation_ms"} <= set(row)
-    if size:
-        assert row["weights"].startswith("UNTRAINED") and "auc_pr" not in row
+    if size:  # --max-wait-ms 0: every frame the synthesizer takes, however old
+        assert row["weights"].startswith("UNTRAINED") and "auc_pr" not in row and row["stale"] == 0
     else:
         assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["f_star"] <= 1.0
+        assert row["max_wait_ms"] == 5.0  # config/default.yaml's synthesizer_node max_wait_ms
 
 
 def test_mask_hand_over_keeps_the_newest_synthesis():

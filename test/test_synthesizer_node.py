@@ -1,6 +1,9 @@
 """synthesizer_node over real rclpy + Fast DDS: result headers and sizes, the on_ood cascade, refusals."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +120,43 @@ def test_every_n_synthesizes_every_nth_frame(ros, model_dir):
         pub.publish(frame(10 + i))
         wait_until(lambda i=i: node.counts["received"] == i + 1, 5)
     assert wait_until(lambda: node.counts["triggered"] == 1 and node.counts["skipped_trigger"] == 2, 10)
+
+
+def hold_first_synthesis(node: SynthesizerNode) -> threading.Event:
+    """Make the node's first synthesis wait until the returned event is set (the worker is busy meanwhile)."""
+    release, original = threading.Event(), node.synth.synthesize
+    calls = []
+
+    def held(rgb):
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(10)
+        return original(rgb)
+
+    node.synth.synthesize = held
+    return release
+
+
+@pytest.mark.parametrize("max_wait_ms, expected", [(10.0, [1, 3]), (0.0, [1, 2, 3])])
+def test_a_frame_that_waited_too_long_for_the_worker_is_dropped(ros, model_dir, max_wait_ms, expected):
+    node = start_node(ros, model_dir, max_wait_ms=max_wait_ms)
+    release = hold_first_synthesis(node)
+    results = ros.collect(SynthesisResult, "ood/synthesis")
+    pub = ros.publisher(Image, "ood/image")
+    ros.wait_for_subscribers(pub)
+    pub.publish(frame(1))
+    assert wait_until(lambda: node.counts["triggered"] == 1, 10)  # the worker holds frame 1
+    pub.publish(frame(2))
+    assert wait_until(lambda: node.pending is not None, 10)
+    time.sleep(0.2)  # frame 2 waits far longer than 10 ms for the busy worker
+    release.set()
+    assert wait_until(lambda: len(results) >= 1, 15)
+    assert wait_until(lambda: node.pending is None, 10)
+    pub.publish(frame(3))  # with max_wait_ms, it arrives at an idle worker: never stale
+    assert wait_until(lambda: len(results) == len(expected), 15)
+    time.sleep(0.2)
+    assert [r.header.stamp.sec - 1_700_000_000 for r in results] == expected
+    assert node.counts["skipped_stale"] == (1 if max_wait_ms else 0)
 
 
 def test_malformed_and_wrong_size_images_are_refused_with_a_diagnostic(ros, model_dir):

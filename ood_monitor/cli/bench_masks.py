@@ -6,7 +6,8 @@ Two measurements in one run, on the object-anomaly frames of --data prepared as 
   models, pixel AUC-PR / F* of the masks;
 - **pipelined**: the synthesizer and the analysis each in a process of its own, as synthesizer_node and
   analysis_node run, one analysis thread as the node's default: a camera ticks at --camera-hz, the
-  synthesizer takes the newest tick when it is free, hands (frame, synthesis, encoder features) over
+  synthesizer takes the newest tick when it is free (skipping one that waited longer than the file's
+  synthesizer_node max_wait_ms for it, as the node does), hands (frame, synthesis, encoder features) over
   keep-last with depth 1 (the nodes' QoS) and the analysis makes the mask. Rows report masks/s and
   camera-tick→mask p50/p95 (the preprocessing before ood/image excluded: frames are prepared beforehand).
 
@@ -46,6 +47,9 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=40, help="object frames for the sequential part (default 40)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the pipelined run (default 20)")
     p.add_argument("--camera-hz", type=float, default=30.0, help="camera rate of the pipelined run (default 30)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="drop a frame that waited longer than this for the busy synthesizer (default: the file's "
+                        "synthesizer_node max_wait_ms; 0: take the newest however old)")
     p.set_defaults(func=run)
     return p
 
@@ -209,18 +213,23 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
                          args=(args.params, models, trained, args.analysis_device, inbox, outbox))
     worker.start()
     _receive(outbox, worker)  # "ready": the analysis is loaded
-    period, dropped, synthesized, last_tick = 1.0 / args.camera_hz, 0, 0, -1
-    start = time.monotonic()
+    period, dropped, synthesized, stale, last_tick = 1.0 / args.camera_hz, 0, 0, 0, -1
+    max_wait = max_wait_ms(args) / 1e3
+    start = free_at = time.monotonic()
     while (now := time.monotonic()) - start < seconds:
         tick = int((now - start) / period)
         if tick == last_tick:  # wait for the next camera frame
             time.sleep(max(0.0, start + (tick + 1) * period - now))
             continue
         last_tick, stamp = tick, start + tick * period
+        if max_wait > 0 and free_at - stamp > max_wait:  # it waited too long for the synthesizer: the next one
+            stale += 1
+            continue
         out = synth.synthesize(images[tick % len(images)])
         dropped += _hand_over(inbox, (stamp, images[tick % len(images)], out, synth.last_features,
                                       synth.feature_source))
         synthesized += 1
+        free_at = time.monotonic()
     inbox.put(None)
     done = []
     while (item := _receive(outbox, worker)) is not None:
@@ -235,7 +244,18 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     return {"rate_hz": float((len(ends[warm]) - 1) / span) if span > 0 else float("nan"),
             "synth_hz": synthesized / seconds, "camera_hz": args.camera_hz,
             "p50_ms": float(np.percentile(latency[warm], 50)), "p95_ms": float(np.percentile(latency[warm], 95)),
-            "masks": len(done), "dropped": dropped}
+            "masks": len(done), "dropped": dropped, "stale": stale, "max_wait_ms": max_wait * 1e3}
+
+
+def max_wait_ms(args: argparse.Namespace) -> float:
+    """--max-wait-ms, else the parameter file's synthesizer_node max_wait_ms, else the node's default."""
+    from ood_monitor.cli.evaluate_cmd import node_parameters
+    from ood_monitor.core.diffusion.synthesizer import MAX_WAIT_MS
+
+    if args.max_wait_ms is not None:
+        return float(args.max_wait_ms)
+    params = node_parameters(args.params if args.params.exists() else None, "synthesizer_node")
+    return float(params.get("max_wait_ms", MAX_WAIT_MS))
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -271,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     stage_cols = [k for k in row if k.startswith(("synth_", "analysis_")) and k.endswith("_ms")]
     print("per-stage median ms:\n" + format_table([row], stage_cols))
     print(f"sampling: {g.steps} DDIM steps, {g.kind} guidance {g.scale:g}, strength {g.strength:g}; "
-          f"{row['masks']} masks in the pipelined run, {row['dropped']} syntheses replaced before the analysis took them")
+          f"{row['masks']} masks in the pipelined run, {row['dropped']} syntheses replaced before the analysis took them, "
+          f"{row['stale']} frames skipped as stale (max_wait_ms {row['max_wait_ms']:g})")
     machine = machine_info(torch_threads=torch.get_num_threads())
     write_report([{"name": "anomaly_mask", **row}], machine, args.json, data=str(args.data), params=str(args.params))
     if args.json:

@@ -93,6 +93,20 @@ def live_stages(diagnostics) -> dict[str, dict[str, float]]:
     return out
 
 
+FRAME_COUNTS = ("received", "triggered", "superseded", "skipped_stale")
+
+
+def synthesizer_counts(diagnostics) -> dict[str, int]:
+    """The synthesizer_node's frame counts from its last /diagnostics status: received, synthesized
+    (`triggered`), replaced while waiting (`superseded`), dropped for waiting over max_wait_ms (`skipped_stale`)."""
+    out: dict[str, int] = {}
+    for msg in diagnostics:
+        for status in msg.status:
+            if status.name.rsplit("/", 1)[-1] == "synthesizer_node":
+                out.update({kv.key: int(kv.value) for kv in status.values if kv.key in FRAME_COUNTS})
+    return out
+
+
 def sample(lg, seconds: float, interval: float) -> list[dict]:
     """Windows until `seconds` have passed, printing each as it closes."""
     rows: list[dict] = []
@@ -157,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         steady = summary_rows(lg, rows[0]["t_s"], rows[-1]["t_s"], rows[-1]["published"] - rows[0]["published"])
         nodes = lg.node_figures()
         stages = live_stages(list(lg.diagnostics))
+        counts = synthesizer_counts(list(lg.diagnostics))
     summary = summarize(rows)
     cols = ["variant", "camera_hz"] + [c for c in rows[0] if c.endswith(("_hz", "_p95_ms")) and c != "camera_hz"]
     cols += [c for c in rows[0] if c.startswith("rss_")]
@@ -171,13 +186,15 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(steady, ["variant", "rate_hz", "camera_hz", "p50_ms", "p95_ms", "frames"]))
     for node, ms in stages.items():
         print(f"{node} per stage, ms (moving average, live): " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+    if counts:
+        print("synthesizer_node frames: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     # The plot goes where the report goes (or where --plot says), never into the working directory.
     plot_path = args.plot or (Path(args.json).with_suffix(".png") if args.json else None)
     if plot_path is not None:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(plot_path, rows)
     write_report(steady + rows, machine_info(), args.json, rate_hz=args.rate_hz, seconds=seconds, stages=args.stages,
-                 summary=summary, nodes=nodes, stages_ms=stages, plot=str(plot_path) if plot_path else None)
+                 summary=summary, nodes=nodes, stages_ms=stages, synthesizer_counts=counts, plot=str(plot_path) if plot_path else None)
     print(f"no leak: {summary['no_leak']}, no backlog: {summary['no_backlog']}; "
           + (f"plot {plot_path}" if plot_path else "no plot (give --json or --plot)"))
     return 0

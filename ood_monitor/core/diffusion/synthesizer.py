@@ -42,6 +42,9 @@ NODE_BACKENDS = ("auto",) + BACKENDS
 # Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
 SAMPLING_PRESETS = ("realtime", "model")
 REALTIME_SAMPLING = {"steps": 2, "scale": 4.0, "strength": 0.3, "kind": "gradfree"}
+# synthesizer_node's max_wait_ms (and bench masks'): a frame that waited longer for the busy synthesizer is
+# dropped for the next one; chosen live on 2 cores at a 30 Hz camera (docs/benchmarks-masks.md).
+MAX_WAIT_MS = 5.0
 UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
 
 
