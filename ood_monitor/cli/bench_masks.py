@@ -207,6 +207,8 @@ def _receive(box: mp.Queue, worker) -> object:
 def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, images: list[np.ndarray],
               seconds: float) -> dict:
     """Synthesizer here, analysis in a spawned process; camera ticks at --camera-hz for `seconds`."""
+    from ood_monitor.core.diffusion.synthesizer import waited_too_long
+
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(maxsize=1), ctx.Queue()
     worker = ctx.Process(target=_analysis_worker, daemon=True,
@@ -214,7 +216,7 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     worker.start()
     _receive(outbox, worker)  # "ready": the analysis is loaded
     period, dropped, synthesized, stale, last_tick = 1.0 / args.camera_hz, 0, 0, 0, -1
-    max_wait = max_wait_ms(args) / 1e3
+    max_wait = max_wait_ms(args)
     start = free_at = time.monotonic()
     while (now := time.monotonic()) - start < seconds:
         tick = int((now - start) / period)
@@ -222,7 +224,7 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
             time.sleep(max(0.0, start + (tick + 1) * period - now))
             continue
         last_tick, stamp = tick, start + tick * period
-        if max_wait > 0 and free_at - stamp > max_wait:  # it waited too long for the synthesizer: the next one
+        if waited_too_long(stamp, free_at, max_wait):  # the node's rule: drop it, take the next tick
             stale += 1
             continue
         out = synth.synthesize(images[tick % len(images)])
@@ -244,7 +246,7 @@ def pipelined(synth, args: argparse.Namespace, models: Path, trained: bool, imag
     return {"rate_hz": float((len(ends[warm]) - 1) / span) if span > 0 else float("nan"),
             "synth_hz": synthesized / seconds, "camera_hz": args.camera_hz,
             "p50_ms": float(np.percentile(latency[warm], 50)), "p95_ms": float(np.percentile(latency[warm], 95)),
-            "masks": len(done), "dropped": dropped, "stale": stale, "max_wait_ms": max_wait * 1e3}
+            "masks": len(done), "dropped": dropped, "stale": stale, "max_wait_ms": max_wait}
 
 
 def max_wait_ms(args: argparse.Namespace) -> float:

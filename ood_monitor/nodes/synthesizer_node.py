@@ -10,7 +10,8 @@ the camera's next frame instead, so every mask starts from a fresh frame (on 2 c
 this cut camera->AnomalyMask p95 by about a quarter at a lower but still >= 15 Hz mask rate:
 docs/benchmarks-masks.md). A lifecycle `StageNode`: a model or device that
 cannot be loaded fails configure with one line naming the file or parameter (exit status 1 at start);
-steps, guidance, strength, guidance kind, trigger, every_n and score_wait_s can be retuned at run time.
+steps, guidance, strength, guidance kind, trigger, every_n, score_wait_s, max_wait_ms and hand_features
+can be retuned at run time.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ood_monitor.core.diffusion.synthesizer import (
     Synthesizer,
     sampling_overrides,
     synthesizer_from_params,
+    waited_too_long,
 )
 from ood_monitor.core.model_dirs import resolve_model_dir
 from ood_monitor.ros.features import features_to_fields
@@ -209,17 +211,11 @@ class SynthesizerNode(StageNode):
             return "not_ood"
         return "timeout" if time.monotonic() - item.arrived > self.p["score_wait_s"] else "wait"
 
-    def _stale(self, item: Pending, free_at: float) -> bool:
-        """Whether the frame waited for the busy worker longer than max_wait_ms (frames that arrived after the
-        worker came free never are: with the worker idle, the next frame is always taken)."""
-        max_wait = self.p["max_wait_ms"] / 1e3
-        return max_wait > 0 and free_at - item.arrived > max_wait
-
     def _next(self) -> Pending | None:
         free_at = time.monotonic()
         with self.cond:
             while self.running:
-                if self.pending is not None and self._stale(self.pending, free_at):
+                if self.pending is not None and waited_too_long(self.pending.arrived, free_at, self.p["max_wait_ms"]):
                     self.counts["skipped_stale"] += 1
                     self.pending = None
                 if self.pending is not None:
