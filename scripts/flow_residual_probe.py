@@ -26,7 +26,9 @@ from ood_monitor.core.motion import FEATURES, motion_features
 from ood_monitor.core.preprocess import Preprocessor
 
 MOTION_KINDS = ("frozen", "jerk_drop", "jerk_shuffle", "reversing")
-EXTRA = ("resid_mean", "resid_p90", "diff_mean", "resid_ratio", "dflow_mean", "dflow_p90", "dflow_rel")
+EXTRA = ("resid_mean", "resid_p90", "diff_mean", "resid_ratio", "dflow_mean", "dflow_p90", "dflow_rel",
+         "log_resid_mean", "log_resid_p90", "log_speed")
+LOG_FLOOR = 0.05  # grey levels / px per frame: far under a real sensor's noise, over float round-off
 
 
 def column(*names: str) -> list[int]:
@@ -41,6 +43,8 @@ FEATURE_SETS = {
     "motion + warp residual": column(*FEATURES, "resid_mean", "resid_p90", "resid_ratio"),
     "motion + flow change": column(*FEATURES, "dflow_mean", "dflow_p90", "dflow_rel"),
     "motion + residual mean, p90": column(*FEATURES, "resid_mean", "resid_p90"),
+    "motion + log residual": column(*FEATURES, "log_resid_mean", "log_resid_p90"),
+    "motion + log residual, log speed": column(*FEATURES, "log_resid_mean", "log_resid_p90", "log_speed"),
     "all": column(*FEATURES, *EXTRA),
 }
 
@@ -51,11 +55,13 @@ def two_frame_statistics(prev: np.ndarray, gray: np.ndarray, flow: np.ndarray,
     (u, v in px/frame and the warp residual of core/flow.warp_residual)."""
     resid, diff, uv = flow[..., 2], np.abs(gray - prev), flow[..., :2]
     out = [resid.mean(), np.percentile(resid, 90), diff.mean(), resid.mean() / (diff.mean() + 0.5)]
+    logs = [np.log(resid.mean() + LOG_FLOOR), np.log(np.percentile(resid, 90) + LOG_FLOOR),
+            np.log(np.linalg.norm(uv, axis=-1).mean() + LOG_FLOOR)]
     if prev_flow is None:
-        return out + [np.nan] * 3
+        return out + [np.nan] * 3 + logs
     change = np.linalg.norm(uv - prev_flow[..., :2], axis=-1)
     speed = np.linalg.norm(uv, axis=-1).mean() + np.linalg.norm(prev_flow[..., :2], axis=-1).mean()
-    return out + [change.mean(), np.percentile(change, 90), change.mean() / (speed + 0.05)]
+    return out + [change.mean(), np.percentile(change, 90), change.mean() / (speed + 0.05)] + logs
 
 
 def split_features(split: Path) -> tuple[list[dict], np.ndarray]:

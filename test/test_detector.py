@@ -210,7 +210,7 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
     assert len(card.selected_dims) == 3 and len(card.training["curve"]) == 2 and len(card.data["hash"]) == 64
     if kind == "flow":  # auto scale: a percentile of |flow| rounded up to 0.25 px
         assert card.flow_scale >= 0.25 and card.flow_scale % 0.25 == 0
-        assert card.score == "posterior_deviation" and not card.texture  # the shipped flow model's score
+        assert card.score == "posterior_motion" and card.motion and not card.texture  # the shipped flow model's score
     else:
         assert card.flow_scale == 1.0
         assert card.score == "kl_texture_photometric_structure" and len(card.texture["weights"]) == 2 * 6 + 1  # default
@@ -223,7 +223,7 @@ def test_train_and_calibrate_commands(tmp_path: Path, kind: str, extra: list[str
     assert len(scores) == (30 if kind == "image" else 29) and scores == sorted(scores)
     assert "epoch   2/2" in capsys.readouterr().out
     det = VaeDetector.from_model_dir(out, kind=kind, expect_size=(32, 32))
-    frame = np.zeros((32, 32, 3), np.uint8) if kind == "image" else np.zeros((32, 32, 2), np.float32)
+    frame = np.zeros((32, 32, 3), np.uint8) if kind == "image" else np.zeros((32, 32, 3), np.float32)  # u, v, residual
     assert np.isfinite(det.score_frame(frame).score)
 
 

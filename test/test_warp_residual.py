@@ -8,6 +8,7 @@ import pytest
 
 from ood_monitor.core.flow import FlowConfig, FlowEstimator, warp_residual
 from ood_monitor.core.motion import (
+    RESIDUAL_FEATURES,
     MotionResidualStats,
     MotionStats,
     fit_motion,
@@ -80,6 +81,27 @@ def test_motion_term_with_the_residual_fits_scores_and_round_trips():
     assert type(motion_from_dict(fit_motion(flows[..., :2]).to_dict())) is MotionStats
 
 
+def test_a_repeated_frame_is_far_below_a_still_live_camera():
+    """A still camera's residual is its noise (a grey level or two); a repeated frame's is exactly 0. On the
+    log scale that gap is wider than the whole nominal spread, though the motion statistics are equal."""
+    rng = np.random.default_rng(1)
+    flows = np.concatenate([rng.normal(0.0, 0.05, (60, 16, 16, 2)), rng.uniform(1, 2.5, (60, 16, 16, 1))],
+                           axis=3).astype(np.float32)
+    stats = fit_motion(flows)
+    repeated = flows[:3].copy()
+    repeated[..., 2] = 0.0
+    nominal = stats.distance(stats.features(flows))
+    assert stats.distance(stats.features(repeated)).min() > 10 * nominal.max()
+
+
+def test_a_card_with_the_earlier_linear_residual_is_refused_with_the_refit_command():
+    rng = np.random.default_rng(2)
+    card = fit_motion(rng.uniform(1, 3, (60, 8, 8, 3)).astype(np.float32)).to_dict()
+    card["features"] = [*MotionStats.FEATURES, "resid_mean", "resid_p90"]
+    with pytest.raises(ValueError, match="train motion"):
+        motion_from_dict(card)
+
+
 def test_a_residual_model_refuses_flow_without_the_residual():
     with pytest.raises(ValueError, match="flow_residual"):
         residual_features(np.zeros((2, 8, 8, 2), np.float32))
@@ -108,7 +130,7 @@ def test_train_motion_refits_a_flow_model_with_the_residual(demo_dataset, tmp_pa
                 "--select-k", "3", "--threads", "2", "--score", "posterior_deviation"]) == 0
     assert cli(["train", "motion", "--model", str(model), "--data", data, "--score", "posterior_motion"]) == 0
     _, card = load_encoder(model)
-    assert card.score == "posterior_motion" and card.motion["features"][-2:] == ["resid_mean", "resid_p90"]
+    assert card.score == "posterior_motion" and card.motion["features"][-2:] == list(RESIDUAL_FEATURES)
     assert cli(["calibrate", "--model", str(model), "--data", nominal]) == 0
     detector = VaeDetector.from_model_dir(model)
     flow = np.random.default_rng(0).normal(0, 0.5, (32, 32, 3)).astype(np.float32)
@@ -116,3 +138,20 @@ def test_train_motion_refits_a_flow_model_with_the_residual(demo_dataset, tmp_pa
     assert np.isfinite(detector.score_frame(flow).score)
     with pytest.raises(ValueError, match="flow_residual"):
         detector.score_frame(flow[..., :2].copy())
+
+
+@pytest.mark.slow
+def test_train_vae_flow_defaults_to_the_motion_term_and_falls_back_on_too_few_frames(demo_dataset, tmp_path, capsys):
+    from ood_monitor.cli.main import main as cli
+    from ood_monitor.core.vae.io import load_encoder
+
+    data = str(demo_dataset / "bags" / "test")
+    tiny = ["--size", "32", "--latent", "6", "--widths", "8,16", "--hidden", "32", "--epochs", "1", "--min-steps", "0",
+            "--batch", "16", "--select-k", "3", "--threads", "2"]
+    assert cli(["train", "vae", "--kind", "flow", "--data", data, "--out", str(tmp_path / "full"), *tiny]) == 0
+    _, card = load_encoder(tmp_path / "full")
+    assert card.score == "posterior_motion" and card.motion["features"][-2:] == list(RESIDUAL_FEATURES)
+    assert cli(["train", "vae", "--kind", "flow", "--data", data, "--out", str(tmp_path / "few"), "--max-frames", "20",
+                *tiny]) == 0
+    assert load_encoder(tmp_path / "few")[1].score == "posterior_deviation"
+    assert "too few for the motion statistics" in capsys.readouterr().out

@@ -15,7 +15,7 @@ SCORES = ("kl", "kl_deviation", "posterior_deviation", "kl_texture", "posterior_
           "kl_texture_photometric", "structure", "kl_texture_photometric_structure", "change",
           "kl_texture_photometric_structure_change")  # core/nonconformity.SCORES
 # image: chosen on the real tuning recordings (docs/real_footage.md#structure-part), equal on the demo world
-DEFAULT_SCORES = {"image": "kl_texture_photometric_structure", "flow": "posterior_deviation"}
+DEFAULT_SCORES = {"image": "kl_texture_photometric_structure", "flow": "posterior_motion"}
 
 
 def default_widths(size: int) -> tuple[int, ...]:
@@ -69,8 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "statistics and the local-structure statistics, each on its own calibrated scale "
                         "(kl_texture_photometric_structure; kl_texture_photometric without the last), either "
                         "statistics alone (photometric, structure); for flow posterior_deviation plus the camera-motion and "
-                        "warp-residual term (posterior_motion); default: what the shipped models run "
-                        f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
+                        "warp-residual term (posterior_motion); default "
+                        f"{', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())} (the shipped demo flow model "
+                        "predates posterior_motion and runs posterior_deviation)")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
     v.add_argument("--flow-scale", type=float, default=0.0,
@@ -177,6 +178,10 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
         score = "kl_texture"
         print(f"score kl_texture: {len(frames)} frames are too few for the photometric statistics "
               f"(needs {PhotometricStats.min_frames()})", flush=True)
+    if args.score is None and score == "posterior_motion" and len(frames) < motion_min_frames():
+        score = "posterior_deviation"
+        print(f"score posterior_deviation: {len(frames)} frames are too few for the motion statistics "
+              f"(needs {motion_min_frames()})", flush=True)
     if score == "posterior_motion" and (args.kind != "flow" or len(frames) < motion_min_frames()):
         raise ValueError(f"score posterior_motion needs a flow model and at least {motion_min_frames()} frames "
                          f"(got {args.kind}, {len(frames)} frames): pick another --score")

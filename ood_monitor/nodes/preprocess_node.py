@@ -40,7 +40,8 @@ PARAMETERS = {
     "flow_enabled": (True, "compute dense optical flow and publish ood/flow"),
     "flow_preset": ("ultrafast", "OpenCV DIS preset: ultrafast | fast | medium"),
     "flow_residual": (True, "add the warp residual (|next frame warped back by the flow - previous frame|, grey "
-                            "levels) as a third channel of ood/flow (32FC3); flow models trained with it need it"),
+                            "levels) as a third channel of ood/flow (32FC3); flow models scored with posterior_motion (the "
+                            "default and the shipped flow model) need it"),
     "max_gap_s": (1.0, "a larger gap between stamps restarts the flow sequence"),
     "max_repeated_frames": (RepeatCounter.limit, "more exact repeats of the camera frame in a row than this: ERROR 'camera frozen' "
                                "on /diagnostics (0: off)"),
