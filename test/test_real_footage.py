@@ -229,6 +229,15 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     per = [summary[f"vae_{k}_fa_per_1000_martingale"] for k in ("image", "flow")]
     assert summary["fa_per_1000_martingale"] == max(per)
     assert "(martingale: image, flow; CUSUM; frozen-camera check)" in (tmp_path / "real.md").read_text()
+    assert result["train_to_steps"] is False
+
+
+def test_diffusion_models_train_to_the_budget_or_to_their_steps() -> None:
+    from ood_monitor.cli.bench_real import FULL, diffusion_schedule
+
+    assert diffusion_schedule(FULL, "dcae", False) == ["--steps", "1500", "--time-limit", "240"]
+    assert diffusion_schedule(FULL, "dit", False) == ["--steps", "3000", "--time-limit", "360"]
+    assert diffusion_schedule(FULL, "dit", True) == ["--steps", "3000"]
 
 
 def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:
