@@ -31,8 +31,9 @@ def test_bench_vae_rows_with_the_shipped_models(tmp_path):
     out = tmp_path / "vae.json"
     assert cli(["bench", "vae", "--quick", "--json", str(out)]) == 0
     r = rows(out)
-    assert {"pipeline", "deterministic", "mc30"} <= set(r)
+    assert {"pipeline", "deterministic", "mc30", "flow", "flow-motion-term"} <= set(r)
     assert all(row["ms_per_frame"] > 0 and row["frames"] == 30 for row in r.values())
+    assert "posterior_motion" in r["flow"]["what"]  # the shipped flow model's score, timed as it runs
     assert r["deterministic"]["x_deterministic"] == pytest.approx(1.0)
 
 

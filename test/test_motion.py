@@ -32,6 +32,26 @@ def test_features_read_the_camera_motion() -> None:
         motion_features(np.zeros((2, H, W, 4), np.float32))  # 3 channels are flow with the warp residual
 
 
+def reference_features(flows: np.ndarray) -> np.ndarray:
+    """FEATURES pixel by pixel, as written in their definition (the module computes them from sums)."""
+    out = []
+    for f in flows[..., :2].astype(np.float64):
+        h, w, _ = f.shape
+        y, x = np.mgrid[:h, :w]
+        rx, ry = (x - (w - 1) / 2) / (w / 2), (y - (h - 1) / 2) / (h / 2)
+        u, v, speed = f[..., 0], f[..., 1], np.hypot(f[..., 0], f[..., 1])
+        quads = [f[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2].mean(axis=(0, 1)) for i in (0, 1) for j in (0, 1)]
+        out.append([u.mean(), v.mean(), speed.mean(), np.percentile(speed, 90), (u * rx + v * ry).mean(),
+                    (v * rx - u * ry).mean(), *np.concatenate(quads)])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32, 2), (2, 7, 9, 3), (1, 5, 6, 2)])
+def test_features_equal_their_pixelwise_definition(shape: tuple[int, ...]) -> None:
+    flows = np.random.default_rng(sum(shape)).normal(0, 2, shape).astype(np.float32)
+    np.testing.assert_allclose(motion_features(flows), reference_features(flows), rtol=1e-5, atol=1e-6)
+
+
 def test_statistics_flag_frozen_reversing_and_jolts_but_not_ordinary_driving() -> None:
     train = np.concatenate([field("forward", s, 1, noise=0.2, seed=i) for i, s in
                             enumerate(np.random.default_rng(0).uniform(1.5, 2.5, 200))])

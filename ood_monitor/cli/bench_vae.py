@@ -1,7 +1,9 @@
 """`ood-monitor bench vae`: per-frame cost of the detector stage with the shipped models, side by side
 in one run: one deterministic encoder pass, 30 MC-dropout samples with the cached trunk (`mc30`) and
 without (`mc30-uncached`, 30 full passes as one batch: the cost in arXiv 2403.01076), and the whole per-frame
-`pipeline` (640x480 frame -> preprocess + DIS flow -> image and flow encoders -> conformal alarms)."""
+`pipeline` (640x480 frame -> preprocess + DIS flow -> image and flow encoders -> conformal alarms); and one
+flow frame scored as the flow model's card says (`flow`) beside the motion term's statistics alone
+(`flow-motion-term`, what `posterior_motion` adds to `posterior_deviation`)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.core.detector import VaeDetector
     from ood_monitor.core.model_dirs import resolve_model_dir
     from ood_monitor.core.model_input import FrameConfig
+    from ood_monitor.core.motion import motion_residual_features
     from ood_monitor.core.preprocess import PreprocessConfig, Preprocessor
     from ood_monitor.core.uncertainty import full_pass_scores
     from ood_monitor.core.vae.dataset import model_input
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     pre = Preprocessor(PreprocessConfig(frame=FrameConfig(w, h)))
     prepared = [pre.process(f, i * 66_666_667) for i, f in enumerate(frames)]
     images = [r.image for r in prepared]
+    flows = [r.flow for r in prepared if r.flow is not None]
     x = torch.from_numpy(model_input(images[1][None], "image", 1.0)).to(args.device)
     texture = mc_det.score.frame_features(images[1][None])
 
@@ -64,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
         "mc30": time_ms(lambda i: mc_det.score_frame(images[i % len(images)]), n),
         "mc30-uncached": time_ms(lambda i: full_pass_scores(mc_det.encoder, x, mc_det.score, 30, texture), n),
         "pipeline": time_ms(pipeline, n),
+        "flow": time_ms(lambda i: flow_det.score_frame(flows[i % len(flows)]), n),
+        "flow-motion-term": time_ms(lambda i: motion_residual_features(flows[i % len(flows)][None]), n),
     }
     base = float(np.mean(timings["deterministic"]))
     notes = {"deterministic": "image encoder once + conformal", "mc30": "trunk once, dropout tail x30 (batch)",
-             "mc30-uncached": "30 full encoder passes (batch)", "pipeline": "preprocess+flow+both encoders+alarms"}
+             "mc30-uncached": "30 full encoder passes (batch)", "pipeline": "preprocess+flow+both encoders+alarms",
+             "flow": f"flow encoder once + {flow_det.card.score} + conformal",
+             "flow-motion-term": "motion and warp-residual statistics alone"}
     rows = [{"variant": k, **summarize_ms(v), "x_deterministic": float(np.mean(v)) / base, "what": notes[k]}
             for k, v in timings.items()]
     print(format_table(rows, ["variant", "ms_per_frame", "ms_p95", "x_deterministic", "what"]))

@@ -36,22 +36,44 @@ LINEAR_RESIDUAL_FEATURES = ("resid_mean", "resid_p90")  # an earlier release's; 
 
 def motion_features(flows: np.ndarray) -> np.ndarray:
     """(N, H, W, 2) float32 flow fields (px/frame; a third channel, the warp residual, is ignored) ->
-    (N, len(FEATURES)) float64."""
+    (N, len(FEATURES)) float64.
+
+    Expansion and rotation are linear in the field, so they come from its row and column means (the
+    radius weights depend on x or y alone), and the quadrant means from the same sums: one pass over the
+    pixels for the means, one for the speed (docs/benchmarks.md#detectors: the cost per frame)."""
     flows = np.asarray(flows)
     if flows.ndim != 4 or flows.shape[-1] not in (2, 3):
         raise ValueError(f"motion features need (N, H, W, 2) flow fields, got {flows.shape}")
-    flows = flows[..., :2].astype(np.float64)
-    n, h, w, _ = flows.shape
-    u, v = flows[..., 0], flows[..., 1]
-    speed = np.hypot(u, v).reshape(n, -1)
-    y, x = np.mgrid[:h, :w]
-    rx, ry = (x - (w - 1) / 2.0) / (w / 2.0), (y - (h - 1) / 2.0) / (h / 2.0)  # radius in half-widths
-    expansion = (u * rx + v * ry).mean(axis=(1, 2))
-    rotation = (v * rx - u * ry).mean(axis=(1, 2))
-    quads = [flows[:, i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2].mean(axis=(1, 2))
-             for i in range(2) for j in range(2)]
-    return np.column_stack([u.mean(axis=(1, 2)), v.mean(axis=(1, 2)), speed.mean(axis=1),
-                            np.percentile(speed, 90, axis=1), expansion, rotation, *[q for q in quads]])
+    u = np.ascontiguousarray(flows[..., 0], dtype=np.float32)  # (N, H, W) planes: fast reductions
+    v = np.ascontiguousarray(flows[..., 1], dtype=np.float32)
+    n, h, w = u.shape
+    h2, w2 = h // 2, w // 2
+    sizes = np.array([[h2 * w2, h2 * (w - w2)], [(h - h2) * w2, (h - h2) * (w - w2)]], np.float64)
+    rx = (np.arange(w) - (w - 1) / 2.0) / (w / 2.0)  # radius in half-widths
+    ry = (np.arange(h) - (h - 1) / 2.0) / (h / 2.0)
+    out = []
+    for c in (u, v):
+        halves = [c[:, :h2].sum(axis=1, dtype=np.float64), c[:, h2:].sum(axis=1, dtype=np.float64)]  # (N, W)
+        cells = np.array([[half[:, :w2].sum(axis=1), half[:, w2:].sum(axis=1)] for half in halves])  # (2, 2, N)
+        out.append(((halves[0] + halves[1]) / h, c.sum(axis=2, dtype=np.float64) / w,
+                    cells / sizes[..., None]))  # mean over y (N, W), mean over x (N, H), quadrant means
+    (col_u, row_u, q_u), (col_v, row_v, q_v) = out
+    quads = np.stack([q_u, q_v], axis=-1).transpose(2, 0, 1, 3).reshape(n, 8)  # q00_u, q00_v, q01_u, ...
+    expansion = (col_u @ rx) / w + (row_v @ ry) / h
+    rotation = (col_v @ rx) / w - (row_u @ ry) / h
+    speed = np.sqrt(u * u + v * v).reshape(n, -1)
+    return np.column_stack([col_u.mean(axis=1), col_v.mean(axis=1), speed.mean(axis=1, dtype=np.float64),
+                            percentile_90(speed), expansion, rotation, quads])
+
+
+def percentile_90(values: np.ndarray) -> np.ndarray:
+    """np.percentile(values, 90, axis=1) (linear interpolation) from a partial sort around the two ranks."""
+    pos = 0.9 * (values.shape[1] - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, values.shape[1] - 1)
+    part = np.partition(values, (lo, hi), axis=1)
+    a, b = part[:, lo].astype(np.float64), part[:, hi].astype(np.float64)
+    return a + (b - a) * (pos - lo)
 
 
 def residual_features(flows: np.ndarray) -> np.ndarray:
@@ -68,8 +90,8 @@ def residual_features(flows: np.ndarray) -> np.ndarray:
         raise ValueError(f"the warp residual needs (N, H, W, 3) flow fields (u, v, residual), got {flows.shape}: "
                          "this model's motion term was fitted with it; preprocess_node's flow_residual must be "
                          "true (ood/flow 32FC3), and flow recorded without it cannot be scored by this model")
-    resid = flows[..., 2].reshape(len(flows), -1).astype(np.float64)
-    return np.log(np.column_stack([resid.mean(axis=1), np.percentile(resid, 90, axis=1)]) + RESIDUAL_FLOOR)
+    resid = np.ascontiguousarray(flows[..., 2]).reshape(len(flows), -1)
+    return np.log(np.column_stack([resid.mean(axis=1, dtype=np.float64), percentile_90(resid)]) + RESIDUAL_FLOOR)
 
 
 def motion_residual_features(flows: np.ndarray) -> np.ndarray:
