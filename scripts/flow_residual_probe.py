@@ -6,7 +6,8 @@ For every frame of a `data real` recording, through the same `Preprocessor` as t
 128 px model input, restarted at each block's stamp gap): the motion statistics of core/motion.py; the
 warp residual |next warped back by the flow - previous| that the Preprocessor sends as the flow's third
 channel (mean, 90th percentile, and relative to the plain frame difference); and the change of the flow field since the previous frame (mean, 90th percentile,
-relative to the speed). A Ledoit-Wolf Gaussian is fitted on the training split for each feature set; the
+relative to the speed); the log of the residual's mean and 90th percentile and of the mean speed
+(docs/real_footage.md#the-residual-on-a-log-scale-the-flow-default). A Ledoit-Wolf Gaussian is fitted on the training split for each feature set; the
 printed figure is the AUROC of its Mahalanobis distance, each motion kind's 8 frames against the 416 clean
 test frames. Run it on tuning recordings only.
 
@@ -45,6 +46,8 @@ FEATURE_SETS = {
     "motion + residual mean, p90": column(*FEATURES, "resid_mean", "resid_p90"),
     "motion + log residual": column(*FEATURES, "log_resid_mean", "log_resid_p90"),
     "motion + log residual, log speed": column(*FEATURES, "log_resid_mean", "log_resid_p90", "log_speed"),
+    "motion + linear and log residual": column(*FEATURES, "resid_mean", "resid_p90", "log_resid_mean", "log_resid_p90"),
+    "global six + log residual": column(*FEATURES[:6], "log_resid_mean", "log_resid_p90"),
     "all": column(*FEATURES, *EXTRA),
 }
 
