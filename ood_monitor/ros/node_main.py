@@ -47,7 +47,7 @@ def run_node(factory: Callable[[], Node], name: str, args: list[str] | None = No
 # stopped at once on two cores (over 5 s once in CI, and launch escalated to SIGTERM); the process ends
 # right after it, so it is given this long and then abandoned: peers that miss the goodbye drop this
 # node at their DDS lease timeout. 1.5 s was still too long once (2026-12-04, fresh-clone CI: the image
-# detector left 6.6 s after SIGINT, 3.4 s of it before its spin returned, on two loaded cores)
+# detector left 6.6 s after SIGINT, on two loaded cores)
 TEARDOWN_WAIT_S = 0.5
 
 
