@@ -69,9 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "statistics and the local-structure statistics, each on its own calibrated scale "
                         "(kl_texture_photometric_structure; kl_texture_photometric without the last), either "
                         "statistics alone (photometric, structure); for flow posterior_deviation plus the camera-motion and "
-                        "warp-residual term (posterior_motion); default "
-                        f"{', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())} (the shipped demo flow model "
-                        "predates posterior_motion and runs posterior_deviation)")
+                        "warp-residual term (posterior_motion); default: what the shipped models run "
+                        f"({', '.join(f'{k} {v}' for k, v in DEFAULT_SCORES.items())})")
     v.add_argument("--hvae-ratio", type=float, default=None,
                    help="train a two-level HVAE giving this share of the latent budget to the lower level")
     v.add_argument("--flow-scale", type=float, default=0.0,

@@ -10,8 +10,9 @@ What: per flow frame (px/frame at model size), the mean flow, its magnitude's me
 the expansion (divergence about the image centre: forward motion expands, reversing contracts) and the
 rotation about it, and the mean flow of each quadrant; their Mahalanobis distance to the training frames'
 statistics, with a Ledoit-Wolf shrunk covariance (a few hundred frames of one drive). Two-sided by
-construction: a frozen camera (all statistics near zero) is as far as a jolt. A few dozen flops per
-frame on the flow the node already has; no model.
+construction: a frozen camera (all statistics near zero) is as far as a jolt. With the flow's warp
+residual channel (MotionResidualStats, what flow models fit by default) two more: the log of the
+residual's mean and 90th percentile. Row and column sums of the flow the node already has; no model.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def residual_features(flows: np.ndarray) -> np.ndarray:
     adds a grey level on a slow one), and its bottom matters most: a live camera never explains its next
     frame perfectly, a frozen one always does. On the two moving tuning recordings the log lifted the
     frozen camera's AUROC from 0.41 to 0.87 (RC lab track) and 0.89 to 0.93 (road) with the other motion
-    kinds equal or better (docs/real_footage.md#motion-anomalies-and-the-flow-detector)."""
+    kinds equal or better (docs/real_footage.md#the-residual-on-a-log-scale-the-flow-default)."""
     flows = np.asarray(flows)
     if flows.ndim != 4 or flows.shape[-1] != 3:
         raise ValueError(f"the warp residual needs (N, H, W, 3) flow fields (u, v, residual), got {flows.shape}: "

@@ -42,6 +42,7 @@ NODE_BACKENDS = ("auto",) + BACKENDS
 # Algorithm 1, gradient guidance, 10 DDIM steps). Explicit steps / guidance / strength / guidance_kind win.
 SAMPLING_PRESETS = ("realtime", "model")
 REALTIME_SAMPLING = {"steps": 2, "scale": 4.0, "strength": 0.3, "kind": "gradfree"}
+UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
 # synthesizer_node's max_wait_ms (and bench masks'): a frame that waited longer for the busy synthesizer is
 # dropped for the next one; chosen live on 2 cores at a 30 Hz camera (docs/benchmarks-masks.md).
 MAX_WAIT_MS = 5.0
@@ -51,7 +52,7 @@ def waited_too_long(arrived_s: float, free_at_s: float, max_wait_ms: float) -> b
     """Whether a frame that arrived at `arrived_s` had waited over `max_wait_ms` when the synthesizer came
     free at `free_at_s` (monotonic seconds); never with max_wait_ms 0, never for a frame arriving after."""
     return max_wait_ms > 0 and (free_at_s - arrived_s) * 1e3 > max_wait_ms
-UNSET_STEPS, UNSET_GUIDANCE, UNSET_STRENGTH, UNSET_KIND = 0, -1.0, 0.0, ""  # node parameter values: "from preset"
+
 
 
 def feature_source(ae_card: dict, precision: str) -> str:
