@@ -283,6 +283,21 @@ def test_dcae_records_latent_scaling(tiny_models):
     assert isinstance(ae, type(build_dcae(TINY_DCAE)))
 
 
+def test_training_device_is_checked_before_any_work(tmp_path, capsys):
+    from ood_monitor.cli.main import main
+
+    for bad in ("gpu", "cuda:x", "mps"):
+        with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
+            tr.training_device(bad)
+    assert tr.training_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        return  # the refusal below is for machines without a GPU (test_gpu.py trains on one)
+    with pytest.raises(ValueError, match="finds no CUDA GPU here: train with --device cpu"):
+        tr.training_device("cuda")
+    code = main(["train", "dcae", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "m"), "--device", "cuda"])
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
 # ------------------------------------------------------------------------------------------ synthesizer
 
 

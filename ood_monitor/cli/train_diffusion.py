@@ -25,6 +25,8 @@ def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, crop:
     p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--device", default="cpu",
+                   help="train on cpu, cuda or cuda:N (a workstation GPU; the model files are the same)")
     from ood_monitor.cli.train_cmd import add_engine_options, add_spool_option
 
     add_engine_options(p)
@@ -99,9 +101,12 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
         print(msg, flush=True)
 
     cfg = tr.TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, ema_decay=args.ema,
-                         crop=args.crop or None, time_limit_s=args.time_limit,
+                         crop=args.crop or None, time_limit_s=args.time_limit, device=args.device,
                          command=" ".join(["ood-monitor", *sys.argv[1:]]))
     try:
+        tr.training_device(args.device)  # refused before the frames are read
+        if args.device != "cpu" and getattr(args, "engine", "local") == "ray":
+            raise ValueError("--engine ray trains on CPU workers: leave --device at cpu")
         from ood_monitor.fleet.inputs import describe, expand_inputs
 
         data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])

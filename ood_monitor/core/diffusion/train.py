@@ -49,6 +49,7 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 200
     time_limit_s: float | None = None
+    device: str = "cpu"  # cpu, cuda or cuda:N; batches and noise are still drawn on the CPU (same data per step)
     command: str = ""  # the command line that trained the model, recorded in config.json
 
     def to_dict(self) -> dict:
@@ -105,13 +106,29 @@ def image_batch(images: np.ndarray, rng: np.random.Generator, batch: int, crop: 
     return to_model_range(out)
 
 
+def training_device(name: str) -> torch.device:
+    """The torch device of `--device`, refused with the reason when this machine cannot train there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} but torch finds no CUDA GPU here: train with --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """ε-prediction MSE at uniformly drawn timesteps."""
+    """ε-prediction MSE at uniformly drawn timesteps (drawn on the CPU generator, then moved to x0's
+    device, so a GPU run sees the same timesteps and noise as a CPU run)."""
     t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    a = alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t), noise)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    a = alphas_cumprod[t].float().view(-1, 1, 1, 1).to(x0.device)
+    loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.to(x0.device)), noise)
     return loss, {"mse": float(loss.detach())}
 
 
@@ -138,12 +155,17 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return flat, sd["param_groups"]
 
 
+def _host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
 def save_checkpoint(folder: Path, model: nn.Module, ema: Ema, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Checkpoint on the host (a CUDA run resumes on any device)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in ema.model.state_dict().items()}, str(folder / "ema.safetensors"))
+    save_file(_host(model.state_dict()), str(folder / "model.safetensors"))
+    save_file(_host(ema.model.state_dict()), str(folder / "ema.safetensors"))
     flat, groups = _optimizer_tensors(opt)
-    save_file({k: v.contiguous() for k, v in flat.items()}, str(folder / "optimizer.safetensors"))
+    save_file(_host(flat), str(folder / "optimizer.safetensors"))
     (folder / "state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=2))
 
 
@@ -163,12 +185,14 @@ def load_checkpoint(folder: Path, model: nn.Module, ema: Ema, opt: torch.optim.O
 def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
                cfg: TrainConfig, out: Path, resume: bool = False, log: Log = print,
                parallel: Parallel | None = None) -> tuple[nn.Module, dict]:
-    """Run `cfg.steps` optimizer steps of `loss_fn(step)`; returns (EMA model, training record). With
+    """Run `cfg.steps` optimizer steps of `loss_fn(step)` on `cfg.device` (the model is moved there; the
+    loss function's batches must be too); returns (EMA model on the CPU, training record). With
     `parallel` (data-parallel workers, see core.vae.train.Parallel) gradients are averaged across workers
     before clipping, every worker stops at the same step and only rank 0 logs and writes checkpoints."""
     main = parallel is None or parallel.rank == 0
     if not main:
         log = _quiet
+    model.to(training_device(cfg.device))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = Ema(model, cfg.ema_decay)
     ckpt = out / CHECKPOINT
@@ -215,7 +239,7 @@ def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, di
     if main:
         save_checkpoint(ckpt, model, ema, opt, {"step": step, "history": history, "elapsed_s": elapsed,
                                                 "train": cfg.to_dict()})
-    return ema.model, {"settings": cfg.to_dict(), "steps": step, "elapsed_s": round(elapsed, 1),
+    return ema.model.cpu(), {"settings": cfg.to_dict(), "steps": step, "elapsed_s": round(elapsed, 1),
                        "history": history}
 
 
@@ -262,11 +286,11 @@ def train_dcae(images: np.ndarray, arch: DcaeConfig, cfg: TrainConfig, out: str 
                log: Log = print, source: str = "", parallel: Parallel | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_dcae(arch)
-    batch = _worker_batch(cfg, parallel)
+    batch, device = _worker_batch(cfg, parallel), training_device(cfg.device)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         rng, _ = _generators(cfg, step, parallel)
-        return dcae_loss(model, image_batch(images, rng, batch, cfg.crop))
+        return dcae_loss(model, image_batch(images, rng, batch, cfg.crop).to(device))
 
     ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
     if parallel is not None and parallel.rank != 0:
@@ -310,11 +334,11 @@ def train_dit(images: np.ndarray, dcae_dir: str | Path, arch: DitConfig, schedul
     torch.manual_seed(cfg.seed)
     model = Dit(arch)
     alphas = ddpm_scheduler(schedule).alphas_cumprod
-    batch = _worker_batch(cfg, parallel)
+    batch, device = _worker_batch(cfg, parallel), training_device(cfg.device)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         rng, gen = _generators(cfg, step, parallel)
-        return diffusion_loss(model, latents[rng.integers(0, len(latents), batch)], alphas, gen)
+        return diffusion_loss(model, latents[rng.integers(0, len(latents), batch)].to(device), alphas, gen)
 
     ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
     if parallel is not None and parallel.rank != 0:
@@ -338,11 +362,11 @@ def train_ddpm(images: np.ndarray, arch: UNetConfig, schedule: ScheduleConfig, c
     torch.manual_seed(cfg.seed)
     model = UNet(arch)
     alphas = ddpm_scheduler(schedule).alphas_cumprod
-    batch = _worker_batch(cfg, parallel)
+    batch, device = _worker_batch(cfg, parallel), training_device(cfg.device)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         rng, gen = _generators(cfg, step, parallel)
-        return diffusion_loss(model, image_batch(images, rng, batch, cfg.crop), alphas, gen)
+        return diffusion_loss(model, image_batch(images, rng, batch, cfg.crop).to(device), alphas, gen)
 
     ema, record = train_loop(model, loss_fn, cfg, Path(out), resume, log, parallel)
     if parallel is not None and parallel.rank != 0:
