@@ -229,7 +229,7 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     per = [summary[f"vae_{k}_fa_per_1000_martingale"] for k in ("image", "flow")]
     assert summary["fa_per_1000_martingale"] == max(per)
     assert "(martingale: image, flow; CUSUM; frozen-camera check)" in (tmp_path / "real.md").read_text()
-    assert result["train_to_steps"] is False
+    assert result["train_to_steps"] is False and result["train_device"] == "cpu"
 
 
 def test_diffusion_models_train_to_the_budget_or_to_their_steps() -> None:
@@ -238,6 +238,7 @@ def test_diffusion_models_train_to_the_budget_or_to_their_steps() -> None:
     assert diffusion_schedule(FULL, "dcae", False) == ["--steps", "1500", "--time-limit", "240"]
     assert diffusion_schedule(FULL, "dit", False) == ["--steps", "3000", "--time-limit", "360"]
     assert diffusion_schedule(FULL, "dit", True) == ["--steps", "3000"]
+    assert diffusion_schedule(FULL, "dcae", True, "cuda") == ["--steps", "1500", "--device", "cuda"]
 
 
 def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:

@@ -49,6 +49,9 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"train the DC-AE and DiT to their step counts ({FULL['dcae_steps']:,} and "
                         f"{FULL['dit_steps']:,}) instead of stopping at {FULL['dcae_seconds'] // 60} and "
                         f"{FULL['dit_seconds'] // 60} minutes (on a 2-core CPU: about 8 and 13 minutes)")
+    p.add_argument("--train-device", default="cpu",
+                   help="where the DC-AE and DiT train: cpu, cuda or cuda:N (`train dcae|dit --device`; the VAEs "
+                        "and the evaluation stay on the CPU) (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests (default martingale,cusum)")
     p.add_argument("--markdown", type=Path, help="also write the tables as Markdown (docs/real_footage.md's form)")
@@ -59,6 +62,13 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
 
+    if not args.no_masks:  # a GPU that is not there is refused before an hour of work, not after
+        from ood_monitor.core.diffusion.train import training_device
+
+        try:
+            training_device(args.train_device)
+        except ValueError as exc:
+            raise ValueError(f"--train-device {args.train_device}: {exc}") from None
     names = recordings(args.data, args.recordings)
     tune = {n.strip() for n in args.tune.split(",") if n.strip()}
     unknown = tune - set(names)
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                    "seconds"]))
     report = write_report(rows, machine_info(torch_threads=args.threads), args.json, recordings=summaries,
                           data=str(args.data), quick=bool(args.quick), budget=budget,
-                          train_to_steps=bool(args.train_to_steps))
+                          train_to_steps=bool(args.train_to_steps), train_device=args.train_device)
     if args.markdown:
         args.markdown.write_text(markdown(report))
         print(f"wrote {args.markdown}")
@@ -115,12 +125,12 @@ def cli(argv: list[str]) -> None:
         raise RuntimeError(f"`ood-monitor {' '.join(argv)}` failed with exit code {rc}")
 
 
-def diffusion_schedule(budget: dict, model: str, to_steps: bool) -> list[str]:
+def diffusion_schedule(budget: dict, model: str, to_steps: bool, device: str = "cpu") -> list[str]:
     """`train dcae` / `train dit` options for the budget: its steps, and its time limit unless `to_steps`
     (the limit keeps a 2-core run under 20 minutes; trained to the steps the models are what a user who
-    waits gets)."""
+    waits gets), and the device unless the CPU."""
     limit = [] if to_steps else ["--time-limit", str(budget[f"{model}_seconds"])]
-    return ["--steps", str(budget[f"{model}_steps"]), *limit]
+    return ["--steps", str(budget[f"{model}_steps"]), *limit, *([] if device == "cpu" else ["--device", device])]
 
 
 def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: dict) -> dict:
@@ -140,10 +150,10 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
     if not args.no_masks:
         if not kept(args, work / "dcae"):
             cli(["train", "dcae", "--data", str(train), "--out", str(work / "dcae"),
-                 *diffusion_schedule(budget, "dcae", args.train_to_steps), *threads])
+                 *diffusion_schedule(budget, "dcae", args.train_to_steps, args.train_device), *threads])
         if not kept(args, work / "latent_dit"):
             cli(["train", "dit", "--data", str(train), "--dcae", str(work / "dcae"), "--out", str(work / "latent_dit"),
-                 *diffusion_schedule(budget, "dit", args.train_to_steps), *threads])
+                 *diffusion_schedule(budget, "dit", args.train_to_steps, args.train_device), *threads])
         cli(["calibrate-analysis", "--data", str(calibration), "--synthesizer", str(work / "latent_dit"),
              "--params", str(params), "--out", str(work / "analysis_nominal"), "--every", "1",
              "--max-frames", str(budget["analysis_frames"]), "--clusters", str(budget["analysis_clusters"]), *threads])
