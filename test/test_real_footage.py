@@ -68,6 +68,12 @@ def test_splits_are_the_recording_in_order(built: tuple[Path, rf.RecordingSummar
     assert not any(f.is_ood for f in train + calibration)
     steps = np.diff([f.stamp_ns for f in train])
     assert np.all(steps == 100_000_000)  # the recording's 10 fps
+    # held_out: every frame after calibration, once, in order, unaltered, one stream (no stamp gap)
+    held = list(iter_frames(root / "held_out"))
+    n = len(held)
+    assert n == summary.splits["held_out"] > 0 and not any(f.is_ood for f in held)
+    assert [decode(f.image) for f in held] == [(i, 10) for i in range(20, 20 + n)]
+    assert np.all(np.diff([f.stamp_ns for f in held]) == 100_000_000)
 
 
 def test_test_split_folder_contract(built: tuple[Path, rf.RecordingSummary]) -> None:
@@ -230,6 +236,11 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     assert summary["fa_per_1000_martingale"] == max(per)
     assert "(martingale: image, flow; CUSUM; frozen-camera check)" in (tmp_path / "real.md").read_text()
     assert result["train_to_steps"] is False and result["train_device"] == "cpu"
+    # the whole held-out stretch as one clean run: 65 - 20 train - 25 calibration frames
+    assert summary["held_out_frames"] == 20
+    per = [summary[f"vae_{k}_held_out_fa_per_1000_martingale"] for k in ("image", "flow")]
+    assert summary["held_out_fa_per_1000_martingale"] == max(per) and all(0.0 <= v <= 1000.0 for v in per)
+    assert "held-out run: frames" in (tmp_path / "real.md").read_text()
 
 
 def test_diffusion_models_train_to_the_budget_or_to_their_steps() -> None:

@@ -79,6 +79,6 @@ def run_real(args: argparse.Namespace) -> int:
     print(f"real-footage benchmark -> {args.out}")
     for summary in generate(config):
         hidden = [e.kind for e in summary.episodes if not e.visible]
-        print(f"  {summary.name}: {args.out / summary.name}/{{train,calibration,test}}"
+        print(f"  {summary.name}: {args.out / summary.name}/{{train,calibration,test,held_out}}"
               + (f"; not visible at 128 px (< 3 grey levels): {', '.join(hidden)}" if hidden else ""))
     return 0

@@ -14,7 +14,9 @@ recording, each one a short block: a clean lead-in, one OOD episode, a clean tai
 Blocks are separated by a stamp gap (as separate drives in the demo), so the node and the evaluator restart
 their alarm state and optical flow between them. Output per recording, in the image-folder format the
 rest of the package reads (ood_monitor/data/labeled_frames.py): `<name>/{train,calibration,test}/frames/*.png`
-+ `labels.csv`, the test split also `masks/` and `semantic/`, `<name>/classes.json`, `<name>/dataset.json`.
++ `labels.csv`, the test split also `masks/` and `semantic/`, `<name>/classes.json`, `<name>/dataset.json`;
+`<name>/held_out/` is the held-out stretch once more, whole and unaltered (the long clean run a false-alarm
+rate needs).
 """
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ from ood_monitor.data.labeled_frames import IMAGE_SUFFIXES, LabeledFrame
 from ood_monitor.real_world import pasted_objects
 from ood_monitor.real_world.corruptions import DEFAULT_CORRUPTIONS, Corruption
 
-GENERATOR_VERSION = "1.1.0"  # 1.1: lens and weather corruptions hold still within an episode
+GENERATOR_VERSION = "1.2.0"  # 1.1: lens and weather corruptions hold still within an episode; 1.2: held_out
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 MOTION_KINDS = ("frozen", "jerk_drop", "jerk_shuffle", "reversing")
 SCENE_KIND = "scene_change"
-SPLITS = ("train", "calibration", "test")
+SPLITS = ("train", "calibration", "test", "held_out")
 LABEL_COLUMNS = ("frame", "stamp_ns", "kind", "category", "episode", "onset_frame", "is_ood")
 FIRST_STAMP_NS = 1_700_000_000 * 1_000_000_000
 BLOCK_GAP_NS = 1_000_000_000  # between test blocks: a visible break in the stream
@@ -391,7 +393,9 @@ def build_recording(recording: Recording, scene: Recording | None, config: RealF
         {"train": len(split.train) / recording.fps, "calibration": len(split.calibration) / recording.fps,
          "held_out": len(split.held_out) / recording.fps},
         {}, scene.source if scene else None)
-    for name, frames in (("train", split.train), ("calibration", split.calibration)):
+    # held_out: the whole held-out stretch once, in order, untouched: the long clean run a false-alarm rate
+    # per 1000 frames needs (the test split's clean frames are 16 per episode, in blocks)
+    for name, frames in (("train", split.train), ("calibration", split.calibration), ("held_out", split.held_out)):
         with FolderWriter(root / name, with_masks=False) as writer:
             for frame in nominal_frames([recording.frames[i] for i in frames], recording.fps):
                 writer.write(frame)
