@@ -72,6 +72,19 @@ def test_drift_between_blocks_raises_the_threshold_and_warns() -> None:
         steady.settings["martingale_threshold"], steady.settings["cusum_threshold"])
 
 
+def test_a_threshold_only_long_anomalies_can_cross_is_warned_of_with_its_cause() -> None:
+    rng = np.random.default_rng(6)
+    steady = calibrate_alarms(rng.chisquare(10, size=300), target=AlarmTarget(tail="pareto"))
+    assert not any("alarms only after" in w for w in steady.warnings)
+    # one calibration block scoring 4x the rest: the held-out level forces a 20-frame window
+    odd = rng.chisquare(10, size=300) * np.repeat([1.0, 4.0, 1.0, 1.0, 1.0], 60)
+    result = calibrate_alarms(odd, target=AlarmTarget(tail="pareto"))
+    run = result.shortest_episode["martingale"]
+    assert run > 4
+    [warning] = [w for w in result.warnings if "alarms only after" in w]
+    assert f"after {run} frames" in warning and "block 1" in warning and "--false-alarms-per-1000" in warning
+
+
 def test_refuses_when_the_data_cannot_support_the_target() -> None:
     rng = np.random.default_rng(2)
     with pytest.raises(AlarmCalibrationError, match="at least 2 blocks"):

@@ -41,6 +41,7 @@ from ood_monitor.core.conformal import (
 
 WINDOWS = (2, 3, 4, 5, 6, 8, 10, 15, 20)
 NOMINAL_P = 0.5  # a typical nominal frame's p-value, for the "shortest episode" estimate
+SLOW_ALARM_FRAMES = 4  # a shortest catchable episode longer than this is warned of (0.2 s at 20 fps)
 REFERENCE_EXCESS = 2.0  # with a tail: the "shortest episode" is counted at a score this many times the largest nominal one
 MIN_BLOCK_FRAMES = 8
 
@@ -401,6 +402,8 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, tar
             f"{coverage:.1%}): {detail}. More calibration frames lower the p-value floor; nominal footage that "
             f"covers more variation lowers the held-out level; a higher --false-alarms-per-1000 lowers both")
     window, run, threshold, trace = best
+    if run > SLOW_ALARM_FRAMES:
+        warnings.append(slow_alarm_warning(window, run, threshold, bound, p_min, trace["log_martingale"], blocks))
     h = max(bound / cusum_theta(target.cusum_delta), level_with_budget(trace["cusum"], allowed))
     cusum_run = shortest_cusum_run(h, target.cusum_delta, p_min)
     settings = {**asdict(base), "window": window, "martingale_threshold": round_up(threshold),
@@ -412,6 +415,22 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, tar
     return AlarmCalibration(settings, n, coverage, block_coverage, fa,
                             {"martingale": run, "cusum": cusum_run},
                             round(martingale_run(window, window, p_min, target), 4), p_min, rows, warnings)
+
+
+def slow_alarm_warning(window: int, run: int, threshold: float, bound: float, p_min: float,
+                       heldout_log_m: np.ndarray, blocks: np.ndarray) -> str:
+    """Why the alarms will miss short anomalies, in numbers: the nominal blocks' own level (the threshold
+    sits above the highest log M they reached) or the p-value a far frame gets (too few or too spread
+    calibration scores)."""
+    head = (f"the martingale alarms only after {run} frames in a row score twice the largest nominal score "
+            f"(window {window}, threshold {threshold:.1f}): shorter anomalies raise no alarm. ")
+    if threshold > bound + 1e-9:
+        worst = int(blocks[int(np.argmax(heldout_log_m))])
+        return head + (f"The nominal footage itself reached log M {float(np.max(heldout_log_m)):.1f} (block {worst}); "
+                       "calibration footage that covers that stretch's variation, or a higher "
+                       "--false-alarms-per-1000, lowers the threshold")
+    return head + (f"Such a frame gets p = {p_min:.2g} only; more calibration frames (or less spread between "
+                   "their blocks) lower it")
 
 
 def unusual_blocks(low: np.ndarray, blocks: np.ndarray, alpha: float, significance: float = 1e-3) -> list[int]:
