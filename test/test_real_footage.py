@@ -252,6 +252,20 @@ def test_diffusion_models_train_to_the_budget_or_to_their_steps() -> None:
     assert diffusion_schedule(FULL, "dcae", True, "cuda") == ["--steps", "1500", "--device", "cuda"]
 
 
+def test_every_library_corruption_is_a_function_of_its_seed() -> None:
+    """A rebuild of the benchmark is bit-identical: the libraries' own generators (numpy's global one,
+    scikit-image's random_noise behind impulse noise) are seeded per call and left as they were."""
+    from ood_monitor.real_world.corruptions import Corruption
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    for name in ("impulse_noise", "gaussian_noise", "spatter"):
+        c = Corruption(name, 3)
+        first, again, other = c.apply(image, 11), c.apply(image, 11), c.apply(image, 12)
+        assert np.array_equal(first, again), name
+        assert not np.array_equal(first, other), name
+        assert not np.array_equal(first, image), name
+
+
 def test_lens_and_weather_corruptions_hold_still_within_an_episode(tmp_path: Path, monkeypatch) -> None:
     """Sensor noise is redrawn every frame; fog, frost, shadows... keep one draw per episode (redrawn every
     frame they flicker, and the flow detector scored the flicker)."""

@@ -35,7 +35,8 @@ from ood_monitor.data.labeled_frames import IMAGE_SUFFIXES, LabeledFrame
 from ood_monitor.real_world import pasted_objects
 from ood_monitor.real_world.corruptions import DEFAULT_CORRUPTIONS, Corruption
 
-GENERATOR_VERSION = "1.2.0"  # 1.1: lens and weather corruptions hold still within an episode; 1.2: held_out
+GENERATOR_VERSION = "1.2.0"  # 1.1: lens and weather corruptions hold still within an episode; 1.2: held_out,
+# impulse noise seeded (a rebuild is bit-identical)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 MOTION_KINDS = ("frozen", "jerk_drop", "jerk_shuffle", "reversing")
 SCENE_KIND = "scene_change"

@@ -9,6 +9,7 @@ are imported only when a corruption is applied, so nothing else in the package n
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,14 +82,20 @@ def _imagecorruption(image: np.ndarray, name: str, severity: int, seed: int) -> 
     except ImportError as exc:  # pragma: no cover - a missing optional dependency
         raise RuntimeError("the real-footage benchmark needs `imagecorruptions` (pip install -c constraints.txt "
                            "imagecorruptions)") from exc
-    state = np.random.get_state()  # the library draws from numpy's global generator
+    import skimage.util
+
+    # the library draws from numpy's global generator, and impulse noise from scikit-image's random_noise,
+    # which takes its own generator (unseeded: a rebuild would differ): both seeded for this call only
+    state, random_noise = np.random.get_state(), skimage.util.random_noise
     np.random.seed(seed % (2**32))
+    skimage.util.random_noise = functools.partial(random_noise, rng=seed % (2**32))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return corrupt(image, corruption_name=name, severity=severity)
     finally:
         np.random.set_state(state)
+        skimage.util.random_noise = random_noise
 
 
 def _albumentation(name: str, severity: int) -> Callable[[np.ndarray, int], np.ndarray]:
