@@ -229,6 +229,7 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         summary[f"fa_per_1000_{test}"] = max(per.values())
         summary.update({f"{name}_fa_per_1000_{test}": v for name, v in per.items()})
     for name, c in checks.items():
+        summary[f"{name}_shortest_episode"] = shortest_episode(Path(next(m for m in models if Path(m).name == name)))
         summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
         summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
         summary[f"{name}_score_tolerance"] = c["score_tolerance"]
@@ -242,6 +243,13 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         group = masks["groups"].get("object") or masks["groups"]["all"]
         summary.update(pixel_auc_pr=group["auc_pr"], f_star=group["f_star"], mask_frames=group["frames"])
     return summary
+
+
+def shortest_episode(model: Path) -> int | None:
+    """The fewest frames far outside the calibration that the model's calibrated martingale needs to alarm
+    (`calibrate`'s power figure, stored in the card; None for a model calibrated without alarms)."""
+    card = json.loads((model / "config.json").read_text())
+    return card.get("alarm", {}).get("power", {}).get("shortest_episode_frames", {}).get("martingale")
 
 
 def held_out_alarms(models: list[str], held_out: Path, params: Path, tests: list[str]) -> dict:
@@ -357,7 +365,8 @@ def markdown(report: dict) -> str:
                      f"| {_cell(r.get('image_auroc'))} | {_cell(r.get('flow_auroc'))} | {alarms[0]} | {alarms[1]} "
                      f"| {alarms[2]} |")
     lines += ["", "| recording | role | calibration frames | p-value at 2x the largest nominal score | score tolerance "
-              "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold | false alarms / 1000 clean (martingale: "
+              "(image, flow) | clean test frames | clean frames with p < 0.05 (image, flow) | reachable log martingale / threshold "
+              "(shortest catchable episode: image, flow) | false alarms / 1000 clean (martingale: "
               "image, flow; CUSUM; frozen-camera check) | held-out run: frames, false alarms / 1000 (martingale: image, flow; CUSUM) "
               "| object pixel AUC-PR | object F* | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["recordings"]:
@@ -365,7 +374,8 @@ def markdown(report: dict) -> str:
                      f"| {_cell(s.get('vae_image_score_tolerance'))}, {_cell(s.get('vae_flow_score_tolerance'))} "
                      f"| {s['clean_frames']} | {_cell(s.get('vae_image_clean_p_below_0.05'))}, "
                      f"{_cell(s.get('vae_flow_clean_p_below_0.05'))} | {_cell(s.get('vae_image_max_log_martingale'), 1)}"
-                     f" / {_cell(s.get('martingale_threshold'), 0)} "
+                     f" / {_cell(s.get('martingale_threshold'), 0)} ({s.get('vae_image_shortest_episode', '-')}, "
+                     f"{s.get('vae_flow_shortest_episode', '-')} frames) "
                      f"| {_cell(s.get('vae_image_fa_per_1000_martingale'), 1)}, "
                      f"{_cell(s.get('vae_flow_fa_per_1000_martingale'), 1)}; {_cell(s.get('fa_per_1000_cusum'), 1)}; "
                      f"{_cell(s.get('fa_per_1000_repeat_check'), 1)} | {held_out_cell(s)} "
