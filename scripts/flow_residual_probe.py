@@ -12,6 +12,7 @@ printed figure is the AUROC of its Mahalanobis distance, each motion kind's 8 fr
 test frames. Run it on tuning recordings only.
 
     python scripts/flow_residual_probe.py real_tune/tub_20190405_234358 real_road/solidWhiteRight
+    python scripts/flow_residual_probe.py --per-feature real_tune_rc/tub_20221129_221024   # each statistic alone
 """
 import csv
 import sys
@@ -89,16 +90,29 @@ def distances(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(score), np.nanmedian(score), score)  # first flow of a block: no flow change
 
 
-def main(recordings: list[str]) -> None:
+def single_feature_aurocs(train: np.ndarray, test: np.ndarray, clean: np.ndarray, kinds: np.ndarray) -> None:
+    """Each statistic alone: |z| against its training median and spread (two-sided), AUROC per motion kind."""
+    for j, name in enumerate((*FEATURES, *EXTRA)):
+        column = train[:, j][~np.isnan(train[:, j])]
+        z = np.abs((test[:, j] - np.median(column)) / (np.std(column) + 1e-9))
+        aurocs = kind_aurocs(np.where(np.isnan(z), np.nanmedian(z), z), clean, kinds, MOTION_KINDS)
+        print(f"  {name:26s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
+
+
+def main(recordings: list[str], per_feature: bool = False) -> None:
     for rec in map(Path, recordings):
         _, train = split_features(rec / "train")
         rows, test = split_features(rec / "test")
         clean, kinds = np.array([r["is_ood"] == "0" for r in rows]), np.array([r["kind"] for r in rows])
         print(rec.name)
+        if per_feature:
+            single_feature_aurocs(train, test, clean, kinds)
+            continue
         for name, cols in FEATURE_SETS.items():
             aurocs = kind_aurocs(distances(train[:, cols], test[:, cols]), clean, kinds, MOTION_KINDS)
             print(f"  {name:26s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--per-feature"], per_feature="--per-feature" in args)
