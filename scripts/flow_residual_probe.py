@@ -99,6 +99,15 @@ def single_feature_aurocs(train: np.ndarray, test: np.ndarray, clean: np.ndarray
         print(f"  {name:26s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
 
 
+def contraction(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """The one-sided direction part tried for reversing: (how far the expansion falls below the training
+    frames', in training SDs)², 0 above the mean. A forward-driving camera keeps its expansion; played
+    backwards it contracts; a camera that stands or turns in place sits near 0 either way."""
+    j = FEATURES.index("expansion")
+    column = train[:, j][~np.isnan(train[:, j])]
+    return np.maximum(0.0, (column.mean() - test[:, j]) / (column.std() + 1e-9)) ** 2
+
+
 def main(recordings: list[str], per_feature: bool = False) -> None:
     for rec in map(Path, recordings):
         _, train = split_features(rec / "train")
@@ -108,9 +117,13 @@ def main(recordings: list[str], per_feature: bool = False) -> None:
         if per_feature:
             single_feature_aurocs(train, test, clean, kinds)
             continue
-        for name, cols in FEATURE_SETS.items():
-            aurocs = kind_aurocs(distances(train[:, cols], test[:, cols]), clean, kinds, MOTION_KINDS)
-            print(f"  {name:26s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
+        shipped = distances(train[:, FEATURE_SETS["motion + log residual"]], test[:, FEATURE_SETS["motion + log residual"]])
+        extra = {"motion + log residual + contraction": shipped + contraction(train, test),
+                 "motion + log residual + 4 x contraction": shipped + 4.0 * contraction(train, test)}
+        rows_out = {name: distances(train[:, cols], test[:, cols]) for name, cols in FEATURE_SETS.items()} | extra
+        for name, score in rows_out.items():
+            aurocs = kind_aurocs(score, clean, kinds, MOTION_KINDS)
+            print(f"  {name:38s} " + "  ".join(f"{k} {a:.2f}" for k, a in zip(MOTION_KINDS, aurocs, strict=True)))
 
 
 if __name__ == "__main__":
