@@ -11,6 +11,7 @@ from ood_monitor.core.detector_metrics import (
     aupr_out,
     auroc,
     detection_delays,
+    false_alarm_events,
     false_alarms_per_1000,
     fpr_at_tpr,
     frame_metrics,
@@ -60,6 +61,7 @@ def test_detection_delay_and_false_alarms() -> None:
     assert false_alarms_per_1000(alarm, is_ood) == pytest.approx(1000 * 2 / 5)
     m = alarm_metrics(alarm, is_ood, episode)
     assert m["median_delay"] == 2.0 and m["missed_episodes"] == 1 and m["false_alarm_frames"] == 2
+    assert m["false_alarm_events"] == 2  # frames 1 and 7, each alone
 
 
 def test_grace_skips_only_frames_right_after_an_episode() -> None:
@@ -69,6 +71,8 @@ def test_grace_skips_only_frames_right_after_an_episode() -> None:
     # grace 2 drops frames 3 and 4 (1 and 2 frames after the episode): alarms at 0 and 6 remain
     assert false_alarms_per_1000(alarm, is_ood, grace=2) == pytest.approx(1000 * 2 / 3)
     assert alarm_metrics(alarm, is_ood, np.r_[0, 1, 1, 0, 0, 0, 0], grace=2)["false_alarm_frames"] == 2
+    # events: frame 0, frames 3-4 (one run; the episode before them is not a false alarm), frame 6
+    assert [false_alarm_events(alarm, is_ood, g) for g in (0, 2)] == [3, 2]
 
 
 def test_kind_aurocs_compare_each_kind_with_the_clean_frames_only():

@@ -240,6 +240,10 @@ def test_cli_builds_and_benches_a_tiny_recording(tmp_path: Path) -> None:
     assert summary["held_out_frames"] == 20
     per = [summary[f"vae_{k}_held_out_fa_per_1000_martingale"] for k in ("image", "flow")]
     assert summary["held_out_fa_per_1000_martingale"] == max(per) and all(0.0 <= v <= 1000.0 for v in per)
+    for k in ("image", "flow"):  # alarms (runs of alarmed frames): none without alarmed frames, never more
+        frames = round(summary[f"vae_{k}_held_out_fa_per_1000_martingale"] * 20 / 1000)
+        assert (summary[f"vae_{k}_held_out_alarms_martingale"] == 0) == (frames == 0)
+        assert summary[f"vae_{k}_held_out_alarms_martingale"] <= frames
     # calibrate's power figure beside the alarms: at least one frame, at most the chosen window
     assert all(1 <= summary[f"vae_{k}_shortest_episode"] <= 30 for k in ("image", "flow"))
     assert "held-out run: frames" in (tmp_path / "real.md").read_text()

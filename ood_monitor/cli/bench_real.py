@@ -263,6 +263,8 @@ def held_out_alarms(models: list[str], held_out: Path, params: Path, tests: list
         per = {name: c["alarms"][test]["all"]["false_alarms_per_1000"] for name, c in checks.items()}
         out[f"held_out_fa_per_1000_{test}"] = max(per.values())
         out.update({f"{name}_held_out_fa_per_1000_{test}": v for name, v in per.items()})
+        out.update({f"{name}_held_out_alarms_{test}": c["alarms"][test]["all"]["false_alarm_events"]
+                    for name, c in checks.items()})
     out.update({f"{name}_held_out_p_below_0.05": c["coverage"] for name, c in checks.items()})
     return out
 
@@ -388,6 +390,8 @@ def held_out_cell(s: dict) -> str:
     """The held-out run's cell of the recording table ("-" for a build without the held_out split)."""
     if "held_out_frames" not in s:
         return "-"
-    return (f"{s['held_out_frames']}: {_cell(s.get('vae_image_held_out_fa_per_1000_martingale'), 1)}, "
-            f"{_cell(s.get('vae_flow_held_out_fa_per_1000_martingale'), 1)}; "
-            f"{_cell(s.get('held_out_fa_per_1000_cusum'), 1)}")
+    def rate(name: str) -> str:  # per 1000 frames, and the alarms (runs of frames) behind it
+        events = s.get(f"{name}_held_out_alarms_martingale")
+        return _cell(s.get(f"{name}_held_out_fa_per_1000_martingale"), 1) + (f" ({events} alarms)" if events else "")
+
+    return f"{s['held_out_frames']}: {rate('vae_image')}, {rate('vae_flow')}; {_cell(s.get('held_out_fa_per_1000_cusum'), 1)}"

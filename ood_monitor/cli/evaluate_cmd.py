@@ -481,7 +481,9 @@ def run(args: argparse.Namespace) -> int:
         for test, rows in r["alarms"].items():
             a = rows["all"]
             print(f"    {test}: {a['missed_episodes']}/{a['ood_episodes']} episodes missed, median delay "
-                  f"{fmt(a['median_delay'], '.1f')}, {a['false_alarms_per_1000']:.1f} false alarms / 1000 ID frames")
+                  f"{fmt(a['median_delay'], '.1f')}, {a['false_alarms_per_1000']:.1f} false alarms / 1000 ID frames"
+                  + (f" ({a['false_alarm_frames']} frames in {a['false_alarm_events']} alarm(s))"
+                     if a.get("false_alarm_frames") else ""))
     print(f"wrote {report} and {', '.join(r['scores_csv'] for r in results)} ({fleet.frames} frames scored in "
           f"{fleet.seconds:.1f} s)")
     if fleet.failed:

@@ -115,6 +115,13 @@ def false_alarms_per_1000(alarm: np.ndarray, is_ood: np.ndarray, grace: int = 0)
     return float(1000.0 * np.asarray(alarm, dtype=bool)[counted].sum() / max(1, counted.sum()))
 
 
+def false_alarm_events(alarm: np.ndarray, is_ood: np.ndarray, grace: int = 0) -> int:
+    """Runs of consecutive alarmed in-distribution frames (counted_id_frames): what an operator sees as
+    separate false alarms, where false_alarms_per_1000 counts frames (a 4-frame alarm is one event)."""
+    false = np.asarray(alarm, dtype=bool) & counted_id_frames(is_ood, grace)
+    return int(false[:1].sum() + (false[1:] & ~false[:-1]).sum())
+
+
 def alarm_metrics(alarm: np.ndarray, is_ood: np.ndarray, episode: np.ndarray, grace: int = 0
                   ) -> dict[str, float]:
     delays = detection_delays(alarm, is_ood, episode)
@@ -122,4 +129,5 @@ def alarm_metrics(alarm: np.ndarray, is_ood: np.ndarray, episode: np.ndarray, gr
     return {"median_delay": float(np.median(hit)) if hit.size else float("nan"),
             "missed_episodes": int(np.isnan(delays).sum()), "ood_episodes": int(delays.size),
             "false_alarms_per_1000": false_alarms_per_1000(alarm, is_ood, grace),
-            "false_alarm_frames": int(np.asarray(alarm, bool)[counted_id_frames(is_ood, grace)].sum())}
+            "false_alarm_frames": int(np.asarray(alarm, bool)[counted_id_frames(is_ood, grace)].sum()),
+            "false_alarm_events": false_alarm_events(alarm, is_ood, grace)}
