@@ -228,8 +228,8 @@ def summarize(data: Path, report: Path, models: list[str], params: Path, tests: 
         per = {name: a[test]["all"]["false_alarms_per_1000"] for name, a in alarms.items()}
         summary[f"fa_per_1000_{test}"] = max(per.values())
         summary.update({f"{name}_fa_per_1000_{test}": v for name, v in per.items()})
+    summary.update({f"{Path(m).name}_shortest_episode": shortest_episode(Path(m)) for m in models})
     for name, c in checks.items():
-        summary[f"{name}_shortest_episode"] = shortest_episode(Path(next(m for m in models if Path(m).name == name)))
         summary[f"{name}_clean_p_below_0.05"] = c["coverage"]
         summary[f"{name}_max_log_martingale"] = c["max_log_martingale"]
         summary[f"{name}_score_tolerance"] = c["score_tolerance"]
