@@ -83,6 +83,12 @@ def test_a_threshold_only_long_anomalies_can_cross_is_warned_of_with_its_cause()
     assert run > 4
     [warning] = [w for w in result.warnings if "alarms only after" in w]
     assert f"after {run} frames" in warning and "block 1" in warning and "--false-alarms-per-1000" in warning
+    assert "score twice the largest nominal score" in warning
+    # 60 frames, no tail: the threshold is the bound; what is missing is a small enough p-value (1/61)
+    few = calibrate_alarms(rng.normal(size=60), target=AlarmTarget(tail="none"))
+    assert few.settings["martingale_threshold"] == pytest.approx(math.log(1000), abs=1e-3)
+    [warning] = [w for w in few.warnings if "alarms only after" in w]
+    assert "score past every nominal one" in warning and "p = 0.016" in warning and "more calibration frames" in warning
 
 
 def test_refuses_when_the_data_cannot_support_the_target() -> None:

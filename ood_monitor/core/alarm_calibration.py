@@ -403,7 +403,8 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, tar
             f"covers more variation lowers the held-out level; a higher --false-alarms-per-1000 lowers both")
     window, run, threshold, trace = best
     if run > SLOW_ALARM_FRAMES:
-        warnings.append(slow_alarm_warning(window, run, threshold, bound, p_min, trace["log_martingale"], blocks))
+        far = "score twice the largest nominal score" if target.tail == "pareto" else "score past every nominal one"
+        warnings.append(slow_alarm_warning(window, run, threshold, bound, p_min, trace["log_martingale"], blocks, far))
     h = max(bound / cusum_theta(target.cusum_delta), level_with_budget(trace["cusum"], allowed))
     cusum_run = shortest_cusum_run(h, target.cusum_delta, p_min)
     settings = {**asdict(base), "window": window, "martingale_threshold": round_up(threshold),
@@ -418,12 +419,12 @@ def calibrate_alarms(scores: np.ndarray, sequence: np.ndarray | None = None, tar
 
 
 def slow_alarm_warning(window: int, run: int, threshold: float, bound: float, p_min: float,
-                       heldout_log_m: np.ndarray, blocks: np.ndarray) -> str:
+                       heldout_log_m: np.ndarray, blocks: np.ndarray, far: str) -> str:
     """Why the alarms will miss short anomalies, in numbers: the nominal blocks' own level (the threshold
     sits above the highest log M they reached) or the p-value a far frame gets (too few or too spread
     calibration scores)."""
-    head = (f"the martingale alarms only after {run} frames in a row score twice the largest nominal score "
-            f"(window {window}, threshold {threshold:.1f}): shorter anomalies raise no alarm. ")
+    head = (f"the martingale alarms only after {run} frames in a row {far} (window {window}, threshold "
+            f"{threshold:.1f}): shorter anomalies raise no alarm. ")
     if threshold > bound + 1e-9:
         worst = int(blocks[int(np.argmax(heldout_log_m))])
         return head + (f"The nominal footage itself reached log M {float(np.max(heldout_log_m)):.1f} (block {worst}); "
