@@ -54,7 +54,6 @@ def waited_too_long(arrived_s: float, free_at_s: float, max_wait_ms: float) -> b
     return max_wait_ms > 0 and (free_at_s - arrived_s) * 1e3 > max_wait_ms
 
 
-
 def feature_source(ae_card: dict, precision: str) -> str:
     """Names an encoder's features: its weights' sha256 prefix and the precision it ran at. Features are
     handed from the synthesizer to the analysis only between equal names (core/analysis/discrepancy)."""
@@ -81,11 +80,16 @@ def build_module(model_type: str, arch: dict) -> nn.Module:
     raise ValueError(f"unknown model type {model_type!r} (expected one of {MODEL_TYPES})")
 
 
+def host_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies: what safetensors writes, whatever device the weights are on."""
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
 def save_model(model_dir: str | Path, module: nn.Module, card: dict) -> Path:
     """Write weights + config.json (card gets format, weights_sha256); returns the directory."""
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+    blob = save_safetensors(host_tensors(module.state_dict()))
     (out / WEIGHTS).write_bytes(blob)
     card = {**card, "format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest()}
     (out / CONFIG).write_text(json.dumps(card, indent=2))

@@ -26,7 +26,7 @@ from ood_monitor.data.spool import FrameSpool, chunks
 from .dcae import DcaeConfig, build_dcae, dcae_loss, encode
 from .dit import Dit, DitConfig
 from .schedules import ScheduleConfig, ddpm_scheduler
-from .synthesizer import load_model, save_model
+from .synthesizer import host_tensors, load_model, save_model
 from .unet import UNet, UNetConfig
 
 if TYPE_CHECKING:
@@ -155,17 +155,13 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return flat, sd["param_groups"]
 
 
-def _host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-
-
 def save_checkpoint(folder: Path, model: nn.Module, ema: Ema, opt: torch.optim.Optimizer, state: dict) -> None:
     """Checkpoint on the host (a CUDA run resumes on any device)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(_host(model.state_dict()), str(folder / "model.safetensors"))
-    save_file(_host(ema.model.state_dict()), str(folder / "ema.safetensors"))
+    save_file(host_tensors(model.state_dict()), str(folder / "model.safetensors"))
+    save_file(host_tensors(ema.model.state_dict()), str(folder / "ema.safetensors"))
     flat, groups = _optimizer_tensors(opt)
-    save_file(_host(flat), str(folder / "optimizer.safetensors"))
+    save_file(host_tensors(flat), str(folder / "optimizer.safetensors"))
     (folder / "state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=2))
 
 
