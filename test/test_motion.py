@@ -1,10 +1,20 @@
 """The flow detector's motion term: global camera-motion statistics against the training drives'."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from ood_monitor.core.motion import FEATURES, MotionStats, min_frames, motion_features
+from ood_monitor.core.motion import (
+    CONTRACTION_WEIGHT,
+    EXPANSION,
+    FEATURES,
+    MotionStats,
+    contraction,
+    min_frames,
+    motion_features,
+)
 from ood_monitor.core.nonconformity import Nonconformity
 
 H = W = 32
@@ -64,6 +74,38 @@ def test_statistics_flag_frozen_reversing_and_jolts_but_not_ordinary_driving() -
     assert np.allclose(again.precision, stats.precision) and np.allclose(again.mean, stats.mean)
     with pytest.raises(ValueError, match="at least"):
         MotionStats.fit_flows(train[: min_frames() - 1])
+
+
+def forward_drive() -> MotionStats:
+    """A camera trained driving forward at speeds 1.5-2.5 (expansion well above 0)."""
+    return MotionStats.fit_flows(np.concatenate([field("forward", s, 1, noise=0.2, seed=i) for i, s in
+                                                 enumerate(np.random.default_rng(0).uniform(1.5, 2.5, 200))]))
+
+
+def test_contraction_part_adds_weight_below_the_training_expansion_only() -> None:
+    stats = forward_drive()
+    without = dataclasses.replace(stats, expansion_sd=None)  # a card fitted before the part
+    assert stats.expansion_sd > 0.0
+    feats = stats.features(np.concatenate([field("reverse", 2.0, 3, noise=0.2), field("forward", 2.4, 3, noise=0.2)]))
+    expected = CONTRACTION_WEIGHT * ((stats.mean[EXPANSION] - feats[:3, EXPANSION]) / stats.expansion_sd) ** 2
+    np.testing.assert_allclose(stats.distance(feats[:3]) - without.distance(feats[:3]), expected, rtol=1e-9)
+    assert np.all(feats[3:, EXPANSION] > stats.mean[EXPANSION])  # faster forward: above the mean, nothing added
+    np.testing.assert_array_equal(stats.distance(feats[3:]), without.distance(feats[3:]))
+    assert contraction(np.array([-1.0, 0.5, 2.0]), 0.5, 0.5).tolist() == [9.0, 0.0, 0.0]
+
+
+def test_contraction_part_round_trips_and_old_cards_score_as_calibrated() -> None:
+    stats = forward_drive()
+    card = stats.to_dict()
+    again = MotionStats.from_dict(card)
+    assert again.expansion_sd == pytest.approx(stats.expansion_sd)
+    old = {k: v for k, v in card.items() if k != "expansion_sd"}
+    reverse = stats.features(field("reverse", 2.0, 2, noise=0.2))
+    assert MotionStats.from_dict(old).expansion_sd is None
+    assert np.all(MotionStats.from_dict(old).distance(reverse) < again.distance(reverse))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="expansion_sd"):
+            MotionStats.from_dict({**card, "expansion_sd": bad})
 
 
 def test_posterior_motion_adds_the_term_to_the_posterior_deviation() -> None:

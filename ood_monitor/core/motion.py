@@ -13,10 +13,18 @@ statistics, with a Ledoit-Wolf shrunk covariance (a few hundred frames of one dr
 construction: a frozen camera (all statistics near zero) is as far as a jolt. With the flow's warp
 residual channel (MotionResidualStats, what flow models fit by default) two more: the log of the
 residual's mean and 90th percentile. Row and column sums of the flow the node already has; no model.
+
+The contraction part (cards fitted since it, `expansion_sd`): the Mahalanobis distance is two-sided and
+spreads its weight over 14-16 correlated statistics, so a camera that drives backwards (the expansion
+turns into contraction) scored little more than an ordinary slow-down. The part adds (how far the
+expansion falls below the training frames' mean, in training SDs)², 0 above it: a forward-driving
+camera keeps its expansion; played backwards it contracts; a camera that stands or turns in place sits
+near 0 either way, where the part adds nothing it did not. Its weight was chosen by a rule fixed before
+its runs on five tuning builds (scripts/flow_residual_probe.py --contraction; docs/real_footage.md#contraction-part).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +41,8 @@ RESIDUAL_FLOOR = 0.05
 levels), so a repeated frame (residual exactly 0) lands far below every live frame, not next to the
 slowest ones."""
 LINEAR_RESIDUAL_FEATURES = ("resid_mean", "resid_p90")  # an earlier release's; refused with a hint
+EXPANSION = FEATURES.index("expansion")
+CONTRACTION_WEIGHT = 1.0  # the rule's choice among 0, 1, 2, 4, 8 (module docstring)
 
 
 def motion_features(flows: np.ndarray) -> np.ndarray:
@@ -105,13 +115,47 @@ def min_frames() -> int:
     return MotionStats.min_frames()
 
 
+def contraction(expansion: np.ndarray, mean: float, sd: float) -> np.ndarray:
+    """(how far `expansion` falls below `mean`, in units of `sd`)², 0 at or above the mean."""
+    return np.maximum(0.0, (mean - np.asarray(expansion, np.float64)) / sd) ** 2
+
+
 @dataclass(frozen=True)
 class MotionStats(FeatureGaussian):
-    """Training mean and (shrunk) precision of the motion features; score = squared Mahalanobis distance."""
+    """Training mean and (shrunk) precision of the motion features, and the expansion's training SD;
+    score = squared Mahalanobis distance + CONTRACTION_WEIGHT x the contraction part. `expansion_sd` None:
+    a card fitted before the part, scored as it was calibrated (without it)."""
 
     FEATURES: ClassVar[tuple[str, ...]] = FEATURES
     NAME: ClassVar[str] = "motion"
     EXTRACT = staticmethod(motion_features)
+
+    expansion_sd: float | None = None
+
+    @classmethod
+    def fit(cls, features: np.ndarray, jitter: float = 1e-6) -> MotionStats:
+        """The Gaussian, and the expansion's SD (with the covariance's `jitter`, so a camera whose expansion
+        never varied still gets a finite part)."""
+        stats = super().fit(features, jitter)
+        return replace(stats, expansion_sd=float(np.sqrt(np.asarray(features, np.float64)[:, EXPANSION].var() + jitter)))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        dist = super().distance(features)
+        if self.expansion_sd is None:
+            return dist
+        expansion = np.atleast_2d(np.asarray(features, np.float64))[:, EXPANSION]
+        return dist + CONTRACTION_WEIGHT * contraction(expansion, float(self.mean[EXPANSION]), self.expansion_sd)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "expansion_sd": self.expansion_sd}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MotionStats:
+        stats = super().from_dict(d)
+        sd = d.get("expansion_sd")
+        if sd is not None and not (np.isfinite(sd) and sd > 0.0):
+            raise ValueError(f"motion statistics have expansion_sd {sd!r}: it must be a positive number")
+        return replace(stats, expansion_sd=None if sd is None else float(sd))
 
     @classmethod
     def fit_flows(cls, flows: np.ndarray) -> MotionStats:
