@@ -72,6 +72,26 @@ def test_analysis_features_on_cuda_give_the_cpu_mask():
     np.testing.assert_allclose(b.confidence, a.confidence, atol=1e-3)
 
 
+def test_vae_training_on_cuda_learns_and_leaves_the_model_on_the_cpu():
+    """`train vae --device cuda`: the loss falls, and the trained model is back on the CPU, where the card's
+    statistics, calibration and model file are made."""
+    from ood_monitor.core.vae import BetaVAE, VaeConfig
+    from ood_monitor.core.vae.dataset import FrameSet
+    from ood_monitor.core.vae.train import TrainConfig, evaluate_loss, train_vae
+
+    n = 48
+    data = FrameSet("image", np.stack(frames(n, 32)), np.zeros(n, bool), np.array(["in_distribution"] * n, object),
+                    np.array(["none"] * n, object), np.zeros(n, np.int64), np.arange(n), "h")
+    torch.manual_seed(0)
+    model = BetaVAE(VaeConfig(height=32, width=32, latent=6, widths=(8, 16), hidden=32))
+    rows = np.arange(n)
+    before = evaluate_loss(model, data, rows, 1.0, 64)["loss"]
+    result = train_vae(model, data, 1.0, TrainConfig(epochs=8, batch=16, lr=2e-3, val_split=0.2, patience=8,
+                                                     device="cuda"), log=lambda _: None)
+    assert not any(p.is_cuda for p in model.parameters())
+    assert evaluate_loss(model, data, rows, 1.0, 64)["loss"] < 0.8 * before and result.steps > 0
+
+
 def test_diffusion_training_on_cuda_learns_and_writes_host_models(tmp_path):
     """`train dcae|dit --device cuda`: the loss falls, the model files load on the CPU, and a CUDA
     checkpoint resumes (here on the CPU) to the step it was asked for."""

@@ -359,3 +359,20 @@ def test_tiny_training_reduces_loss() -> None:
     assert after < 0.5 * before
     assert 1 <= res.best_epoch <= len(res.curve)
     assert res.curve[-1]["val_loss"] is not None and res.steps > 0
+
+
+def test_training_device_is_checked_before_any_frame_is_read(tmp_path: Path, capsys) -> None:
+    from ood_monitor.cli.main import main
+
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
+        train_vae(BetaVAE(VaeConfig(**TINY)), image_frameset(16), 1.0, TrainConfig(epochs=1, device="gpu"),
+                  log=lambda _: None)
+    out = tmp_path / "m"
+    code = main(["train", "vae", "--kind", "image", "--data", str(tmp_path / "absent"), "--out", str(out),
+                 "--device", "mps"])
+    assert code == 2 and "--device must be cpu, cuda or cuda:N" in capsys.readouterr().err and not out.exists()
+    if torch.cuda.is_available():
+        return  # the refusal below is for machines without a GPU (test_gpu.py trains on one)
+    code = main(["train", "vae", "--kind", "image", "--data", str(tmp_path / "absent"), "--out", str(out),
+                 "--device", "cuda"])
+    assert code == 2 and "finds no CUDA GPU here" in capsys.readouterr().err and not out.exists()

@@ -50,8 +50,8 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"{FULL['dit_steps']:,}) instead of stopping at {FULL['dcae_seconds'] // 60} and "
                         f"{FULL['dit_seconds'] // 60} minutes (on a 2-core CPU: about 8 and 13 minutes)")
     p.add_argument("--train-device", default="cpu",
-                   help="where the DC-AE and DiT train: cpu, cuda or cuda:N (`train dcae|dit --device`; the VAEs "
-                        "and the evaluation stay on the CPU) (default cpu)")
+                   help="where the VAEs, DC-AE and DiT train: cpu, cuda or cuda:N (`train vae|dcae|dit --device`; "
+                        "calibration and evaluation stay on the CPU) (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tests", default="martingale,cusum", help="alarm tests (default martingale,cusum)")
     p.add_argument("--markdown", type=Path, help="also write the tables as Markdown (docs/real_footage.md's form)")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
 
     if not args.no_masks:  # a GPU that is not there is refused before an hour of work, not after
-        from ood_monitor.core.diffusion.train import training_device
+        from ood_monitor.core.devices import training_device
 
         try:
             training_device(args.train_device)
@@ -142,6 +142,8 @@ def bench_recording(args: argparse.Namespace, data: Path, work: Path, budget: di
     vae = ["--time-limit", str(budget["vae_seconds"])] if budget.get("vae_seconds") else []  # full: the CLI defaults
     if "vae_epochs" in budget:
         vae += ["--epochs", str(budget["vae_epochs"])]
+    if args.train_device != "cpu":
+        vae += ["--device", args.train_device]
     for kind in ("image", "flow"):
         if not kept(args, work / f"vae_{kind}"):
             cli(["train", "vae", "--kind", kind, "--data", str(train), "--out", str(work / f"vae_{kind}"), *vae,

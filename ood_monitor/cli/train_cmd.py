@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     v.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     v.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
+    v.add_argument("--device", default="cpu",
+                   help="train on cpu, cuda or cuda:N (a workstation GPU; the model files are the same)")
     add_engine_options(v)
     add_spool_option(v)
     add_label_options(v, training=True)
@@ -133,6 +135,7 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
 
     from ood_monitor.cli.label_options import label_spec
     from ood_monitor.cli.provenance import data_origin
+    from ood_monitor.core.devices import training_device
     from ood_monitor.core.model_input import FrameConfig
     from ood_monitor.core.motion import MotionStats
     from ood_monitor.core.motion import min_frames as motion_min_frames
@@ -144,6 +147,9 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     from ood_monitor.core.vae.train import AugmentConfig, TrainConfig, choose_dims, train_vae
     from ood_monitor.fleet.inputs import describe, expand_inputs, load_training_frames
 
+    training_device(args.device)  # refused before the frames are read
+    if args.device != "cpu" and getattr(args, "engine", "local") == "ray":
+        raise ValueError("--engine ray trains on CPU workers: leave --device at cpu")
     torch.set_num_threads(max(1, args.threads))
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else default_widths(args.size)
     arch = "hvae" if args.hvae_ratio is not None else "beta_vae"
@@ -190,7 +196,8 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     if score in ("photometric", "structure") and args.kind != "image":
         raise ValueError(f"score {score} needs an image model: pick another --score")
     tcfg = TrainConfig(**schedule_for(len(frames), args), batch=args.batch, lr=args.lr, val_split=args.val_split,
-                       seed=args.seed, time_limit_s=args.time_limit, augment=AugmentConfig(enabled=args.augment))
+                       seed=args.seed, time_limit_s=args.time_limit, augment=AugmentConfig(enabled=args.augment),
+                       device=args.device)
     flow_scale = 1.0
     if args.kind == "flow":
         flow_scale = args.flow_scale or auto_flow_scale(frames.raw)
@@ -224,7 +231,7 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
                          "epochs": tcfg.epochs, "batch": tcfg.batch, "lr": tcfg.lr, "val_split": tcfg.val_split,
                          "patience": tcfg.patience, "seed": tcfg.seed, "augment": args.augment, "kl_warmup": tcfg.kl_warmup,
                          "engine": getattr(args, "engine", "local"), "workers": getattr(args, "workers", 1),
-                         "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
+                         "device": tcfg.device, "command": " ".join(["ood-monitor", *sys.argv[1:]])}},
                      selected_dims=dims, latent_kl=[float(u) for u in usage], score=score,
                      latent_stats=stats, texture=term.to_dict() if isinstance(term, TextureHead) else {},
                      motion=term.to_dict() if isinstance(term, MotionStats) else {})

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ood_monitor.core.devices import training_device
 from ood_monitor.data.spool import FrameSpool, chunks
 
 from .dcae import DcaeConfig, build_dcae, dcae_loss, encode
@@ -104,21 +105,6 @@ def image_batch(images: np.ndarray, rng: np.random.Generator, batch: int, crop: 
     flip = rng.random(batch) < 0.5
     out[flip] = out[flip, :, ::-1]
     return to_model_range(out)
-
-
-def training_device(name: str) -> torch.device:
-    """The torch device of `--device`, refused with the reason when this machine cannot train there."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} but torch finds no CUDA GPU here: train with --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
 
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, alphas_cumprod: torch.Tensor,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ood_monitor.core.devices import training_device
 from ood_monitor.core.motion import MotionStats, fit_motion
 from ood_monitor.core.motion import min_frames as motion_min_frames
 from ood_monitor.core.nonconformity import encode, latent_stats, select_dims, stuck_dims
@@ -60,6 +61,7 @@ class TrainConfig:
     val_block: int = 32
     kl_warmup: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "cpu"  # cpu, cuda or cuda:N; batches and augmentation are still drawn on the CPU
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1 or self.lr <= 0 or self.patience < 1:
@@ -143,14 +145,14 @@ def augment_batch(x: torch.Tensor, kind: str, cfg: AugmentConfig, gen: torch.Gen
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, data: FrameSet, rows: np.ndarray, flow_scale: float, batch: int
-                  ) -> dict[str, float]:
+def evaluate_loss(model: nn.Module, data: FrameSet, rows: np.ndarray, flow_scale: float, batch: int,
+                  device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean loss parts over `rows` with z at the posterior mean (eval mode: deterministic)."""
     model.eval()
     sums = np.zeros(3)
     for start in range(0, len(rows), batch):
         idx = rows[start:start + batch]
-        parts = model.objective(torch.from_numpy(data.inputs(idx, flow_scale)))
+        parts = model.objective(torch.from_numpy(data.inputs(idx, flow_scale)).to(device))
         sums += len(idx) * np.array([float(p) for p in parts])
     total, recon, kl = sums / max(1, len(rows))
     return {"loss": total, "recon": recon, "kl": kl}
@@ -158,8 +160,13 @@ def evaluate_loss(model: nn.Module, data: FrameSet, rows: np.ndarray, flow_scale
 
 def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainConfig,
               log: Callable[[str], None] = print, parallel: Parallel | None = None) -> TrainResult:
-    """Fit `model` (BetaVAE or HierarchicalVAE) on `data`; leaves the best-validation weights loaded.
-    With `parallel`, this is one data-parallel worker (see `Parallel`)."""
+    """Fit `model` (BetaVAE or HierarchicalVAE) on `data` on `cfg.device`; leaves the best-validation
+    weights loaded and the model back on the CPU (where scoring, the card's statistics and the model file
+    are made). With `parallel`, this is one data-parallel worker (see `Parallel`; CPU workers only)."""
+    device = training_device(cfg.device)
+    if parallel is not None and device.type != "cpu":
+        raise ValueError("data-parallel workers (--engine ray) train on the CPU: leave --device at cpu")
+    model.to(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -171,7 +178,8 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
     res, best_state, stale, t0 = TrainResult(), None, 0, time.monotonic()
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch)
     workers = f" per worker x {parallel.world} workers" if parallel is not None else ""
-    log(f"training {type(model).__name__} on {len(train_rows)} frames{workers}, validating on {len(val_rows)}; "
+    on = "" if device.type == "cpu" else f" ({device})"
+    log(f"training {type(model).__name__} on {len(train_rows)} frames{workers}{on}, validating on {len(val_rows)}; "
         f"{steps_per_epoch} steps/epoch")
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -180,7 +188,7 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
             x = torch.from_numpy(data.inputs(np.sort(idx), flow_scale))
             if cfg.augment.enabled:
                 x = augment_batch(x, data.kind, cfg.augment, gen)
-            parts = model.objective(x)
+            parts = model.objective(x.to(device))
             weight = kl_weight(res.steps, cfg.kl_warmup * steps_per_epoch)
             loss = parts.total if weight >= 1.0 else parts.recon + weight * (parts.total - parts.recon)
             opt.zero_grad(set_to_none=True)
@@ -194,7 +202,7 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
             if _out_of_budget(cfg, res.steps, t0, parallel):
                 break
         tr = sums / max(1, seen) if parallel is None else parallel.average(sums / max(1, seen))
-        val = evaluate_loss(model, data, val_rows, flow_scale, cfg.batch) if len(val_rows) else None
+        val = evaluate_loss(model, data, val_rows, flow_scale, cfg.batch, device) if len(val_rows) else None
         monitored = val["loss"] if val else float(tr[0])
         res.curve.append({"epoch": epoch, "steps": res.steps, "train_loss": float(tr[0]),
                           "train_recon": float(tr[1]), "train_kl": float(tr[2]),
@@ -215,6 +223,7 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.cpu()
     res.seconds = round(time.monotonic() - t0, 2)
     log(f"{res.stopped}; best epoch {res.best_epoch} (val {res.best_val:.2f}) after {res.seconds:.0f}s")
     model.eval()
