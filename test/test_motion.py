@@ -103,7 +103,7 @@ def test_contraction_part_round_trips_and_old_cards_score_as_calibrated() -> Non
     reverse = stats.features(field("reverse", 2.0, 2, noise=0.2))
     assert MotionStats.from_dict(old).expansion_sd is None
     assert np.all(MotionStats.from_dict(old).distance(reverse) < again.distance(reverse))
-    for bad in (0.0, -1.0, float("nan")):
+    for bad in (0.0, -1.0, float("nan"), "wide"):
         with pytest.raises(ValueError, match="expansion_sd"):
             MotionStats.from_dict({**card, "expansion_sd": bad})
 
