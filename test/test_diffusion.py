@@ -289,7 +289,9 @@ def test_training_device_is_checked_before_any_work(tmp_path, capsys):
     for bad in ("gpu", "cuda:x", "mps"):
         with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
             tr.training_device(bad)
-    assert tr.training_device("cpu") == torch.device("cpu")
+    assert tr.training_device("cpu") == torch.device("cpu") == tr.training_device("cpu", "ray")
+    with pytest.raises(ValueError, match="--engine ray trains on CPU workers"):
+        tr.training_device("cuda", "ray")
     if torch.cuda.is_available():
         return  # the refusal below is for machines without a GPU (test_gpu.py trains on one)
     with pytest.raises(ValueError, match="finds no CUDA GPU here: train with --device cpu"):

@@ -147,9 +147,7 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
     from ood_monitor.core.vae.train import AugmentConfig, TrainConfig, choose_dims, train_vae
     from ood_monitor.fleet.inputs import describe, expand_inputs, load_training_frames
 
-    training_device(args.device)  # refused before the frames are read
-    if args.device != "cpu" and getattr(args, "engine", "local") == "ray":
-        raise ValueError("--engine ray trains on CPU workers: leave --device at cpu")
+    training_device(args.device, getattr(args, "engine", "local"))  # refused before the frames are read
     torch.set_num_threads(max(1, args.threads))
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else default_widths(args.size)
     arch = "hvae" if args.hvae_ratio is not None else "beta_vae"

@@ -104,9 +104,7 @@ def train_from(args: argparse.Namespace, spool_dir) -> int:
                          crop=args.crop or None, time_limit_s=args.time_limit, device=args.device,
                          command=" ".join(["ood-monitor", *sys.argv[1:]]))
     try:
-        tr.training_device(args.device)  # refused before the frames are read
-        if args.device != "cpu" and getattr(args, "engine", "local") == "ray":
-            raise ValueError("--engine ray trains on CPU workers: leave --device at cpu")
+        tr.training_device(args.device, getattr(args, "engine", "local"))  # refused before the frames are read
         from ood_monitor.fleet.inputs import describe, expand_inputs
 
         data = expand_inputs(args.data if isinstance(args.data, list) else [args.data])

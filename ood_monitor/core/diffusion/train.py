@@ -174,7 +174,7 @@ def train_loop(model: nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, di
     main = parallel is None or parallel.rank == 0
     if not main:
         log = _quiet
-    model.to(training_device(cfg.device))
+    model.to(training_device(cfg.device, "local" if parallel is None else "ray"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = Ema(model, cfg.ema_decay)
     ckpt = out / CHECKPOINT

@@ -163,9 +163,7 @@ def train_vae(model: nn.Module, data: FrameSet, flow_scale: float, cfg: TrainCon
     """Fit `model` (BetaVAE or HierarchicalVAE) on `data` on `cfg.device`; leaves the best-validation
     weights loaded and the model back on the CPU (where scoring, the card's statistics and the model file
     are made). With `parallel`, this is one data-parallel worker (see `Parallel`; CPU workers only)."""
-    device = training_device(cfg.device)
-    if parallel is not None and device.type != "cpu":
-        raise ValueError("data-parallel workers (--engine ray) train on the CPU: leave --device at cpu")
+    device = training_device(cfg.device, "local" if parallel is None else "ray")
     model.to(device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
