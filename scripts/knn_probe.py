@@ -27,39 +27,52 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
+from ood_monitor.core.detector_metrics import kind_aurocs
+from ood_monitor.core.feature_gaussian import shrunk_gaussian, squared_mahalanobis
 from ood_monitor.core.model_input import FrameConfig, prepare_frame
 from ood_monitor.core.photometric import frame_statistics
 from ood_monitor.core.structure import frame_structure
 from ood_monitor.data.labeled_frames import iter_frames
 
 K = (1, 5, 20)
-N_PHOTO = 11
+N_PHOTO = 11  # the first N_PHOTO statistics are the photometric part's, the rest the structure part's
+
+
+def frame_row(model_input: np.ndarray) -> np.ndarray:
+    """The photometric and structure statistics of one 128 px model input."""
+    return np.concatenate([frame_statistics(model_input), frame_structure(model_input)])
 
 
 def features(folder: Path) -> np.ndarray:
     cfg = FrameConfig()
-    rows = []
-    for f in iter_frames(folder):
-        x = prepare_frame(f.image, cfg)
-        rows.append(np.concatenate([frame_statistics(x), frame_structure(x)]))
-    return np.stack(rows)
+    return np.stack([frame_row(prepare_frame(f.image, cfg)) for f in iter_frames(folder)])
 
 
 def gaussian(train: np.ndarray):
-    lw = LedoitWolf().fit(train)
-    prec, mu = np.linalg.inv(lw.covariance_ + 1e-6 * np.eye(train.shape[1])), train.mean(axis=0)
-    return lambda z: np.einsum("ij,jk,ik->i", z - mu, prec, z - mu)
+    """The shipped parts' scorer: squared Mahalanobis distance to the training rows' shrunk Gaussian."""
+    mean, precision = shrunk_gaussian(train)
+    return lambda z: squared_mahalanobis(z, mean, precision)
 
 
 def knn(train: np.ndarray, k: int):
-    lw = LedoitWolf().fit(train)
-    w = np.linalg.cholesky(np.linalg.inv(lw.covariance_ + 1e-6 * np.eye(train.shape[1])))
+    """Distance to the k-th nearest training row, in the metric of the training rows' shrunk Gaussian."""
+    w = np.linalg.cholesky(shrunk_gaussian(train)[1])
     index = NearestNeighbors(n_neighbors=k).fit(train @ w)
     return lambda z: index.kneighbors(z @ w)[0][:, -1]
+
+
+def gaussian_parts(tr: np.ndarray, ca: np.ndarray, te: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(calibration, test) scores of the photometric and structure Gaussians and of their fusion as the
+    shipped score fuses parts: each over its calibration 95th percentile, the larger."""
+    out = {}
+    for name, cols in (("G_photo", slice(0, N_PHOTO)), ("G_struct", slice(N_PHOTO, None))):
+        g = gaussian(tr[:, cols])
+        out[name] = (g(ca[:, cols]), g(te[:, cols]))
+    scales = [np.percentile(c, 95) for c, _t in out.values()]
+    out["G_fused"] = tuple(np.max([pair[i] / s for pair, s in zip(out.values(), scales, strict=True)], axis=0) for i in (0, 1))
+    return out
 
 
 def visible_kinds(root: Path) -> set[str]:
@@ -69,46 +82,37 @@ def visible_kinds(root: Path) -> set[str]:
             and (ep["category"] == "object" or ep.get("visible", True))}
 
 
-def run(root: Path) -> dict[str, float]:
-    tr, ca, te = (features(root / s) for s in ("train", "calibration", "test"))
+def report(root: Path, sizes: str, scorers: dict[str, tuple[np.ndarray, np.ndarray]], width: int = 8
+           ) -> dict[str, float]:
+    """Print `sizes` (the training and calibration frames) and the clean test frames, each visible kind's AUROC (episode frames against the clean test frames) per scorer, then per
+    scorer the mean, the kinds below 0.9 and the clean frames with p < 0.05 against the calibration
+    scores; returns the means."""
     with open(root / "test" / "labels.csv", newline="") as f:
         labels = list(csv.DictReader(f))
     ood = np.array([r["is_ood"] == "1" for r in labels])
     kinds = np.array([r["kind"] for r in labels])
-    scorers = {}
-    parts = {"photo": slice(0, N_PHOTO), "struct": slice(N_PHOTO, None)}
-    fused_cal, fused_te = [], []
-    for name, cols in parts.items():
-        g = gaussian(tr[:, cols])
-        c, t = g(ca[:, cols]), g(te[:, cols])
-        scorers[f"G_{name}"] = (c, t)
-        scale = np.percentile(c, 95)
-        fused_cal.append(c / scale)
-        fused_te.append(t / scale)
-    scorers["G_fused"] = (np.max(fused_cal, axis=0), np.max(fused_te, axis=0))
+    visible = tuple(sorted(visible_kinds(root) & set(kinds[ood])))
+    print(f"\n{root}: {sizes}, {int((~ood).sum())} clean test frames; {len(visible)} visible kinds")
+    aucs = {s: kind_aurocs(t, ~ood, kinds, visible) for s, (_c, t) in scorers.items()}
+    print(f"  {'kind':18s} " + " ".join(f"{s:>{width}s}" for s in scorers))
+    for i, kind in enumerate(visible):
+        print(f"  {kind:18s} " + " ".join(f"{a[i]:{width}.2f}" for a in aucs.values()))
+    means = {}
+    for s, (c, t) in scorers.items():
+        p = (1 + (c[None, :] >= t[~ood][:, None]).sum(axis=1)) / (len(c) + 1)
+        means[s] = float(np.mean(aucs[s]))
+        print(f"  {s:{width}s} mean AUROC {means[s]:.3f}  below 0.9: {sum(a < 0.9 for a in aucs[s]):2d}  "
+              f"clean p<0.05 {np.mean(p < 0.05):.3f}")
+    return means
+
+
+def run(root: Path) -> dict[str, float]:
+    tr, ca, te = (features(root / s) for s in ("train", "calibration", "test"))
+    scorers = gaussian_parts(tr, ca, te)
     for k in K:
         n = knn(tr, k)
         scorers[f"K{k}"] = (n(ca), n(te))
-    visible = sorted(visible_kinds(root) & set(kinds[ood]))
-    print(f"\n{root}: {len(tr)} train, {len(ca)} calibration, {int((~ood).sum())} clean test frames; "
-          f"{len(visible)} visible kinds")
-    print(f"  {'kind':18s} " + " ".join(f"{s:>8s}" for s in scorers))
-    for kind in visible:
-        i = ood & (kinds == kind)
-        row = []
-        for _c, t in scorers.values():
-            y = np.r_[np.zeros((~ood).sum()), np.ones(i.sum())]
-            row.append(roc_auc_score(y, np.r_[t[~ood], t[i]]))
-        print(f"  {kind:18s} " + " ".join(f"{a:8.2f}" for a in row))
-    means = {}
-    for s, (c, t) in scorers.items():
-        aucs = [roc_auc_score(np.r_[np.zeros((~ood).sum()), np.ones((ood & (kinds == k)).sum())],
-                              np.r_[t[~ood], t[ood & (kinds == k)]]) for k in visible]
-        p = (1 + (c[None, :] >= t[~ood][:, None]).sum(axis=1)) / (len(c) + 1)
-        means[s] = float(np.mean(aucs))
-        print(f"  {s:8s} mean AUROC {np.mean(aucs):.3f}  below 0.9: {sum(a < 0.9 for a in aucs):2d}  "
-              f"clean p<0.05 {np.mean(p < 0.05):.3f}")
-    return means
+    return report(root, f"{len(tr)} train, {len(ca)} calibration", scorers)
 
 
 if __name__ == "__main__":

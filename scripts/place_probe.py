@@ -22,18 +22,14 @@ percentile), beats the fused Gaussians alone by >= 0.03 mean AUROC on both, with
 
     python scripts/place_probe.py real_tune_rc/tub_20221129_221024 real_tune/tub_20190405_234358 ...
 """
-import csv
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-from knn_probe import N_PHOTO, gaussian, visible_kinds
-from sklearn.metrics import roc_auc_score
+from knn_probe import frame_row, gaussian_parts, report
 
 from ood_monitor.core.model_input import FrameConfig, prepare_frame
-from ood_monitor.core.photometric import frame_statistics
-from ood_monitor.core.structure import frame_structure
 from ood_monitor.data.labeled_frames import iter_frames
 
 GRID = 4
@@ -61,13 +57,14 @@ def cells(rgb: np.ndarray) -> np.ndarray:
 
 
 def load(folder: Path):
+    """Per frame: the place thumbnail, the cell statistics and the global statistics (knn_probe's)."""
     cfg = FrameConfig()
     th, ce, st = [], [], []
     for f in iter_frames(folder):
         x = prepare_frame(f.image, cfg)
         th.append(thumbnail(x))
         ce.append(cells(x))
-        st.append(np.concatenate([frame_statistics(x), frame_structure(x)]))
+        st.append(frame_row(x))
     return np.stack(th), np.stack(ce), np.stack(st)
 
 
@@ -76,16 +73,10 @@ def matched_differences(th: np.ndarray, ce: np.ndarray, train_th: np.ndarray, tr
     return ce - train_ce[best]
 
 
-def gaussian_fused(tr: np.ndarray, ca: np.ndarray, te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The photometric and structure Gaussians fused as the shipped score fuses them: each distance over
-    its calibration 95th percentile, the larger."""
-    out_c, out_t = [], []
-    for cols in (slice(0, N_PHOTO), slice(N_PHOTO, None)):
-        g = gaussian(tr[:, cols])
-        c, t = g(ca[:, cols]), g(te[:, cols])
-        out_c.append(c / np.percentile(c, 95))
-        out_t.append(t / np.percentile(c, 95))
-    return np.max(out_c, axis=0), np.max(out_t, axis=0)
+def robust_z(cal: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """|x - the calibration median| in units of the calibration's MAD-based SD, per column."""
+    med = np.median(cal, axis=0)
+    return np.abs(x - med) / (1.4826 * np.median(np.abs(cal - med), axis=0) + 1e-3)
 
 
 def run(root: Path) -> None:
@@ -93,38 +84,16 @@ def run(root: Path) -> None:
         load(root / s) for s in ("train", "calibration", "test"))
     dc = matched_differences(ca_th, ca_ce, tr_th, tr_ce)
     dt = matched_differences(te_th, te_ce, tr_th, tr_ce)
-    med = np.median(dc, axis=0)
-    spread = 1.4826 * np.median(np.abs(dc - med), axis=0) + 1e-3
-    zc, zt = np.abs(dc - med) / spread, np.abs(dt - med) / spread
-    gmed = np.median(dc.mean(axis=1), axis=0)
-    gspread = 1.4826 * np.median(np.abs(dc.mean(axis=1) - gmed), axis=0) + 1e-3
-    scores = {"cell_max": (zc.max(axis=(1, 2)), zt.max(axis=(1, 2))),
-              "cell+view": (np.maximum(zc.max(axis=(1, 2)), (np.abs(dc.mean(axis=1) - gmed) / gspread).max(axis=1)),
-                            np.maximum(zt.max(axis=(1, 2)), (np.abs(dt.mean(axis=1) - gmed) / gspread).max(axis=1)))}
-    gc, gt = gaussian_fused(tr_st, ca_st, te_st)
+    cell_max = tuple(robust_z(dc, d).max(axis=(1, 2)) for d in (dc, dt))
+    view = tuple(robust_z(dc.mean(axis=1), d.mean(axis=1)).max(axis=1) for d in (dc, dt))
+    scores = {"cell_max": cell_max, "cell+view": tuple(np.maximum(a, b) for a, b in zip(cell_max, view, strict=True))}
+    gc, gt = gaussian_parts(tr_st, ca_st, te_st)["G_fused"]
     scores["G_fused"] = (gc, gt)
     for name in ("cell_max", "cell+view"):
         c, t = scores[name]
         s = np.percentile(c, 95)
         scores[f"G+{name}"] = (np.maximum(gc, c / s), np.maximum(gt, t / s))
-    with open(root / "test" / "labels.csv", newline="") as f:
-        labels = list(csv.DictReader(f))
-    ood = np.array([r["is_ood"] == "1" for r in labels])
-    kinds = np.array([r["kind"] for r in labels])
-    visible = sorted(visible_kinds(root) & set(kinds[ood]))
-    print(f"\n{root}: {len(tr_th)} train, {len(ca_th)} calibration, {int((~ood).sum())} clean test frames")
-    print(f"  {'kind':18s} " + " ".join(f"{s:>12s}" for s in scores))
-    table = {s: [] for s in scores}
-    for kind in visible:
-        i = ood & (kinds == kind)
-        y = np.r_[np.zeros((~ood).sum()), np.ones(i.sum())]
-        for s, (_c, t) in scores.items():
-            table[s].append(roc_auc_score(y, np.r_[t[~ood], t[i]]))
-        print(f"  {kind:18s} " + " ".join(f"{table[s][-1]:12.2f}" for s in scores))
-    for s, (c, t) in scores.items():
-        p = (1 + (c[None, :] >= t[~ood][:, None]).sum(axis=1)) / (len(c) + 1)
-        print(f"  {s:12s} mean AUROC {np.mean(table[s]):.3f}  below 0.9: {sum(a < 0.9 for a in table[s]):2d}  "
-              f"clean p<0.05 {np.mean(p < 0.05):.3f}")
+    report(root, f"{len(tr_th)} train, {len(ca_th)} calibration", scores, width=12)
 
 
 if __name__ == "__main__":

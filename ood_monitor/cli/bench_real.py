@@ -61,14 +61,12 @@ def register(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ood_monitor.core.benchmark import format_table, machine_info, write_report
+    from ood_monitor.core.devices import training_device
 
-    if not args.no_masks:  # a GPU that is not there is refused before an hour of work, not after
-        from ood_monitor.core.devices import training_device
-
-        try:
-            training_device(args.train_device)
-        except ValueError as exc:
-            raise ValueError(f"--train-device {args.train_device}: {exc}") from None
+    try:  # a GPU that is not there is refused before an hour of work, not after (every model trains there)
+        training_device(args.train_device)
+    except ValueError as exc:
+        raise ValueError(f"--train-device {args.train_device}: {exc}") from None
     names = recordings(args.data, args.recordings)
     tune = {n.strip() for n in args.tune.split(",") if n.strip()}
     unknown = tune - set(names)
